@@ -1,0 +1,160 @@
+"""`orchestrate`: run a matrix, manage envs, regenerate reports.
+
+Exit codes: 0 all runs ok or unsupported; 1 some runs failed; 2 a mistake in the input
+(matrix, paths, digests, envs) found before anything ran; 130 interrupted."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from orchestrator import envs as envs_mod
+from orchestrator.display import Display
+from orchestrator.errors import UserError
+from orchestrator.matrix import load_matrix
+
+
+class _DefaultToRun(click.Group):
+    """`orchestrate MATRIX` is `orchestrate run MATRIX`."""
+
+    def resolve_command(self, ctx, args):
+        if args and args[0] not in self.commands and not args[0].startswith("-"):
+            args = ["run", *args]
+        return super().resolve_command(ctx, args)
+
+
+@click.group(cls=_DefaultToRun, context_settings={"help_option_names": ["-h", "--help"]})
+def cli() -> None:
+    """Energy and latency per Stable Diffusion UNet step, per backend.
+
+    \b
+    orchestrate MATRIX.toml        run a study (same as `orchestrate run MATRIX.toml`)
+    orchestrate envs sync [NAME]   build the worker environments
+    orchestrate report DIR         regenerate summary.json and report.md of a session
+    """
+
+
+_env_option = click.option("--env", "env_overrides", multiple=True, metavar="NAME=PYTHON",
+                           help="Use an existing interpreter for env NAME (repeatable).")
+
+
+@cli.command()
+@click.argument("matrix", type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), default=Path("results"), show_default=True,
+              help="Folder that receives results/<session-id>/.")
+@click.option("--resume", type=click.Path(path_type=Path, exists=True, file_okay=False),
+              help="Continue an interrupted session folder (same matrix).")
+@click.option("--runs", type=int, help="Override timing.runs.")
+@click.option("--quiet", is_flag=True, help="Only the summary table.")
+@_env_option
+def run(matrix: Path, out: Path, resume: Path | None, runs: int | None, quiet: bool, env_overrides: tuple[str, ...]) -> None:
+    """Run every enabled cell of MATRIX, a fresh worker per run."""
+    from dataclasses import replace
+
+    from orchestrator.results import SessionDir
+    from orchestrator.session import Session, check_resume
+
+    display = Display(quiet=quiet)
+    envs = envs_mod.discover(envs_mod.parse_overrides(env_overrides))
+    m = load_matrix(matrix, set(envs))
+    if runs is not None:
+        if runs < 1:
+            raise UserError("--runs must be >= 1")
+        m = replace(m, timing=replace(m.timing, runs=runs))
+    sdir = None
+    if resume is not None:
+        sdir = SessionDir(resume)
+        check_resume(sdir, m)
+    result = Session(m, envs, display).run(out, resume=sdir)
+    display.summary_table(result.summary)
+    display.log(f"results: {result.dir.root}  (report.md, summary.json, runs.jsonl)")
+    if result.interrupted:
+        sys.exit(130)
+    sys.exit(1 if result.n_failed else 0)
+
+
+@cli.group()
+def envs() -> None:
+    """Worker environments (one uv project per toolchain under envs/)."""
+
+
+@envs.command("sync")
+@click.argument("names", nargs=-1)
+def envs_sync(names: tuple[str, ...]) -> None:
+    """uv sync --locked each env (all when no NAME is given)."""
+    known = envs_mod.discover()
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise UserError(f"unknown env(s): {', '.join(unknown)} (known: {', '.join(known)})")
+    chosen = [known[n] for n in names] if names else list(known.values())
+    display = Display()
+    for i, env in enumerate(chosen, 1):
+        display.log(f"[{i}/{len(chosen)}] syncing {env.name}")
+        seconds = envs_mod.sync(env, display.log)
+        display.log(f"[{i}/{len(chosen)}] {env.name}: synced in {seconds:.1f} s ({env.python})")
+
+
+@envs.command("list")
+@_env_option
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def envs_list(env_overrides: tuple[str, ...], as_json: bool) -> None:
+    """Name, python, synced or not, lock sha256, key package versions."""
+    rows = []
+    for env in envs_mod.discover(envs_mod.parse_overrides(env_overrides)).values():
+        rows.append({"name": env.name, "python": env.python_version() or str(env.python), "synced": env.synced,
+                     "lock_sha256": env.lock_sha256(), "packages": env.locked_versions()})
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    from rich.table import Table
+
+    t = Table()
+    for col in ("env", "python", "synced", "lock sha256", "packages (locked)"):
+        t.add_column(col)
+    for r in rows:
+        t.add_row(r["name"], r["python"], "yes" if r["synced"] else "no",
+                  (r["lock_sha256"] or "–")[:16], ", ".join(f"{k} {v}" for k, v in sorted(r["packages"].items())))
+    Display().out.print(t)
+
+
+@cli.command()
+@click.argument("dirs", nargs=-1, required=True, type=click.Path(path_type=Path, exists=True, file_okay=False))
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+def report(dirs: tuple[Path, ...], fmt: str) -> None:
+    """Regenerate summary.json and report.md of session folder(s) from their runs.jsonl."""
+    from orchestrator.results import SessionDir
+    from orchestrator.summary import write_derived
+
+    display = Display()
+    summaries = []
+    for d in dirs:
+        sdir = SessionDir(d)
+        if not (d / "session.json").is_file():
+            raise UserError(f"{d}: no session.json; not a session folder")
+        summary = write_derived(sdir)
+        for problem in summary["problems"]:
+            display.warn(problem)
+        summaries.append(summary)
+        if fmt == "table":
+            display.summary_table(summary)
+    if fmt == "json":
+        click.echo(json.dumps(summaries[0] if len(summaries) == 1 else summaries, indent=2))
+
+
+def main() -> None:
+    try:
+        cli.main(standalone_mode=False)
+    except UserError as e:
+        for line in e.lines:
+            click.echo(f"error: {line}" if not line.startswith(" ") else line, err=True)
+        sys.exit(e.exit_code)
+    except click.exceptions.Abort:
+        sys.exit(130)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(2)
+    except KeyboardInterrupt:
+        sys.exit(130)

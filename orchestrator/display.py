@@ -1,0 +1,79 @@
+"""What a person sees while a session runs: a progress bar (run k of n, cell, ETA), one line per
+finished run, and the summary table at the end. Everything goes to stderr except the table."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from orchestrator.plan import PlannedRun
+from orchestrator.report import describe_cell, divergence_cell, flags, fmt, latency_cell
+
+
+class RunProgress:
+    def __init__(self, progress: Progress, task: int, console: Console):
+        self._p, self._task, self._console = progress, task, console
+
+    def start_run(self, planned: PlannedRun, cell: Any, total: int) -> None:
+        self._p.update(self._task, description=f"{cell.id} run {planned.run_index}")
+
+    def end_run(self, rec: dict[str, Any], runs_per_cell: int) -> None:
+        head = f"{rec['cell_id']} run {rec['run_index']} ({rec['run_index'] + 1} of {runs_per_cell})"
+        if rec["status"] == "ok":
+            eq = "" if rec.get("cosine") is None else f"  cosine {rec['cosine']:.6f}{'  DIVERGENT' if rec['numerically_divergent'] else ''}"
+            self._console.print(f"  {head}: ok  {rec['latency_ms_median']:.2f} ms/step (IQR {rec['latency_ms_iqr']:.2f}, "
+                                f"{rec['iterations']} it){eq}", highlight=False)
+        elif rec["status"] == "unsupported":
+            self._console.print(f"  {head}: [yellow]unsupported[/]: {rec['failure_reason']}", highlight=False)
+        else:
+            self._console.print(f"  {head}: [red]failed[/]: {rec['failure_reason']}", highlight=False)
+        self._p.advance(self._task)
+
+
+class Display:
+    def __init__(self, quiet: bool = False):
+        # Logs and CI output are not terminals: give them full lines instead of 80 columns.
+        self.err = Console(stderr=True, quiet=quiet)
+        self.out = Console()
+        for console in (self.err, self.out):
+            if not console.is_terminal:
+                console.width = 160
+
+    def log(self, message: str) -> None:
+        self.err.print(message, highlight=False, markup=False)
+
+    def warn(self, message: str) -> None:
+        self.err.print(f"[yellow]warning:[/] {message}", highlight=False)
+
+    @contextmanager
+    def status(self, message: str) -> Iterator[None]:
+        with self.err.status(message):
+            yield
+
+    @contextmanager
+    def progress(self, total: int, completed: int = 0) -> Iterator[RunProgress]:
+        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                   TextColumn("ETA"), TimeRemainingColumn())
+        with Progress(*columns, console=self.err, transient=True) as p:
+            task = p.add_task("starting", total=total, completed=completed)
+            yield RunProgress(p, task, self.err)
+
+    def summary_table(self, summary: dict[str, Any]) -> None:
+        t = Table(title=f"session {summary['session_id']}", title_justify="left")
+        for col in ("cell", "backend device precision", "ok/failed", "latency ms median [p10–p90]", "IQR ms",
+                    "cosine min", "divergence", "flags"):
+            t.add_column(col)
+        for c in summary["cells"]:
+            if c["status"] == "unsupported":
+                t.add_row(c["cell_id"], describe_cell(c), "unsupported", "", "", "", "", c["unsupported_reason"] or "")
+                continue
+            t.add_row(c["cell_id"], describe_cell(c), f"{c['n_ok']}/{c['n_failed']}", latency_cell(c),
+                      fmt(c["latency_ms_iqr"]), fmt(c["cosine_min"], ".7f"), divergence_cell(c), flags(c))
+        self.out.print(t)
+        if reason := summary.get("energy_unavailable_reason"):
+            self.out.print(f"energy: not measured ({reason})", highlight=False)

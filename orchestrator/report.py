@@ -1,0 +1,87 @@
+"""report.md: what a person reads after a session. Derived from summary.json and session.json."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def fmt(value: float | None, spec: str = ".4g") -> str:
+    return "–" if value is None else format(value, spec)
+
+
+def latency_cell(c: dict[str, Any]) -> str:
+    if c["latency_ms_median"] is None:
+        return "–"
+    return f"{c['latency_ms_median']:.2f} [{c['latency_ms_p10']:.2f}–{c['latency_ms_p90']:.2f}]"
+
+
+def divergence_cell(c: dict[str, Any]) -> str:
+    if c["numerically_divergent"] is None:
+        return "not checked"
+    return f"DIVERGENT (runs {', '.join(map(str, c['divergent_runs']))})" if c["numerically_divergent"] else "ok"
+
+
+def flags(c: dict[str, Any]) -> str:
+    out = []
+    if c["outlier_runs"]:
+        out.append("outlier runs: " + ", ".join(f"run {o['run_index']} ({o['value']:.2f} ms)" for o in c["outlier_runs"]))
+    if c["n_ok"] and c["output_sha256_distinct"] > 1:
+        out.append(f"{c['output_sha256_distinct']} distinct outputs across runs")
+    if c["n_ok"] and c["n_ok"] < 3:
+        out.append(f"only {c['n_ok']} ok run(s)")
+    return "; ".join(out)
+
+
+def describe_cell(c: dict[str, Any]) -> str:
+    where = c.get("device") or c.get("compute_unit") or "?"
+    return f"{c.get('backend', '?')} {where} {c.get('precision', '?')}"
+
+
+def render_markdown(summary: dict[str, Any], session: dict[str, Any]) -> str:
+    model = summary.get("model", {})
+    eq = summary.get("equivalence", {})
+    prov = session.get("provenance", {})
+    host = prov.get("host", {})
+    harness = prov.get("harness", {})
+    synthetic = "synthetic weights (right compute, not real images)" if model.get("synthetic") else "checkpoint"
+    lines = [
+        f"# Session {summary['session_id']}",
+        "",
+        f"- Status: {summary.get('status')}; {summary['n_runs']} runs recorded",
+        f"- Model: {model.get('preset')} — {synthetic}; sha256 `{model.get('sha256')}`",
+        f"- Host: {host.get('cpu')} · {host.get('os')} · GPUs: {', '.join(host.get('gpus') or []) or 'none'}",
+        f"- Equivalence reference: fp32; divergent when MSE > {eq.get('mse_max')} or cosine < {eq.get('cosine_min')}",
+        f"- Energy: {summary.get('energy_unavailable_reason') or 'measured'}",
+        "",
+        "Latency is per UNet step: the median of each run's iterations, then the median and p10–p90 across runs.",
+        "",
+        "| cell | backend device precision | runs ok/failed | latency ms median [p10–p90] | IQR ms | cosine (min) | MSE (max) | divergence | flags |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for c in summary["cells"]:
+        if c["status"] == "unsupported":
+            lines.append(f"| {c['cell_id']} | {describe_cell(c)} | unsupported | – | – | – | – | – | {c['unsupported_reason']} |")
+            continue
+        lines.append(
+            f"| {c['cell_id']} | {describe_cell(c)} | {c['n_ok']}/{c['n_failed']} | {latency_cell(c)} | "
+            f"{fmt(c['latency_ms_iqr'])} | {fmt(c['cosine_min'], '.7f')} | {fmt(c['mse_max'])} | {divergence_cell(c)} | {flags(c)} |"
+        )
+    failures = [(c["cell_id"], f) for c in summary["cells"] for f in c["failures"]]
+    if failures:
+        lines += ["", "## Failed runs", ""]
+        lines += [f"- {cid} run {f['run_index']}: {f['reason']}" for cid, f in failures]
+    if summary.get("problems"):
+        lines += ["", "## Problems reading the results", ""] + [f"- {p}" for p in summary["problems"]]
+    lines += [
+        "", "## Reproduce", "",
+        f"- Command: `{' '.join(prov.get('command_line', []))}` (in `{prov.get('cwd')}`)",
+        f"- Harness commit: `{harness.get('git_commit')}`{' (dirty)' if harness.get('git_dirty') else ''}",
+        f"- Matrix: `{summary['matrix'].get('path')}` sha256 `{summary['matrix'].get('sha256')}`",
+        f"- Run order: {session.get('order')}, seed {session.get('order_seed')}",
+    ]
+    for name, env in prov.get("envs", {}).items():
+        versions = ", ".join(f"{k} {v}" for k, v in sorted((session.get("worker_versions", {}).get(name) or env.get("locked_versions") or {}).items()))
+        lines.append(f"- Env `{name}`: lock sha256 `{env.get('lock_sha256')}`; {versions}")
+    for res, inp in session.get("inputs", {}).items():
+        lines.append(f"- Inputs {res}x{res}: latent `{inp['sha256']['latent']}`, text embedding `{inp['sha256']['text_embedding']}`, timestep {inp['timestep']}")
+    return "\n".join(lines) + "\n"

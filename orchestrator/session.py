@@ -1,0 +1,246 @@
+"""The session loop: pin weights and inputs, compute references, then one fresh worker per run
+in the planned order, each run's record appended to runs.jsonl the moment it ends."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+import secrets
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from orchestrator import provenance
+from orchestrator.display import Display
+from orchestrator.envs import Env, ensure_synced
+from orchestrator.equivalence import Reference, compare, reference_output
+from orchestrator.errors import UserError
+from orchestrator.matrix import Cell, Matrix
+from orchestrator.pins import PinnedModel, pin_inputs, pin_model, setup_message
+from orchestrator.plan import PlannedRun, plan_runs
+from orchestrator.results import SCHEMA_VERSION, SessionDir, utc_now
+from orchestrator.runner import RunOutcome, run_worker
+from orchestrator.stats import within_run
+from orchestrator.summary import write_derived
+from workers.inputs import PinnedInputs
+
+NO_METER_REASON = "no power meter is implemented for this host yet; energy is not measured"
+
+
+@dataclass
+class SessionResult:
+    dir: SessionDir
+    n_ok: int = 0
+    n_failed: int = 0
+    n_unsupported: int = 0
+    interrupted: bool = False
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+class Session:
+    def __init__(self, matrix: Matrix, envs: dict[str, Env], display: Display):
+        self.matrix = matrix
+        self.envs = envs
+        self.display = display
+        self.unsupported: dict[str, str] = {}  # cell id -> reason, once a worker said so
+        self.worker_versions: dict[str, dict[str, Any]] = {}
+
+    # -- preparation -------------------------------------------------------------------------
+    def _needed_envs(self) -> list[Env]:
+        names = {c.env for c in self.matrix.enabled_cells if c.unsupported_reason is None}
+        names.add(self.matrix.equivalence.env)
+        return [self.envs[n] for n in sorted(names)]
+
+    def prepare(self) -> tuple[PinnedModel, dict[int, PinnedInputs]]:
+        m = self.matrix
+        inputs = pin_inputs(m.inputs, m.resolutions, m.path)  # cheap, so its mistakes surface first
+        ensure_synced(self._needed_envs(), log=self.display.log)
+        model = pin_model(m.model, m.path, log=self.display.log)
+        return model, inputs
+
+    def references(self, sdir: SessionDir, model: PinnedModel, inputs: dict[int, PinnedInputs]) -> dict[int, Reference]:
+        m = self.matrix
+        env = self.envs[m.equivalence.env]
+        out = {}
+        for res, inp in inputs.items():
+            with self.display.status(f"fp32 reference output at {res}x{res} ({m.equivalence.backend} "
+                                     f"{m.equivalence.device} {m.equivalence.precision})"):
+                ref = reference_output(m, env, model, inp, res, m.model.cache_dir, sdir.log_path(f"reference-{res}"))
+            if ref.ok:
+                self.display.log(f"reference {res}x{res}: {'cached' if ref.cached else 'computed'} ({ref.path})")
+            else:
+                self.display.warn(f"reference {res}x{res} unavailable, equivalence not checked: {ref.failure}")
+            out[res] = ref
+        return out
+
+    # -- one run -----------------------------------------------------------------------------
+    def _cooldown(self, seconds: float):
+        def between(_ready: dict[str, Any]) -> None:
+            if seconds > 0:
+                with self.display.status(f"cooldown {seconds:g} s (worker loaded and idle)"):
+                    time.sleep(seconds)
+        return between
+
+    def execute(self, sdir: SessionDir, cell: Cell, planned: PlannedRun, model: PinnedModel,
+                inputs: PinnedInputs, reference: Reference) -> dict[str, Any]:
+        m = self.matrix
+        rec = base_record(sdir.id, cell, planned)
+        reason = cell.unsupported_reason or self.unsupported.get(cell.id)
+        if reason:
+            rec.update(status="unsupported", failure_reason=reason)
+            return rec
+        rec["warmup_iterations"] = m.timing.warmup
+        if m.preflight.record_load and hasattr(os, "getloadavg"):
+            rec["host_load_avg"] = list(os.getloadavg())
+        label = f"{cell.id}/run-{planned.run_index:03d}"
+        log = sdir.log_path(f"{cell.id}.run-{planned.run_index:03d}")
+        outcome = run_worker(self.envs[cell.env], setup_message(m, cell, model, inputs), label=label,
+                             log_path=log, timeout_s=m.timing.run_timeout_s, between=self._cooldown(m.timing.cooldown_s))
+        rec["log_file"] = sdir.rel(log)
+        fill_from_outcome(rec, outcome)
+        if outcome.status == "unsupported":
+            self.unsupported[cell.id] = outcome.reason or "unsupported on this host"
+        if outcome.status == "ok":
+            self.worker_versions.setdefault(cell.env, outcome.ready.get("versions", {}))
+            self._measurements(rec, sdir, cell, planned, outcome, reference)
+        return rec
+
+    def _measurements(self, rec: dict[str, Any], sdir: SessionDir, cell: Cell, planned: PlannedRun,
+                      outcome: RunOutcome, reference: Reference) -> None:
+        res = outcome.result
+        starts = np.asarray(res["iteration_start_ns"], dtype=np.int64)
+        ends = np.asarray(res["iteration_end_ns"], dtype=np.int64)
+        lat_ms = (ends - starts) / 1e6
+        w = within_run(lat_ms)
+        output = np.asarray(res["output"])
+        samples = sdir.sample_path(cell.id, planned.run_index, ".json")
+        samples.write_text(json.dumps({
+            "cell_id": cell.id, "run_index": planned.run_index,
+            "window_start_ns": res["window_start_ns"], "window_end_ns": res["window_end_ns"],
+            "iteration_start_ns": starts.tolist(), "iteration_end_ns": ends.tolist(),
+            "latency_ms": lat_ms.tolist(),
+        }))
+        out_path = sdir.sample_path(cell.id, planned.run_index, ".output.npy")
+        np.save(out_path, output)
+        rec.update(
+            iterations=w.n,
+            window_s=(res["window_end_ns"] - res["window_start_ns"]) / 1e9,
+            latency_ms_median=w.median, latency_ms_iqr=w.iqr, latency_ms_min=w.min, latency_ms_mean=w.mean,
+            output_sha256=res["output_sha256"], output_shape=list(output.shape),
+            samples_file=sdir.rel(samples), output_file=sdir.rel(out_path),
+        )
+        if reference.ok:
+            rec.update(asdict(compare(output, reference.output, self.matrix.equivalence)))
+            rec["reference_file"] = str(reference.path)
+        else:
+            rec["equivalence_unavailable_reason"] = reference.failure
+
+    # -- the loop ----------------------------------------------------------------------------
+    def run(self, results_root: Path, resume: SessionDir | None = None) -> SessionResult:
+        m = self.matrix
+        model, inputs = self.prepare()
+        if resume is None:
+            sdir = SessionDir.create(results_root)
+            seed = m.timing.order_seed if m.timing.order_seed is not None else secrets.randbits(32)
+            session = self._session_record(sdir, model, inputs, seed)
+            done: set[tuple[str, int]] = set()
+        else:
+            sdir = resume
+            session = sdir.read_session()
+            seed = session["order_seed"]
+            done = {(r["cell_id"], r["run_index"]) for r in sdir.read_runs().records}
+            session.setdefault("resumed_at", []).append(utc_now())
+        sdir.write_session(session)
+        self.display.log(f"session {sdir.root}")
+        plan = plan_runs([c.id for c in m.enabled_cells], m.timing.runs, m.timing.order, seed)
+        todo = [p for p in plan if (p.cell_id, p.run_index) not in done]
+        refs = self.references(sdir, model, inputs)
+        result = SessionResult(sdir)
+        session["status"] = "running"
+        try:
+            with self.display.progress(total=len(plan), completed=len(plan) - len(todo)) as progress:
+                for planned in todo:
+                    cell = m.cell(planned.cell_id)
+                    progress.start_run(planned, cell, len(plan))
+                    rec = self.execute(sdir, cell, planned, model, inputs[cell.resolution], refs[cell.resolution])
+                    sdir.append_run(rec)
+                    progress.end_run(rec, m.timing.runs)
+            session["status"] = "complete"
+        except KeyboardInterrupt:
+            session["status"] = "interrupted"
+            result.interrupted = True
+            self.display.warn(f"interrupted; finished runs are in {sdir.root / 'runs.jsonl'}; "
+                              f"continue with: orchestrate {m.path} --resume {sdir.root}")
+        finally:
+            session["finished_at"] = utc_now()
+            session["worker_versions"] = {**session.get("worker_versions", {}), **self.worker_versions}
+            session["references"] = {str(r): {"path": str(ref.path), "cached": ref.cached, "failure": ref.failure,
+                                              "versions": ref.versions} for r, ref in refs.items()}
+            sdir.write_session(session)
+            result.summary = write_derived(sdir)
+        counts = Counter(r["status"] for r in sdir.read_runs().records)
+        result.n_ok, result.n_failed, result.n_unsupported = counts["ok"], counts["failed"], counts["unsupported"]
+        return result
+
+    def _session_record(self, sdir: SessionDir, model: PinnedModel, inputs: dict[int, PinnedInputs],
+                        seed: int) -> dict[str, Any]:
+        m = self.matrix
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "session_id": sdir.id,
+            "started_at": utc_now(),
+            "status": "starting",
+            "matrix": {"path": str(m.path.resolve()), "sha256": m.sha256, "content": m.raw},
+            "equivalence": asdict(m.equivalence),
+            "timing": asdict(m.timing),
+            "order": m.timing.order,
+            "order_seed": seed,
+            "model": {**asdict(model), "path": str(model.path), "synthetic": model.source == "synthetic"},
+            "inputs": {str(r): {"shape_latent": list(i.latent.shape), "shape_text_embedding": list(i.text_embedding.shape),
+                                "timestep": i.timestep, "sha256": i.digests(), "seed": m.inputs.seed}
+                       for r, i in inputs.items()},
+            "power": {**asdict(m.power), "meter_used": None, "energy_unavailable_reason": NO_METER_REASON},
+            "provenance": provenance.collect(self._needed_envs()),
+        }
+
+
+def base_record(session_id: str, cell: Cell, planned: PlannedRun) -> dict[str, Any]:
+    """Every run record has every field; the ones a run did not produce are null."""
+    return {
+        "schema_version": SCHEMA_VERSION, "session_id": session_id, "cell_id": cell.id,
+        "run_index": planned.run_index, "order_index": planned.order_index, "started_at": utc_now(),
+        "status": None, "failure_reason": None,
+        "backend": cell.backend, "env": cell.env, "device": cell.device or cell.compute_unit,
+        "precision": cell.precision, "resolution": cell.resolution,
+        "wall_s": None, "cooldown_s": None, "worker_pid": None, "worker_uid": None, "worker_exit_code": None,
+        "python": None, "versions": {}, "realized": {},
+        "load_s": None, "warmup_s": None, "warmup_iterations": None,
+        "iterations": None, "window_s": None,
+        "latency_ms_median": None, "latency_ms_iqr": None, "latency_ms_min": None, "latency_ms_mean": None,
+        "output_sha256": None, "output_shape": None,
+        "mse": None, "mse_relative": None, "cosine": None, "max_abs_diff": None, "finite": None,
+        "numerically_divergent": None,
+        "energy_per_step_j": None, "estimated_energy_per_50_step_image_j": None,
+        "energy_unavailable_reason": NO_METER_REASON, "throttled": None,
+        "host_load_avg": None, "samples_file": None, "output_file": None, "log_file": None,
+    }
+
+
+def fill_from_outcome(rec: dict[str, Any], o: RunOutcome) -> None:
+    rec.update(
+        status=o.status, failure_reason=o.reason, wall_s=o.wall_s, cooldown_s=o.wait_s,
+        worker_pid=o.hello.get("pid"), worker_uid=o.hello.get("uid"), worker_exit_code=o.exit_code,
+        python=o.hello.get("python"), versions=o.ready.get("versions") or o.unsupported_versions,
+        realized=o.ready.get("realized", {}), load_s=o.ready.get("load_s"), warmup_s=o.ready.get("warmup_s"),
+    )
+
+
+def check_resume(sdir: SessionDir, matrix: Matrix) -> None:
+    s = sdir.read_session()
+    if s["matrix"]["sha256"] != matrix.sha256:
+        raise UserError(f"--resume {sdir.root}: the session ran matrix sha256 {s['matrix']['sha256'][:12]}…, "
+                        f"{matrix.path} is now {matrix.sha256[:12]}…; start a new session instead")

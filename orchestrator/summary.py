@@ -1,0 +1,115 @@
+"""Per-cell summary of a session, derived from runs.jsonl alone so it can always be regenerated
+(`orchestrate report DIR`). Every numeric per-run metric goes through the same statistics."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+from orchestrator.results import SCHEMA_VERSION, SessionDir, utc_now, write_json
+from orchestrator.stats import across_runs
+
+# Per-run numeric metrics summarised across a cell's ok runs.
+RUN_METRICS = (
+    "latency_ms_median", "latency_ms_iqr", "latency_ms_min", "load_s",
+    "mse", "mse_relative", "cosine", "energy_per_step_j", "estimated_energy_per_50_step_image_j",
+)
+
+
+def _metric(runs: list[dict[str, Any]], key: str) -> dict[str, Any] | None:
+    pairs = [(r["run_index"], r[key]) for r in runs if isinstance(r.get(key), (int, float))]
+    if not pairs:
+        return None
+    s = across_runs([v for _, v in pairs])
+    return {
+        "n": s.n, "median": s.median, "p10": s.p10, "p90": s.p90, "mad": s.mad, "min": s.min, "max": s.max,
+        "outlier_runs": [{"run_index": pairs[i][0], "value": pairs[i][1]} for i in s.outliers],
+    }
+
+
+def _cell_status(counts: Counter) -> str:
+    if counts["ok"] and not counts["failed"]:
+        return "ok"
+    if counts["ok"]:
+        return "partial"
+    if counts["failed"]:
+        return "failed"
+    return "unsupported"
+
+
+def summarize_cell(cell_id: str, runs: list[dict[str, Any]], cell_info: dict[str, Any]) -> dict[str, Any]:
+    counts = Counter(r["status"] for r in runs)
+    ok = [r for r in runs if r["status"] == "ok"]
+    metrics = {k: m for k in RUN_METRICS if (m := _metric(ok, k)) is not None}
+    lat = metrics.get("latency_ms_median")
+    first = ok[0] if ok else (runs[0] if runs else {})
+    divergent = [r["run_index"] for r in ok if r.get("numerically_divergent")]
+    checked = [r for r in ok if r.get("numerically_divergent") is not None]
+    return {
+        "cell_id": cell_id,
+        **cell_info,
+        "status": _cell_status(counts),
+        "n_runs": len(runs), "n_ok": counts["ok"], "n_failed": counts["failed"], "n_unsupported": counts["unsupported"],
+        "unsupported_reason": next((r["failure_reason"] for r in runs if r["status"] == "unsupported"), None),
+        "failures": [{"run_index": r["run_index"], "reason": r["failure_reason"]} for r in runs if r["status"] == "failed"],
+        "realized": first.get("realized", {}),
+        "versions": first.get("versions", {}),
+        "latency_ms_median": lat["median"] if lat else None,
+        "latency_ms_p10": lat["p10"] if lat else None,
+        "latency_ms_p90": lat["p90"] if lat else None,
+        "latency_ms_mad": lat["mad"] if lat else None,
+        "latency_ms_iqr": metrics["latency_ms_iqr"]["median"] if "latency_ms_iqr" in metrics else None,
+        "outlier_runs": lat["outlier_runs"] if lat else [],
+        "cosine_min": min((r["cosine"] for r in checked if r.get("cosine") is not None), default=None),
+        "mse_max": max((r["mse"] for r in checked if r.get("mse") is not None), default=None),
+        "numerically_divergent": bool(divergent) if checked else None,
+        "divergent_runs": divergent,
+        "output_sha256_distinct": len({r["output_sha256"] for r in ok}),
+        "energy_per_step_j": metrics.get("energy_per_step_j", {}).get("median"),
+        "estimated_energy_per_50_step_image_j": metrics.get("estimated_energy_per_50_step_image_j", {}).get("median"),
+        "energy_unavailable_reason": next((r.get("energy_unavailable_reason") for r in runs
+                                           if r.get("energy_unavailable_reason")), None),
+        "metrics": metrics,
+    }
+
+
+def _cell_info(session: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Cell descriptions from the matrix the session ran (so report order follows the matrix)."""
+    info = {}
+    for c in session.get("matrix", {}).get("content", {}).get("cells", []):
+        if isinstance(c, dict) and "id" in c:
+            info[c["id"]] = {k: c.get(k) for k in ("label", "backend", "env", "device", "compute_unit",
+                                                   "precision", "attention", "resolution", "notes")}
+    return info
+
+
+def build_summary(session: dict[str, Any], runs: list[dict[str, Any]], problems: list[str]) -> dict[str, Any]:
+    info = _cell_info(session)
+    by_cell: dict[str, list[dict[str, Any]]] = {}
+    for r in runs:
+        by_cell.setdefault(r["cell_id"], []).append(r)
+    order = [c for c in info if c in by_cell] + [c for c in by_cell if c not in info]
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "session_id": session.get("session_id"),
+        "generated_at": utc_now(),
+        "status": session.get("status"),
+        "model": session.get("model", {}),
+        "matrix": {k: session.get("matrix", {}).get(k) for k in ("path", "sha256")},
+        "equivalence": session.get("equivalence", {}),
+        "energy_unavailable_reason": session.get("power", {}).get("energy_unavailable_reason"),
+        "n_runs": len(runs),
+        "problems": problems,
+        "cells": [summarize_cell(c, sorted(by_cell[c], key=lambda r: r["run_index"]), info.get(c, {})) for c in order],
+    }
+
+
+def write_derived(sdir: SessionDir) -> dict[str, Any]:
+    """summary.json and report.md from session.json and runs.jsonl."""
+    from orchestrator.report import render_markdown
+
+    runs = sdir.read_runs()
+    summary = build_summary(sdir.read_session(), runs.records, runs.problems)
+    write_json(sdir.root / "summary.json", summary)
+    (sdir.root / "report.md").write_text(render_markdown(summary, sdir.read_session()))
+    return summary

@@ -1,0 +1,39 @@
+"""Backends by name. Importing this module imports no toolchain: the orchestrator reads the
+names here, and only a worker imports a backend module."""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+# name -> module implementing `versions()` and `load(spec)` (see workers.backends.base)
+IMPLEMENTED: dict[str, str] = {
+    "diffusers": "workers.backends.diffusers_backend",
+}
+
+# Backends the matrix may name before they exist; their cells are recorded `unsupported`.
+PLANNED: dict[str, str] = {
+    "mlx": "the MLX backend is not implemented yet",
+    "coreml": "the Core ML backend is not implemented yet",
+}
+
+# Cell keys each backend understands beyond the common ones.
+EXTRA_CELL_KEYS: dict[str, frozenset[str]] = {
+    "diffusers": frozenset(),
+    "mlx": frozenset({"compile"}),
+    "coreml": frozenset({"converter", "palettization", "deployment_target"}),
+}
+
+ATTENTION: dict[str, frozenset[str]] = {
+    "diffusers": frozenset({"sdpa"}),
+    "mlx": frozenset({"sdpa"}),
+    "coreml": frozenset({"original", "split_einsum", "split_einsum_v2"}),
+}
+
+KNOWN = frozenset(IMPLEMENTED) | frozenset(PLANNED)
+
+
+def backend_module(name: str) -> ModuleType:
+    if name not in IMPLEMENTED:
+        raise KeyError(PLANNED.get(name, f"unknown backend {name!r}"))
+    return importlib.import_module(IMPLEMENTED[name])

@@ -1,0 +1,100 @@
+"""diffusers `UNet2DConditionModel` on PyTorch: devices cpu, cuda[:N], mps; fp32, fp16, bf16."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from workers.hostinfo import cpu_name
+from workers.backends.base import LoadedModel, LoadSpec, Unsupported
+from workers.unet.checkpoint import read_unet
+from workers.unet.layout import ldm_to_diffusers
+from workers.unet.presets import diffusers_config
+
+DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+
+
+def versions() -> dict[str, str]:
+    import diffusers
+    import torch
+
+    return {"torch": torch.__version__, "diffusers": diffusers.__version__, "numpy": np.__version__}
+
+
+def _device(name: str):
+    import torch
+
+    kind = name.split(":")[0]
+    if kind == "cpu":
+        return torch.device("cpu")
+    if kind == "cuda":
+        if not torch.cuda.is_available():
+            raise Unsupported("CUDA is not available (no NVIDIA GPU, or this torch build has no CUDA)")
+        dev = torch.device(name)
+        if (dev.index or 0) >= torch.cuda.device_count():
+            raise Unsupported(f"{name} requested but only {torch.cuda.device_count()} CUDA device(s) exist")
+        return dev
+    if kind == "mps":
+        if not torch.backends.mps.is_available():
+            raise Unsupported("MPS is not available (needs macOS on Apple Silicon)")
+        return torch.device("mps")
+    raise Unsupported(f"device {name!r} is not a diffusers device (cpu, cuda[:N], mps)")
+
+
+class DiffusersUNet(LoadedModel):
+    def __init__(self, spec: LoadSpec):
+        import torch
+        from diffusers import UNet2DConditionModel
+
+        cell = spec.cell
+        self._torch = torch
+        self._device = _device(cell["device"])
+        dtype = getattr(torch, DTYPES[cell["precision"]])
+        with torch.device("meta"):
+            model = UNet2DConditionModel(**diffusers_config(spec.arch))
+        state = {k: torch.from_numpy(v) for k, v in ldm_to_diffusers(spec.arch, read_unet(spec.model_path)).items()}
+        model.load_state_dict(state, strict=True, assign=True)
+        self._model = model.to(device=self._device, dtype=dtype).eval()
+        inp = spec.inputs
+        self._latent = torch.from_numpy(inp.latent).to(self._device, dtype)
+        self._text = torch.from_numpy(inp.text_embedding).to(self._device, dtype)
+        self._timestep = torch.tensor(inp.timestep, device=self._device)
+        self._out = None
+        processors = {type(p).__name__ for p in self._model.attn_processors.values()}
+        self.realized: dict[str, Any] = {
+            "device": str(self._device),
+            "device_name": _device_name(torch, self._device),
+            "dtype": str(dtype).removeprefix("torch."),
+            "attention": "sdpa",
+            "attention_processors": sorted(processors),
+            "torch_threads": torch.get_num_threads(),
+        }
+
+    def _sync(self) -> None:
+        if self._device.type == "cuda":
+            self._torch.cuda.synchronize(self._device)
+        elif self._device.type == "mps":
+            self._torch.mps.synchronize()
+
+    def step(self) -> None:
+        with self._torch.inference_mode():
+            self._out = self._model(self._latent, self._timestep, encoder_hidden_states=self._text, return_dict=False)[0]
+        self._sync()
+
+    def output(self) -> np.ndarray:
+        if self._out is None:
+            raise RuntimeError("output() before step()")
+        return self._out.detach().to("cpu", self._torch.float32).numpy()
+
+
+def _device_name(torch, device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    if device.type == "mps":
+        return "Apple GPU (MPS)"
+    return cpu_name()
+
+
+def load(spec: LoadSpec) -> LoadedModel:
+    return DiffusersUNet(spec)

@@ -1,0 +1,143 @@
+"""The worker's side of one run (DESIGN section 2): hello, setup, ready, measure, result.
+
+The timed loop does nothing but the step and two clock reads per iteration; everything else
+(digests, conversion of the output, messages) happens outside the window.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+import time
+import traceback
+from typing import Any
+
+import numpy as np
+
+from workers.backends import backend_module
+from workers.backends.base import LoadedModel, LoadSpec, Unsupported
+from workers.digest import sha256_array, sha256_file
+from workers.inputs import PinnedInputs
+from workers.protocol import PROTOCOL_VERSION, Channel
+from workers.unet.presets import UNetArch
+
+
+class SetupError(Exception):
+    """The setup the orchestrator sent cannot be honoured (a digest mismatch, say)."""
+
+
+def _protocol_streams():
+    """Keep the real stdout for protocol frames and point fd 1 at stderr, so a stray print()
+    in a toolchain lands in the run log instead of corrupting the message stream. Both are
+    unbuffered: a buffered read would wait for a full chunk the orchestrator never sends."""
+    out = os.fdopen(os.dup(1), "wb", buffering=0)
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    return os.fdopen(os.dup(0), "rb", buffering=0), out
+
+
+def hello(env_name: str) -> dict[str, Any]:
+    return {
+        "type": "hello",
+        "protocol": PROTOCOL_VERSION,
+        "pid": os.getpid(),
+        "uid": os.getuid() if hasattr(os, "getuid") else None,
+        "python": platform.python_version(),
+        "python_executable": sys.executable,
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "env": env_name,
+    }
+
+
+def verified_spec(setup: dict[str, Any]) -> LoadSpec:
+    """Check the pinned digests again on this side: a mismatch is never benchmarked."""
+    inputs = setup["inputs"]
+    latent, text = inputs["latent"], inputs["text_embedding"]
+    for name, arr in (("latent", latent), ("text_embedding", text)):
+        got = sha256_array(arr)
+        if got != inputs["sha256"][name]:
+            raise SetupError(f"input {name}: sha256 {got} received, {inputs['sha256'][name]} pinned")
+    model = setup["model"]
+    got = sha256_file(model["path"])
+    if got != model["sha256"]:
+        raise SetupError(f"model {model['path']}: sha256 {got}, {model['sha256']} pinned")
+    return LoadSpec(
+        cell=setup["cell"],
+        arch=UNetArch.from_dict(model["arch"]),
+        model_path=model["path"],
+        inputs=PinnedInputs(latent=np.array(latent), text_embedding=np.array(text), timestep=inputs["timestep"]),
+    )
+
+
+def timed_loop(model: LoadedModel, iterations: int, min_window_s: float) -> tuple[list[int], list[int]]:
+    """Whole iterations until both `iterations` ran and the window lasted `min_window_s`."""
+    min_ns = int(min_window_s * 1e9)
+    clock = time.monotonic_ns
+    starts: list[int] = []
+    ends: list[int] = []
+    first = clock()
+    while len(starts) < iterations or (ends[-1] - first) < min_ns:
+        s = clock()
+        model.step()
+        ends.append(clock())
+        starts.append(s)
+    return starts, ends
+
+
+def run(channel: Channel, env_name: str) -> int:
+    channel.send(hello(env_name))
+    setup = channel.recv()
+    if setup["type"] != "setup":
+        raise SetupError(f"expected 'setup', got {setup['type']!r}")
+    backend = backend_module(setup["cell"]["backend"])
+    spec = verified_spec(setup)
+    t0 = time.perf_counter()
+    try:
+        model = backend.load(spec)
+    except Unsupported as e:
+        channel.send({"type": "unsupported", "reason": str(e), "versions": backend.versions()})
+        return 0
+    load_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for _ in range(setup["warmup"]):
+        model.step()
+    warmup_s = time.perf_counter() - t0
+    channel.send({
+        "type": "ready",
+        "load_s": load_s,
+        "warmup_s": warmup_s,
+        "realized": model.realized,
+        "versions": backend.versions(),
+        "model_sha256": setup["model"]["sha256"],
+    })
+    measure = channel.recv()
+    if measure["type"] != "measure":
+        raise SetupError(f"expected 'measure', got {measure['type']!r}")
+    starts, ends = timed_loop(model, setup["iterations"], setup.get("min_window_s", 0.0))
+    out = model.output()
+    channel.send({
+        "type": "result",
+        "window_start_ns": starts[0],
+        "window_end_ns": ends[-1],
+        "iteration_start_ns": starts,
+        "iteration_end_ns": ends,
+        "output": out,
+        "output_sha256": sha256_array(out),
+    })
+    return 0
+
+
+def serve(env_name: str) -> int:
+    reader, writer = _protocol_streams()
+    channel = Channel(reader, writer)
+    try:
+        return run(channel, env_name)
+    except Exception as e:  # reported to the orchestrator as the run's failure reason
+        traceback.print_exc()
+        try:
+            channel.send({"type": "error", "message": f"{type(e).__name__}: {e}"})
+        except OSError:
+            pass
+        return 1

@@ -1,0 +1,3 @@
+"""The SD1.5-family UNet as data: shipped architectures, the LDM checkpoint layout and its
+mapping to backend names, and synthetic weights. Pure numpy, so the orchestrator and every
+backend share one definition instead of each carrying its own."""
