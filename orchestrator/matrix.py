@@ -216,7 +216,8 @@ def _fields(raw: Any, schema: dict, where: str, errors: _Errors) -> dict[str, An
             continue
         value = raw[key]
         if not _typed(value, types):
-            errors.add(where, f"field {key!r}: expected {_TYPE_NAMES[types[0]]}, got {value!r}")
+            expected = "a number" if float in types else _TYPE_NAMES[types[0]]
+            errors.add(where, f"field {key!r}: expected {expected}, got {value!r}")
             value = None if default is REQUIRED else default
         out[key] = float(value) if float in types and isinstance(value, int) else value
     return out

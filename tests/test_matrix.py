@@ -1,0 +1,132 @@
+"""Matrix validation: every mistake is one line naming file, section or cell, and field."""
+
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from orchestrator.errors import UserError
+from orchestrator.matrix import load_matrix
+
+from conftest import REPO, cli
+
+ENVS = {"diffusers"}
+QUICK = (REPO / "examples" / "quick.toml").read_text()
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "m.toml"
+    p.write_text(text)
+    return p
+
+
+def _errors(tmp_path, text) -> list[str]:
+    with pytest.raises(UserError) as e:
+        load_matrix(_write(tmp_path, text), ENVS)
+    return e.value.lines
+
+
+def test_quick_example_is_valid():
+    m = load_matrix(REPO / "examples" / "quick.toml", ENVS)
+    assert m.model.synthetic and m.model.preset == "tiny"
+    assert {c.precision for c in m.enabled_cells} >= {"fp32", "bf16"}
+    assert all(c.backend == "diffusers" and c.device == "cpu" for c in m.enabled_cells)
+    assert m.timing.runs == 3
+
+
+def test_reference_study_matrix_holds_the_seven_cells(tmp_path, monkeypatch):
+    ckpt = tmp_path / "v1-5.safetensors"
+    ckpt.write_bytes(b"stand-in")  # validation checks the file exists; its digest is checked later
+    monkeypatch.setenv("SD15_CHECKPOINT", str(ckpt))
+    m = load_matrix(REPO / "matrix.toml", ENVS)
+    assert m.model.source == "checkpoint" and m.model.path == ckpt
+    assert m.model.sha256 == "6ce0161689b3853acaa03779ec93eafe75a02f4ced659bee03f50797806fa2fa"
+    t = m.timing
+    assert (t.warmup, t.iterations, t.runs, t.cooldown_s) == (1, 10, 7, 30)
+    assert (m.power.interval_ms, m.power.baseline_s) == (100, 2)
+    eq = m.equivalence
+    assert (eq.backend, eq.device, eq.precision, eq.mse_max, eq.cosine_min) == ("diffusers", "cpu", "fp32", 1e-3, 0.999)
+    cells = m.enabled_cells
+    assert len(cells) == 7
+    coreml = [c for c in cells if c.backend == "coreml"]
+    assert sorted(c.compute_unit for c in coreml) == ["CPU_AND_GPU", "CPU_AND_GPU", "CPU_AND_NE", "CPU_AND_NE", "CPU_AND_NE"]
+    assert [c.options.get("palettization") for c in coreml].count("w4") == 1
+    assert {(c.backend, c.device, c.precision) for c in cells if c.backend != "coreml"} == {
+        ("diffusers", "mps", "fp16"), ("mlx", "gpu", "fp16")}
+
+
+def test_missing_checkpoint_names_the_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("SD15_CHECKPOINT", str(tmp_path / "absent.safetensors"))
+    with pytest.raises(UserError) as e:
+        load_matrix(REPO / "matrix.toml", ENVS)
+    assert any("[model]" in ln and "'path'" in ln and "absent.safetensors" in ln for ln in e.value.lines)
+
+
+def test_path_expansion_uses_default_when_variable_unset(tmp_path, monkeypatch):
+    monkeypatch.delenv("CDB_TEST_DIR", raising=False)
+    text = QUICK.replace('seed = 0\nsha256', f'seed = 0\ncache_dir = "${{CDB_TEST_DIR:-{tmp_path}/fallback}}"\nsha256', 1)
+    assert load_matrix(_write(tmp_path, text), ENVS).model.cache_dir == tmp_path / "fallback"
+    monkeypatch.setenv("CDB_TEST_DIR", str(tmp_path / "chosen"))
+    assert load_matrix(_write(tmp_path, text), ENVS).model.cache_dir == tmp_path / "chosen"
+
+
+def test_unset_variable_without_default_is_an_error(tmp_path, monkeypatch):
+    monkeypatch.delenv("CDB_NOPE", raising=False)
+    text = QUICK.replace('seed = 0\nsha256', 'seed = 0\ncache_dir = "${CDB_NOPE}/x"\nsha256', 1)
+    (line,) = _errors(tmp_path, text)
+    assert "[model]" in line and "cache_dir" in line and "CDB_NOPE" in line
+
+
+@pytest.mark.parametrize("edit,needles", [
+    (('precision = "bf16"', 'precision = "bf16"\nthreads = 4'), ["cell 'diffusers-cpu-bf16'", "unknown field 'threads'"]),
+    (("iterations = 20", 'iterations = "twenty"'), ["[timing]", "field 'iterations'", "expected an integer", "twenty"]),
+    (('id = "diffusers-cpu-bf16"', 'id = "diffusers-cpu-fp32"'), ["cell 'diffusers-cpu-fp32'", "duplicate cell id"]),
+    (('backend = "diffusers"\nenv = "diffusers"\ndevice = "cpu"\nprecision = "bf16"',
+      'backend = "onnx"\nenv = "diffusers"\ndevice = "cpu"\nprecision = "bf16"'), ["cell 'diffusers-cpu-bf16'", "field 'backend'", "onnx"]),
+    (('env = "diffusers"\ndevice = "cpu"\nprecision = "bf16"', 'env = "torch-nightly"\ndevice = "cpu"\nprecision = "bf16"'),
+     ["cell 'diffusers-cpu-bf16'", "field 'env'", "torch-nightly"]),
+    (('precision = "bf16"', 'precision = "int3"'), ["cell 'diffusers-cpu-bf16'", "field 'precision'", "int3"]),
+    (('device = "cpu"\nprecision = "bf16"', 'device = "tpu"\nprecision = "bf16"'), ["cell 'diffusers-cpu-bf16'", "field 'device'"]),
+    (("resolution = 256\n\n[[cells]]", "resolution = 250\n\n[[cells]]"), ["cell 'diffusers-cpu-fp32'", "multiple of 8"]),
+    (("[power]", "[powr]"), ["top level", "unknown section 'powr'"]),
+    (("runs = 3", "runs = 0"), ["[timing]", "field 'runs'", "> 0"]),
+    (('order = "interleaved"', 'order = "random"'), ["[timing]", "field 'order'"]),
+    (('source = "synthetic"', 'source = "checkpoint"'), ["[model]", "field 'path' is required"]),
+    (("cosine_min = 0.999", "cosine_min = true"), ["[equivalence]", "field 'cosine_min'", "expected a number"]),
+])
+def test_each_mistake_names_file_place_and_field(tmp_path, edit, needles):
+    old, new = edit
+    assert old in QUICK
+    lines = _errors(tmp_path, QUICK.replace(old, new, 1))
+    assert any(all(n in ln for n in needles) and str(tmp_path / "m.toml") in ln for ln in lines), lines
+
+
+def test_all_mistakes_reported_at_once(tmp_path):
+    text = QUICK.replace("runs = 3", "runs = -1").replace('precision = "bf16"', 'precision = "fp8"')
+    assert len(_errors(tmp_path, text)) == 2
+
+
+def test_toml_syntax_error_is_one_line(tmp_path):
+    (line,) = _errors(tmp_path, QUICK + "\n[[cells]\n")
+    assert "not valid TOML" in line
+
+
+def test_cli_exits_2_without_traceback(tmp_path):
+    bad = _write(tmp_path, QUICK.replace('precision = "bf16"', 'precision = "bf16"\nthreads = 4'))
+    p = cli(str(bad), "--out", str(tmp_path / "results"))
+    assert p.returncode == 2
+    assert "Traceback" not in p.stderr
+    assert f"{bad}: cell 'diffusers-cpu-bf16': unknown field 'threads'" in p.stderr
+    assert not (tmp_path / "results").exists()
+
+
+def test_cli_missing_matrix_file(tmp_path):
+    p = cli(str(tmp_path / "none.toml"))
+    assert p.returncode == 2 and "cannot read matrix file" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_disabled_cells_are_not_run(tmp_path):
+    text = QUICK.replace('precision = "bf16"', 'precision = "bf16"\nenabled = false')
+    m = load_matrix(_write(tmp_path, text), ENVS)
+    assert [c.id for c in m.enabled_cells] == ["diffusers-cpu-fp32"]
+    assert tomllib.loads(text)  # still a well-formed file

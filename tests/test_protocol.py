@@ -1,0 +1,77 @@
+import os
+import time
+
+import msgpack
+import numpy as np
+import pytest
+
+from workers.protocol import Channel, FrameReader, PeerClosed, ProtocolError, encode
+
+
+def _pipe_with(data: bytes, close: bool = True):
+    r, w = os.pipe()
+    os.write(w, data)
+    if close:
+        os.close(w)
+    return os.fdopen(r, "rb", buffering=0), w
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16", "int64", "uint8"])
+def test_arrays_round_trip_bit_for_bit(dtype):
+    a = (np.arange(24).reshape(2, 3, 4) * 1.5).astype(dtype)
+    reader, _ = _pipe_with(encode({"type": "x", "a": a, "n": 3}))
+    msg = FrameReader(reader).recv(time.monotonic() + 5)
+    assert msg["type"] == "x" and msg["n"] == 3
+    assert msg["a"].dtype == a.dtype and msg["a"].shape == a.shape
+    assert msg["a"].tobytes() == a.tobytes()
+
+
+def test_truncated_frame_is_named():
+    frame = encode({"type": "result", "output": np.zeros(1000, np.float32)})
+    reader, _ = _pipe_with(frame[: len(frame) // 2])
+    with pytest.raises(ProtocolError, match="truncated frame"):
+        FrameReader(reader).recv(time.monotonic() + 5)
+
+
+def test_clean_end_between_frames_is_peer_closed():
+    reader, _ = _pipe_with(b"")
+    with pytest.raises(PeerClosed):
+        FrameReader(reader).recv(time.monotonic() + 5)
+
+
+def test_oversized_frame_is_refused_not_buffered():
+    frame = encode({"type": "result", "blob": b"x" * 5000})
+    reader, _ = _pipe_with(frame)
+    with pytest.raises(ProtocolError, match="oversized frame"):
+        FrameReader(reader, max_bytes=1024).recv(time.monotonic() + 5)
+
+
+def test_frame_that_is_not_a_typed_map_is_malformed():
+    reader, _ = _pipe_with(msgpack.packb([1, 2, 3]))
+    with pytest.raises(ProtocolError, match="malformed"):
+        FrameReader(reader).recv(time.monotonic() + 5)
+
+
+def test_silence_times_out():
+    reader, w = _pipe_with(b"", close=False)
+    t0 = time.monotonic()
+    with pytest.raises(TimeoutError):
+        FrameReader(reader).recv(time.monotonic() + 0.3)
+    assert 0.25 < time.monotonic() - t0 < 3
+    os.close(w)
+
+
+def test_channel_reads_each_message_as_it_arrives():
+    """The worker side must not wait for a full read buffer: one small message is enough."""
+    r, w = os.pipe()
+    channel = Channel(os.fdopen(r, "rb", buffering=0), open(os.devnull, "wb"))
+    os.write(w, encode({"type": "measure"}))
+    assert channel.recv() == {"type": "measure"}
+    os.close(w)
+    with pytest.raises(PeerClosed):
+        channel.recv()
+
+
+def test_encode_needs_a_type():
+    with pytest.raises(ValueError):
+        encode({"no": "type"})
