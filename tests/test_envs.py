@@ -1,0 +1,78 @@
+"""Worker environments: discovery, listing, interpreter overrides, clear failures."""
+
+import json
+import os
+import subprocess
+
+import pytest
+
+from orchestrator.envs import Env, discover, ensure_synced, parse_overrides, sync
+from orchestrator.errors import UserError
+
+from conftest import BIN, REPO, cli
+
+
+def test_diffusers_env_is_discovered_with_its_lock():
+    env = discover()["diffusers"]
+    assert env.project == REPO / "envs" / "diffusers"
+    assert len(env.lock_sha256()) == 64
+    versions = env.locked_versions()
+    assert {"torch", "diffusers", "numpy"} <= versions.keys()
+
+
+def test_envs_list_json(diffusers_python):
+    p = cli("envs", "list", "--json")
+    assert p.returncode == 0, p.stderr
+    rows = {r["name"]: r for r in json.loads(p.stdout)}
+    d = rows["diffusers"]
+    assert d["synced"] is True and d["python"].startswith("3.")
+    assert d["lock_sha256"] == discover()["diffusers"].lock_sha256()
+    assert "torch" in d["packages"]
+
+
+def test_a_changed_lock_means_not_synced(tmp_path):
+    project = tmp_path / "envs" / "x"
+    (project / ".venv" / "bin").mkdir(parents=True)
+    (project / ".venv" / "bin" / "python").write_text("")
+    (project / "uv.lock").write_text("version = 1\n")
+    env = Env("x", project)
+    assert not env.synced
+    (project / ".venv" / ".cdb-synced-lock").write_text(env.lock_sha256())
+    assert env.synced
+    (project / "uv.lock").write_text("version = 1\n# changed\n")
+    assert not env.synced
+
+
+def test_override_needs_name_and_existing_interpreter(tmp_path):
+    with pytest.raises(UserError, match="expected NAME=/path/to/python"):
+        parse_overrides(["diffusers"])
+    with pytest.raises(UserError, match="interpreter not found"):
+        parse_overrides([f"diffusers={tmp_path / 'nope'}"])
+    envs = discover(parse_overrides([f"cluster={BIN / 'python'}"]))
+    assert envs["cluster"].external_python == BIN / "python" and envs["cluster"].synced
+
+
+def test_missing_uv_is_a_clear_error(tmp_path, monkeypatch):
+    project = tmp_path / "x"
+    project.mkdir()
+    (project / "uv.lock").write_text("")
+    monkeypatch.delenv("UV", raising=False)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(UserError, match="uv is not installed"):
+        sync(Env("x", project), log=lambda m: None)
+
+
+def test_ensure_synced_refuses_a_vanished_interpreter(tmp_path):
+    with pytest.raises(UserError, match="does not exist"):
+        ensure_synced([Env("gone", None, external_python=tmp_path / "python")], log=lambda m: None)
+
+
+@pytest.mark.slow
+def test_env_pointed_at_an_existing_interpreter_runs_a_cell(diffusers_python, cache_dir):
+    """--env NAME=PYTHON: the interpreter has torch but the harness comes from this checkout."""
+    p = subprocess.run([str(BIN / "worker"), "--cell", "diffusers-cpu-fp32", "--iterations", "2",
+                        "--env", f"diffusers={diffusers_python}"],
+                       capture_output=True, text=True, timeout=600, cwd=REPO,
+                       env={**os.environ, "CDB_CACHE_DIR": str(cache_dir)})
+    assert p.returncode == 0, p.stderr
+    assert f"({diffusers_python})" in p.stdout and p.stdout.count("  iteration ") == 2

@@ -1,0 +1,201 @@
+"""End to end through the real CLI, the real uv env and real worker processes."""
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+
+from conftest import BIN, REPO, cli
+
+pytestmark = pytest.mark.slow
+QUICK = REPO / "examples" / "quick.toml"
+
+
+def _session(out: Path) -> Path:
+    (d,) = [p for p in out.iterdir() if p.is_dir()]
+    return d
+
+
+def _runs(d: Path) -> list[dict]:
+    return [json.loads(line) for line in (d / "runs.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def quick_session(diffusers_python, cache_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("quick")
+    t0 = time.monotonic()
+    p = cli(str(QUICK), "--out", str(out), env={"CDB_CACHE_DIR": str(cache_dir)})
+    return p, _session(out), time.monotonic() - t0
+
+
+def test_quick_example_runs_every_cell_every_run(quick_session):
+    p, d, seconds = quick_session
+    assert p.returncode == 0, p.stderr[-3000:]
+    runs = _runs(d)
+    assert len(runs) == 2 * 3
+    assert {(r["cell_id"], r["run_index"]) for r in runs} == {
+        (c, i) for c in ("diffusers-cpu-fp32", "diffusers-cpu-bf16") for i in range(3)}
+    assert all(r["status"] == "ok" for r in runs), [r["failure_reason"] for r in runs]
+    assert len({r["worker_pid"] for r in runs}) == 6  # a fresh process per run
+    assert seconds < 180, f"quick example took {seconds:.0f} s"
+
+
+def test_per_iteration_latencies_are_saved(quick_session):
+    _, d, _ = quick_session
+    for r in _runs(d):
+        s = json.loads((d / r["samples_file"]).read_text())
+        assert len(s["latency_ms"]) == r["iterations"] == 20
+        assert s["iteration_start_ns"][0] == s["window_start_ns"] and s["iteration_end_ns"][-1] == s["window_end_ns"]
+        assert np.median(s["latency_ms"]) == pytest.approx(r["latency_ms_median"])
+        assert np.load(d / r["output_file"]).shape == (2, 4, 32, 32)
+
+
+def test_equivalence_against_the_fp32_reference(quick_session):
+    _, d, _ = quick_session
+    eq = json.loads((d / "session.json").read_text())["equivalence"]
+    for r in _runs(d):
+        assert r["finite"] is True
+        if r["precision"] == "fp32":
+            assert r["cosine"] >= 0.99999
+        expected = r["mse"] > eq["mse_max"] or r["cosine"] < eq["cosine_min"]
+        assert r["numerically_divergent"] is expected
+
+
+def test_session_files_and_regenerated_report(quick_session):
+    _, d, _ = quick_session
+    session = json.loads((d / "session.json").read_text())
+    assert session["status"] == "complete"
+    assert session["model"]["synthetic"] is True and session["model"]["preset"] == "tiny"
+    assert session["provenance"]["envs"]["diffusers"]["lock_sha256"]
+    assert "torch" in session["worker_versions"]["diffusers"]
+    assert (d / "report.md").read_text().count("| diffusers-cpu-") == 2
+    before = json.loads((d / "summary.json").read_text())
+    p = cli("report", str(d), "--format", "json")
+    assert p.returncode == 0, p.stderr
+    again = json.loads(p.stdout)
+    strip = lambda s: [{k: v for k, v in c.items()} for c in s["cells"]]  # noqa: E731
+    assert strip(again) == strip(before)
+    fp32 = next(c for c in again["cells"] if c["cell_id"] == "diffusers-cpu-fp32")
+    medians = sorted(r["latency_ms_median"] for r in _runs(d) if r["cell_id"] == "diffusers-cpu-fp32")
+    assert fp32["latency_ms_median"] == pytest.approx(medians[1])
+    assert fp32["n_ok"] == 3 and fp32["status"] == "ok"
+
+
+def test_worker_debug_command_runs_one_cell(diffusers_python, cache_dir):
+    p = subprocess.run([str(BIN / "worker"), "--cell", "diffusers-cpu-fp32", "--matrix", str(QUICK), "--iterations", "3"],
+                       capture_output=True, text=True, timeout=600, cwd=REPO, env={**os.environ, "CDB_CACHE_DIR": str(cache_dir)})
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.count("  iteration ") == 3
+    assert "finite=True" in p.stdout and "latency ms: median" in p.stdout
+
+
+RESILIENCE = """
+[model]
+source = "synthetic"
+preset = "tiny"
+
+[inputs.sha256]
+"64" = {{ latent = "{latent}", text_embedding = "{text}" }}
+
+[timing]
+warmup = 1
+iterations = 3
+runs = 3
+cooldown_s = 3
+order = "sequential"
+run_timeout_s = 300
+
+[[cells]]
+id = "cpu"
+backend = "diffusers"
+env = "diffusers"
+device = "cpu"
+precision = "fp32"
+resolution = 64
+
+[[cells]]
+id = "mps"
+backend = "diffusers"
+env = "diffusers"
+device = "mps"
+precision = "fp16"
+resolution = 64
+
+[[cells]]
+id = "mlx"
+backend = "mlx"
+env = "mlx"
+device = "gpu"
+precision = "fp16"
+resolution = 64
+"""
+
+
+@pytest.fixture(scope="module")
+def resilience_session(diffusers_python, cache_dir, tmp_path_factory):
+    """Kill one worker mid-run (SIGKILL while it waits in cooldown); the session goes on."""
+    from workers.inputs import pinned_inputs
+
+    tmp = tmp_path_factory.mktemp("resilience")
+    dig = pinned_inputs(64).digests()
+    matrix = tmp / "m.toml"
+    matrix.write_text(RESILIENCE.format(latent=dig["latent"], text=dig["text_embedding"]))
+    out = tmp / "results"
+    proc = subprocess.Popen([str(BIN / "orchestrate"), str(matrix), "--out", str(out)], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "CDB_CACHE_DIR": str(cache_dir)})
+    victim = None
+    deadline = time.monotonic() + 300
+    while victim is None and time.monotonic() < deadline and proc.poll() is None:
+        for p in psutil.process_iter(["cmdline"]):
+            if "cpu/run-001" in (p.info["cmdline"] or []):
+                time.sleep(0.5)
+                p.send_signal(signal.SIGKILL)
+                victim = p.pid
+                break
+        time.sleep(0.1)
+    stdout, stderr = proc.communicate(timeout=600)
+    return proc.returncode, stderr, _session(out), victim, matrix
+
+
+def test_killed_worker_is_a_failed_run_and_the_rest_complete(resilience_session):
+    code, stderr, d, victim, _ = resilience_session
+    assert victim is not None, "never saw the worker of cpu run 1"
+    assert code == 1, stderr[-2000:]  # some runs failed
+    by = {(r["cell_id"], r["run_index"]): r for r in _runs(d)}
+    assert len(by) == 9
+    killed = by[("cpu", 1)]
+    assert killed["status"] == "failed" and "SIGKILL" in killed["failure_reason"]
+    assert by[("cpu", 0)]["status"] == by[("cpu", 2)]["status"] == "ok"
+
+
+def test_unavailable_device_and_unimplemented_backend_are_unsupported(resilience_session):
+    _, _, d, _, _ = resilience_session
+    by = {(r["cell_id"], r["run_index"]): r for r in _runs(d)}
+    for i in range(3):
+        assert by[("mps", i)]["status"] == "unsupported"
+        assert "MPS is not available" in by[("mps", i)]["failure_reason"]
+        assert by[("mlx", i)]["status"] == "unsupported"
+        assert "not implemented" in by[("mlx", i)]["failure_reason"]
+    summary = json.loads((d / "summary.json").read_text())
+    cells = {c["cell_id"]: c for c in summary["cells"]}
+    assert cells["cpu"]["status"] == "partial" and cells["cpu"]["n_failed"] == 1
+    assert cells["mps"]["status"] == "unsupported"
+
+
+def test_resume_finishes_only_the_missing_runs(resilience_session, cache_dir):
+    _, _, d, _, matrix = resilience_session
+    lines = (d / "runs.jsonl").read_text().splitlines()
+    (d / "runs.jsonl").write_text("\n".join(lines[:4]) + "\n")
+    kept = {(json.loads(ln)["cell_id"], json.loads(ln)["run_index"]) for ln in lines[:4]}
+    p = cli(str(matrix), "--resume", str(d), env={"CDB_CACHE_DIR": str(cache_dir)})
+    runs = _runs(d)
+    assert len(runs) == 9, p.stderr[-2000:]
+    assert {(r["cell_id"], r["run_index"]) for r in runs[:4]} == kept
+    assert json.loads((d / "session.json").read_text())["status"] == "complete"
