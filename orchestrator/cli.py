@@ -6,6 +6,7 @@ Exit codes: 0 all runs ok or unsupported; 1 some runs failed; 2 a mistake in the
 from __future__ import annotations
 
 import json
+import signal
 import sys
 from pathlib import Path
 
@@ -64,6 +65,7 @@ def run(matrix: Path, out: Path, resume: Path | None, runs: int | None, quiet: b
         if runs < 1:
             raise UserError("--runs must be >= 1")
         m = replace(m, timing=replace(m.timing, runs=runs))
+    signal.signal(signal.SIGTERM, _interrupt)
     sdir = None
     if resume is not None:
         sdir = SessionDir(resume)
@@ -142,6 +144,12 @@ def report(dirs: tuple[Path, ...], fmt: str) -> None:
             display.summary_table(summary)
     if fmt == "json":
         click.echo(json.dumps(summaries[0] if len(summaries) == 1 else summaries, indent=2))
+
+
+def _interrupt(signum, frame) -> None:
+    """SIGTERM ends a session like Ctrl-C: the worker is stopped, finished runs stay, the
+    summary is written and the session can be resumed."""
+    raise KeyboardInterrupt
 
 
 def main() -> None:

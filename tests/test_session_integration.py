@@ -189,13 +189,35 @@ def test_unavailable_device_and_unimplemented_backend_are_unsupported(resilience
     assert cells["mps"]["status"] == "unsupported"
 
 
-def test_resume_finishes_only_the_missing_runs(resilience_session, cache_dir):
-    _, _, d, _, matrix = resilience_session
-    lines = (d / "runs.jsonl").read_text().splitlines()
-    (d / "runs.jsonl").write_text("\n".join(lines[:4]) + "\n")
-    kept = {(json.loads(ln)["cell_id"], json.loads(ln)["run_index"]) for ln in lines[:4]}
+def test_sigterm_keeps_finished_runs_and_resume_completes_the_session(diffusers_python, cache_dir, tmp_path):
+    from workers.inputs import pinned_inputs
+
+    dig = pinned_inputs(64).digests()
+    matrix = tmp_path / "m.toml"
+    matrix.write_text(RESILIENCE.format(latent=dig["latent"], text=dig["text_embedding"])
+                      .replace('device = "mps"', 'device = "mps"\nenabled = false')
+                      .replace('device = "gpu"', 'device = "gpu"\nenabled = false'))
+    out = tmp_path / "results"
+    env = {**os.environ, "CDB_CACHE_DIR": str(cache_dir)}
+    proc = subprocess.Popen([str(BIN / "orchestrate"), str(matrix), "--out", str(out)], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and not list(out.glob("*/runs.jsonl")):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr[-2000:]
+    d = _session(out)
+    assert json.loads((d / "session.json").read_text())["status"] == "interrupted"
+    assert (d / "summary.json").is_file()
+    done = _runs(d)
+    assert 1 <= len(done) < 3
+    workers = [p for p in psutil.process_iter(["cmdline"])
+               if any(a.startswith("cpu/run-") for a in p.info["cmdline"] or [])]
+    assert not workers, "a worker outlived the orchestrator"
     p = cli(str(matrix), "--resume", str(d), env={"CDB_CACHE_DIR": str(cache_dir)})
+    assert p.returncode == 0, p.stderr[-2000:]
     runs = _runs(d)
-    assert len(runs) == 9, p.stderr[-2000:]
-    assert {(r["cell_id"], r["run_index"]) for r in runs[:4]} == kept
+    assert [(r["cell_id"], r["run_index"]) for r in runs] == [("cpu", i) for i in range(3)]
+    assert runs[: len(done)] == done
     assert json.loads((d / "session.json").read_text())["status"] == "complete"

@@ -57,8 +57,10 @@ class DiffusersUNet(LoadedModel):
         model.load_state_dict(state, strict=True, assign=True)
         self._model = model.to(device=self._device, dtype=dtype).eval()
         inp = spec.inputs
-        self._latent = torch.from_numpy(inp.latent).to(self._device, dtype)
-        self._text = torch.from_numpy(inp.text_embedding).to(self._device, dtype)
+        # copy=True: the inputs live in torch's own (aligned) allocation whichever way the numpy
+        # arrays arrived, so input placement is not a hidden difference between runs.
+        self._latent = torch.from_numpy(inp.latent).to(self._device, dtype, copy=True)
+        self._text = torch.from_numpy(inp.text_embedding).to(self._device, dtype, copy=True)
         self._timestep = torch.tensor(inp.timestep, device=self._device)
         self._out = None
         processors = {type(p).__name__ for p in self._model.attn_processors.values()}

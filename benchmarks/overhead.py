@@ -1,0 +1,106 @@
+"""Harness overhead: per-step latency through the harness (fresh worker, protocol, timed window)
+versus a bare in-process loop over the same backend code, same env, same weights and inputs.
+
+    uv run python benchmarks/overhead.py [--matrix examples/quick.toml] [--cell ID] [--rounds 3]
+
+Rounds alternate which goes first, so slow drifts of the host hit both alike. Prints each
+round and the ratio of medians (harness / bare); 1.00 means the harness adds nothing measurable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from orchestrator.envs import discover, ensure_synced, parse_overrides  # noqa: E402
+from orchestrator.matrix import load_matrix  # noqa: E402
+from orchestrator.pins import pin_inputs, pin_model, setup_message  # noqa: E402
+from orchestrator.runner import run_worker  # noqa: E402
+
+BARE = """
+import json, sys, time
+import numpy as np
+from workers.backends import backend_module
+from workers.backends.base import LoadSpec
+from workers.inputs import pinned_inputs
+from workers.unet.presets import UNetArch
+a = json.loads(sys.argv[1])
+inp = pinned_inputs(a["resolution"], batch=a["batch"], seed=a["seed"], timestep=a["timestep"])
+model = backend_module(a["cell"]["backend"]).load(
+    LoadSpec(cell=a["cell"], arch=UNetArch.from_dict(a["arch"]), model_path=a["path"], inputs=inp))
+for _ in range(a["warmup"]):
+    model.step()
+lat = []
+for _ in range(a["iterations"]):
+    t = time.perf_counter()
+    model.step()
+    lat.append((time.perf_counter() - t) * 1e3)
+print(json.dumps({"median_ms": float(np.median(lat))}))
+"""
+
+
+def _harness(env, setup, bare_args, log, timeout_s) -> float | None:
+    o = run_worker(env, setup, label="overhead", log_path=log, timeout_s=timeout_s)
+    if o.status != "ok":
+        print(f"harness run failed: {o.reason}", file=sys.stderr)
+        return None
+    return float(np.median((np.asarray(o.result["iteration_end_ns"]) - np.asarray(o.result["iteration_start_ns"])) / 1e6))
+
+
+def _bare(env, setup, bare_args, log, timeout_s) -> float | None:
+    b = subprocess.run([str(env.python), "-c", BARE, bare_args], capture_output=True, text=True,
+                       cwd=REPO, env=env.worker_environ(), timeout=timeout_s)
+    if b.returncode != 0:
+        print(b.stderr, file=sys.stderr)
+        return None
+    return json.loads(b.stdout.strip().splitlines()[-1])["median_ms"]
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--matrix", default=str(REPO / "examples" / "quick.toml"))
+    p.add_argument("--cell", default="diffusers-cpu-fp32")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--env", action="append", default=[], metavar="NAME=PYTHON", help="use an existing interpreter for env NAME")
+    args = p.parse_args()
+    envs = discover(parse_overrides(args.env))
+    m = load_matrix(Path(args.matrix), set(envs))
+    cell = m.cell(args.cell)
+    env = envs[cell.env]
+    ensure_synced([env])
+    model = pin_model(m.model, m.path)
+    inputs = pin_inputs(m.inputs, [cell.resolution], m.path)[cell.resolution]
+    setup = setup_message(m, cell, model, inputs)
+    bare_args = json.dumps({"cell": cell.as_setup(), "arch": setup["model"]["arch"], "path": str(model.path),
+                            "resolution": cell.resolution, "batch": m.inputs.batch, "seed": m.inputs.seed,
+                            "timestep": m.inputs.timestep, "warmup": m.timing.warmup, "iterations": m.timing.iterations})
+    log = Path(tempfile.mkdtemp(prefix="cdb-overhead-")) / "worker.log"
+    harness, bare = [], []
+    print(f"{cell.id}: {m.timing.warmup} warmup + {m.timing.iterations} iterations per run, {args.rounds} rounds", flush=True)
+    for r in range(args.rounds):
+        t0 = time.monotonic()
+        first, second = (_harness, _bare) if r % 2 == 0 else (_bare, _harness)
+        for measure in (first, second):
+            ms = measure(env, setup, bare_args, log, m.timing.run_timeout_s)
+            if ms is None:
+                return 1
+            (harness if measure is _harness else bare).append(ms)
+        print(f"round {r} ({'harness' if r % 2 == 0 else 'bare'} first): harness {harness[-1]:.3f} ms/step   "
+              f"bare loop {bare[-1]:.3f} ms/step ({time.monotonic() - t0:.0f} s)", flush=True)
+    h, b = float(np.median(harness)), float(np.median(bare))
+    print(f"median over rounds: harness {h:.3f} ms/step, bare {b:.3f} ms/step, ratio {h / b:.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
