@@ -195,6 +195,7 @@ class Session:
             "started_at": utc_now(),
             "status": "starting",
             "matrix": {"path": str(m.path.resolve()), "sha256": m.sha256, "content": m.raw},
+            "cells": [asdict(c) for c in m.cells],
             "equivalence": asdict(m.equivalence),
             "timing": asdict(m.timing),
             "order": m.timing.order,

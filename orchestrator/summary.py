@@ -74,13 +74,9 @@ def summarize_cell(cell_id: str, runs: list[dict[str, Any]], cell_info: dict[str
 
 
 def _cell_info(session: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """Cell descriptions from the matrix the session ran (so report order follows the matrix)."""
-    info = {}
-    for c in session.get("matrix", {}).get("content", {}).get("cells", []):
-        if isinstance(c, dict) and "id" in c:
-            info[c["id"]] = {k: c.get(k) for k in ("label", "backend", "env", "device", "compute_unit",
-                                                   "precision", "attention", "resolution", "notes")}
-    return info
+    """Cell descriptions as the session resolved them (so report order follows the matrix)."""
+    keys = ("label", "backend", "env", "device", "compute_unit", "precision", "attention", "resolution", "notes", "options")
+    return {c["id"]: {k: c.get(k) for k in keys} for c in session.get("cells", [])}
 
 
 def build_summary(session: dict[str, Any], runs: list[dict[str, Any]], problems: list[str]) -> dict[str, Any]:
