@@ -124,7 +124,8 @@ def sync(env: Env, log=print) -> float:
     cmd = [uv_executable(), "sync", "--locked", "--project", str(env.project)]
     log(f"env {env.name}: {' '.join(cmd[1:])}")
     t0 = time.monotonic()
-    proc = subprocess.run(cmd, stderr=subprocess.PIPE, text=True, env={**os.environ, "VIRTUAL_ENV": ""})
+    environ = {k: v for k, v in os.environ.items() if k != "VIRTUAL_ENV"}  # the env's own venv, not the caller's
+    proc = subprocess.run(cmd, stderr=subprocess.PIPE, text=True, env=environ)
     sys.stderr.write(proc.stderr)
     if proc.returncode != 0:
         tail = "\n".join(proc.stderr.strip().splitlines()[-5:])

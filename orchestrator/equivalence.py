@@ -51,8 +51,11 @@ def compare(output: np.ndarray, reference: np.ndarray, spec: Equivalence) -> Com
     )
 
 
-def reference_key(spec: Equivalence, model: PinnedModel, inputs: PinnedInputs) -> str:
+def reference_key(spec: Equivalence, env: Env, model: PinnedModel, inputs: PinnedInputs) -> str:
+    """Model, input, reference spec and the reference env's lock: a toolchain upgrade makes a
+    new reference instead of silently comparing against the old one."""
     ident = {"model": model.sha256, "inputs": inputs.digests(), "timestep": inputs.timestep,
+             "env": env.lock_sha256() or str(env.python),
              "reference": {k: v for k, v in asdict(spec).items() if k in ("backend", "device", "precision")}}
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:24]
 
@@ -74,7 +77,7 @@ def reference_output(matrix: Matrix, env: Env, model: PinnedModel, inputs: Pinne
                      cache: Path, log_path: Path) -> Reference:
     """Load the cached reference, or compute it with one worker run (no warmup, one iteration)."""
     spec = matrix.equivalence
-    key = reference_key(spec, model, inputs)
+    key = reference_key(spec, env, model, inputs)
     path = cache / "references" / f"{key}.npy"
     meta_path = path.with_suffix(".json")
     if path.is_file() and meta_path.is_file():

@@ -1,0 +1,42 @@
+import numpy as np
+import pytest
+
+from orchestrator.equivalence import compare
+from orchestrator.matrix import Equivalence
+
+SPEC = Equivalence(backend="diffusers", env="diffusers", device="cpu", precision="fp32", mse_max=1e-3, cosine_min=0.999)
+REF = np.array([[1.0, -2.0], [3.0, 0.5]], dtype=np.float32)
+
+
+def test_identical_output():
+    c = compare(REF.copy(), REF, SPEC)
+    assert (c.mse, c.cosine, c.max_abs_diff, c.finite, c.numerically_divergent) == (0.0, 1.0, 0.0, True, False)
+
+
+def test_hand_computed_mse_and_cosine():
+    out = REF + np.array([[0.02, 0.0], [0.0, -0.04]], dtype=np.float32)
+    c = compare(out, REF, SPEC)
+    assert c.mse == pytest.approx((0.02**2 + 0.04**2) / 4, rel=1e-5)
+    assert c.mse_relative == pytest.approx(c.mse / ((1 + 4 + 9 + 0.25) / 4), rel=1e-6)
+    o, r = out.astype(np.float64).ravel(), REF.astype(np.float64).ravel()
+    assert c.cosine == pytest.approx(o @ r / np.linalg.norm(o) / np.linalg.norm(r))
+    assert c.numerically_divergent is False
+
+
+def test_each_threshold_flags_on_its_own():
+    sign_flip = compare(-REF, REF, SPEC)
+    assert sign_flip.cosine == pytest.approx(-1.0) and sign_flip.numerically_divergent
+    scaled = compare(REF * 1.05, REF, SPEC)  # cosine 1.0, but MSE 0.0025 * 3.5625 > 1e-3
+    assert scaled.cosine == pytest.approx(1.0) and scaled.mse > SPEC.mse_max and scaled.numerically_divergent
+
+
+def test_non_finite_output_is_divergent_without_numbers():
+    bad = REF.copy()
+    bad[0, 0] = np.nan
+    c = compare(bad, REF, SPEC)
+    assert c.finite is False and c.numerically_divergent is True and c.mse is None
+
+
+def test_shape_mismatch_raises():
+    with pytest.raises(ValueError):
+        compare(REF.ravel()[:3], REF, SPEC)
