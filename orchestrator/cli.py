@@ -134,8 +134,8 @@ def report(dirs: tuple[Path, ...], fmt: str) -> None:
     summaries = []
     for d in dirs:
         sdir = SessionDir(d)
-        if not (d / "session.json").is_file():
-            raise UserError(f"{d}: no session.json; not a session folder")
+        if not sdir.has_session() and not (d / "runs.jsonl").is_file():
+            raise UserError(f"{d}: neither session.json nor runs.jsonl; not a session folder")
         summary = write_derived(sdir)
         for problem in summary["problems"]:
             display.warn(problem)

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 SCHEMA_VERSION = 1
+RUN_STATUSES = ("ok", "failed", "unsupported")
 RUNS = "runs.jsonl"
 SESSION = "session.json"
 
@@ -81,6 +82,9 @@ class SessionDir:
     def read_session(self) -> dict[str, Any]:
         return json.loads((self.root / SESSION).read_text())
 
+    def has_session(self) -> bool:
+        return (self.root / SESSION).is_file()
+
     def append_run(self, record: dict[str, Any]) -> None:
         line = json.dumps(record, default=_jsonable, allow_nan=False)
         with open(self.root / RUNS, "a") as f:
@@ -94,6 +98,7 @@ class SessionDir:
         if not path.is_file():
             out.problems.append(f"{path}: missing (no run finished in this session)")
             return out
+        seen: dict[tuple[str, int], dict[str, Any]] = {}
         for n, line in enumerate(path.read_text(errors="replace").splitlines(), start=1):
             if not line.strip():
                 continue
@@ -102,8 +107,15 @@ class SessionDir:
             except json.JSONDecodeError as e:
                 out.problems.append(f"{path}:{n}: not valid JSON ({e.msg}); line skipped")
                 continue
-            if not isinstance(rec, dict) or "cell_id" not in rec or "status" not in rec:
-                out.problems.append(f"{path}:{n}: not a run record (needs cell_id and status); line skipped")
+            if not (isinstance(rec, dict) and isinstance(rec.get("cell_id"), str)
+                    and rec.get("status") in RUN_STATUSES and type(rec.get("run_index")) is int):
+                out.problems.append(f"{path}:{n}: not a run record (needs cell_id, run_index and a status "
+                                    f"of {', '.join(RUN_STATUSES)}); line skipped")
                 continue
+            key = (rec["cell_id"], rec["run_index"])
+            if key in seen:
+                out.problems.append(f"{path}:{n}: {key[0]} run {key[1]} recorded twice; the later line is used")
+                out.records.remove(seen[key])
+            seen[key] = rec
             out.records.append(rec)
         return out

@@ -50,8 +50,8 @@ def summarize_cell(cell_id: str, runs: list[dict[str, Any]], cell_info: dict[str
         **cell_info,
         "status": _cell_status(counts),
         "n_runs": len(runs), "n_ok": counts["ok"], "n_failed": counts["failed"], "n_unsupported": counts["unsupported"],
-        "unsupported_reason": next((r["failure_reason"] for r in runs if r["status"] == "unsupported"), None),
-        "failures": [{"run_index": r["run_index"], "reason": r["failure_reason"]} for r in runs if r["status"] == "failed"],
+        "unsupported_reason": next((r.get("failure_reason") for r in runs if r["status"] == "unsupported"), None),
+        "failures": [{"run_index": r["run_index"], "reason": r.get("failure_reason")} for r in runs if r["status"] == "failed"],
         "realized": first.get("realized", {}),
         "versions": first.get("versions", {}),
         "latency_ms_median": lat["median"] if lat else None,
@@ -64,7 +64,7 @@ def summarize_cell(cell_id: str, runs: list[dict[str, Any]], cell_info: dict[str
         "mse_max": max((r["mse"] for r in checked if r.get("mse") is not None), default=None),
         "numerically_divergent": bool(divergent) if checked else None,
         "divergent_runs": divergent,
-        "output_sha256_distinct": len({r["output_sha256"] for r in ok}),
+        "output_sha256_distinct": len({r["output_sha256"] for r in ok if r.get("output_sha256")}),
         "energy_per_step_j": metrics.get("energy_per_step_j", {}).get("median"),
         "estimated_energy_per_50_step_image_j": metrics.get("estimated_energy_per_50_step_image_j", {}).get("median"),
         "energy_unavailable_reason": next((r.get("energy_unavailable_reason") for r in runs
@@ -101,11 +101,18 @@ def build_summary(session: dict[str, Any], runs: list[dict[str, Any]], problems:
 
 
 def write_derived(sdir: SessionDir) -> dict[str, Any]:
-    """summary.json and report.md from session.json and runs.jsonl."""
+    """summary.json and report.md from session.json and runs.jsonl. Without session.json the
+    runs alone are summarised and the summary says what is missing."""
     from orchestrator.report import render_markdown
 
     runs = sdir.read_runs()
-    summary = build_summary(sdir.read_session(), runs.records, runs.problems)
+    problems = list(runs.problems)
+    if sdir.has_session():
+        session = sdir.read_session()
+    else:
+        session = {"session_id": sdir.id}
+        problems.insert(0, f"{sdir.root / 'session.json'}: missing; cell descriptions and provenance are unknown")
+    summary = build_summary(session, runs.records, problems)
     write_json(sdir.root / "summary.json", summary)
-    (sdir.root / "report.md").write_text(render_markdown(summary, sdir.read_session()))
+    (sdir.root / "report.md").write_text(render_markdown(summary, session))
     return summary

@@ -63,6 +63,27 @@ def test_report_files_are_written(known):
     assert "ane" in p.stdout  # the terminal table
 
 
+def test_runs_alone_are_enough(known):
+    (known / "session.json").unlink()
+    s, stderr = _json_report(known)
+    assert "session.json: missing" in s["problems"][0] and "session.json: missing" in stderr
+    assert {c["cell_id"]: c["latency_ms_median"] for c in s["cells"]}["ane"] == 10.0
+
+
+def test_records_without_identity_are_named_and_duplicates_resolved(known):
+    runs = known / "runs.jsonl"
+    lines = runs.read_text().splitlines()
+    first = json.loads(lines[0])
+    lines.append(json.dumps({**first, "latency_ms_median": 10.05}))  # ane run 0 again
+    lines.append(json.dumps({"cell_id": "ane", "status": "ok", "latency_ms_median": 3.0}))  # no run_index
+    runs.write_text("\n".join(lines) + "\n")
+    s, _ = _json_report(known)
+    assert any("runs.jsonl:15" in p and "recorded twice" in p for p in s["problems"])
+    assert any("runs.jsonl:16" in p and "not a run record" in p for p in s["problems"])
+    ane = next(c for c in s["cells"] if c["cell_id"] == "ane")
+    assert ane["n_ok"] == 7 and ane["metrics"]["latency_ms_median"]["max"] == 10.3
+
+
 def test_report_on_a_folder_that_is_not_a_session(tmp_path):
     p = cli("report", str(tmp_path))
     assert p.returncode == 2 and "not a session folder" in p.stderr
