@@ -12,7 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from orchestrator.plan import PlannedRun
-from orchestrator.report import describe_cell, divergence_cell, flags, fmt, latency_cell
+from orchestrator.report import describe_cell, divergence_cell, energy_cell, flags, fmt, image_estimate_cell, latency_cell
 
 
 class RunProgress:
@@ -26,6 +26,8 @@ class RunProgress:
         head = f"{rec['cell_id']} run {rec['run_index']} ({rec['run_index'] + 1} of {runs_per_cell})"
         if rec["status"] == "ok":
             eq = "" if rec.get("cosine") is None else f"  cosine {rec['cosine']:.6f}{'  DIVERGENT' if rec['numerically_divergent'] else ''}"
+            if rec.get("energy_per_step_j") is not None:
+                eq += f"  {rec['energy_per_step_j']:.4g} J/step net ({rec['gross_energy_per_step_j']:.4g} gross)"
             self._console.print(f"  {head}: ok  {rec['latency_ms_median']:.2f} ms/step (IQR {rec['latency_ms_iqr']:.2f}, "
                                 f"{rec['iterations']} it){eq}", highlight=False)
         elif rec["status"] == "unsupported":
@@ -65,15 +67,18 @@ class Display:
 
     def summary_table(self, summary: dict[str, Any]) -> None:
         t = Table(title=f"session {summary['session_id']}", title_justify="left")
-        for col in ("cell", "backend device precision", "ok/failed", "latency ms median [p10–p90]", "IQR ms",
-                    "cosine min", "divergence", "flags"):
+        energy = summary.get("energy_unavailable_reason") is None
+        cols = ["cell", "backend device precision", "ok/failed", "latency ms median [p10–p90]", "IQR ms"]
+        cols += ["energy J/step [p10–p90]", "est. J/image (50x)"] if energy else []
+        for col in (*cols, "cosine min", "divergence", "flags"):
             t.add_column(col)
         for c in summary["cells"]:
             if c["status"] == "unsupported":
-                t.add_row(c["cell_id"], describe_cell(c), "unsupported", "", "", "", "", c["unsupported_reason"] or "")
+                t.add_row(c["cell_id"], describe_cell(c), "unsupported", *[""] * (len(cols) - 1), c["unsupported_reason"] or "")
                 continue
+            energy_cols = [energy_cell(c), image_estimate_cell(c)] if energy else []
             t.add_row(c["cell_id"], describe_cell(c), f"{c['n_ok']}/{c['n_failed']}", latency_cell(c),
-                      fmt(c["latency_ms_iqr"]), fmt(c["cosine_min"], ".7f"), divergence_cell(c), flags(c))
+                      fmt(c["latency_ms_iqr"]), *energy_cols, fmt(c["cosine_min"], ".7f"), divergence_cell(c), flags(c))
         self.out.print(t)
         if reason := summary.get("energy_unavailable_reason"):
             self.out.print(f"energy: not measured ({reason})", highlight=False)

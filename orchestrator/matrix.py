@@ -61,7 +61,7 @@ class Timing:
     order: str
     order_seed: int | None
     run_timeout_s: float
-    min_window_s: float
+    min_window_s: float | None  # None: 20 update intervals of the session's meter
 
 
 @dataclass(frozen=True)
@@ -69,6 +69,7 @@ class Power:
     meter: str
     interval_ms: int
     baseline_s: float
+    powermetrics: str | None  # executable; CDB_POWERMETRICS overrides it
 
 
 @dataclass(frozen=True)
@@ -165,9 +166,10 @@ _SECTIONS: dict[str, dict[str, tuple[tuple[type, ...], Any]]] = {
     "timing": {
         "warmup": ((int,), 1), "iterations": ((int,), 10), "runs": ((int,), 7), "cooldown_s": ((int, float), 30.0),
         "order": ((str,), "interleaved"), "order_seed": ((int,), None), "run_timeout_s": ((int, float), 900.0),
-        "min_window_s": ((int, float), 0.0),
+        "min_window_s": ((int, float), None),
     },
-    "power": {"meter": ((str,), "auto"), "interval_ms": ((int,), 100), "baseline_s": ((int, float), 2.0)},
+    "power": {"meter": ((str,), "auto"), "interval_ms": ((int,), 100), "baseline_s": ((int, float), 2.0),
+              "powermetrics": ((str,), None)},
     "preflight": {"record_load": ((bool,), True)},
     "equivalence": {
         "reference": ((dict,), {}), "mse_max": ((int, float), 1e-3), "cosine_min": ((int, float), 0.999),

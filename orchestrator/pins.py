@@ -83,7 +83,7 @@ def pin_inputs(spec: InputsSpec, resolutions: list[int], matrix_path: Path) -> d
 
 
 def setup_message(matrix: Matrix, cell: Cell, model: PinnedModel, inputs: PinnedInputs,
-                  warmup: int | None = None, iterations: int | None = None) -> dict[str, Any]:
+                  warmup: int | None = None, iterations: int | None = None, min_window_s: float | None = None) -> dict[str, Any]:
     """The `setup` message a worker receives for `cell`."""
     return {
         "type": "setup",
@@ -94,5 +94,5 @@ def setup_message(matrix: Matrix, cell: Cell, model: PinnedModel, inputs: Pinned
                    "timestep": inputs.timestep, "sha256": inputs.digests()},
         "warmup": matrix.timing.warmup if warmup is None else warmup,
         "iterations": matrix.timing.iterations if iterations is None else iterations,
-        "min_window_s": matrix.timing.min_window_s,
+        "min_window_s": (matrix.timing.min_window_s or 0.0) if min_window_s is None else min_window_s,
     }

@@ -15,6 +15,16 @@ def latency_cell(c: dict[str, Any]) -> str:
     return f"{c['latency_ms_median']:.2f} [{c['latency_ms_p10']:.2f}–{c['latency_ms_p90']:.2f}]"
 
 
+def energy_cell(c: dict[str, Any]) -> str:
+    if c.get("energy_per_step_j") is None:
+        return "–"
+    return f"{c['energy_per_step_j']:.4g} [{c['energy_per_step_j_p10']:.4g}–{c['energy_per_step_j_p90']:.4g}]"
+
+
+def image_estimate_cell(c: dict[str, Any]) -> str:
+    return fmt(c.get("estimated_energy_per_50_step_image_j"))
+
+
 def divergence_cell(c: dict[str, Any]) -> str:
     if c["numerically_divergent"] is None:
         return "not checked"
@@ -25,6 +35,12 @@ def flags(c: dict[str, Any]) -> str:
     out = []
     if c["outlier_runs"]:
         out.append("outlier runs: " + ", ".join(f"run {o['run_index']} ({o['value']:.2f} ms)" for o in c["outlier_runs"]))
+    if c.get("energy_outlier_runs"):
+        out.append("energy outlier runs: " + ", ".join(f"run {o['run_index']} ({o['value']:.4g} J)" for o in c["energy_outlier_runs"]))
+    if c.get("throttled_runs"):
+        out.append("throttled: runs " + ", ".join(map(str, c["throttled_runs"])))
+    if c.get("short_window_runs"):
+        out.append("window < 10 meter updates: runs " + ", ".join(map(str, c["short_window_runs"])))
     if c["n_ok"] and c["output_sha256_distinct"] > 1:
         out.append(f"{c['output_sha256_distinct']} distinct outputs across runs")
     if c["n_ok"] and c["n_ok"] < 3:
@@ -51,20 +67,23 @@ def render_markdown(summary: dict[str, Any], session: dict[str, Any]) -> str:
         f"- Model: {model.get('preset')} — {synthetic}; sha256 `{model.get('sha256')}`",
         f"- Host: {host.get('cpu')} · {host.get('os')} · GPUs: {', '.join(host.get('gpus') or []) or 'none'}",
         f"- Equivalence reference: fp32; divergent when MSE > {eq.get('mse_max')} or cosine < {eq.get('cosine_min')}",
-        f"- Energy: {summary.get('energy_unavailable_reason') or 'measured'}",
+        f"- Energy: {summary.get('energy_unavailable_reason') or 'measured by ' + str(summary.get('meter'))}",
         "",
-        "Latency is per UNet step: the median of each run's iterations, then the median and p10–p90 across runs.",
+        "Latency and energy are per UNet step: per run, the median over its iterations (latency) or the",
+        "baseline-subtracted energy of its timed window divided by its iterations; then the median and",
+        "p10–p90 across runs. Energy per image is an estimate: 50 x the energy per step.",
         "",
-        "| cell | backend device precision | runs ok/failed | latency ms median [p10–p90] | IQR ms | cosine (min) | MSE (max) | divergence | flags |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| cell | backend device precision | runs ok/failed | latency ms median [p10–p90] | IQR ms | energy J/step median [p10–p90] | est. J/image (50x) | cosine (min) | MSE (max) | divergence | flags |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for c in summary["cells"]:
         if c["status"] == "unsupported":
-            lines.append(f"| {c['cell_id']} | {describe_cell(c)} | unsupported | – | – | – | – | – | {c['unsupported_reason']} |")
+            lines.append(f"| {c['cell_id']} | {describe_cell(c)} | unsupported | – | – | – | – | – | – | – | {c['unsupported_reason']} |")
             continue
         lines.append(
             f"| {c['cell_id']} | {describe_cell(c)} | {c['n_ok']}/{c['n_failed']} | {latency_cell(c)} | "
-            f"{fmt(c['latency_ms_iqr'])} | {fmt(c['cosine_min'], '.7f')} | {fmt(c['mse_max'])} | {divergence_cell(c)} | {flags(c)} |"
+            f"{fmt(c['latency_ms_iqr'])} | {energy_cell(c)} | {image_estimate_cell(c)} | {fmt(c['cosine_min'], '.7f')} | "
+            f"{fmt(c['mse_max'])} | {divergence_cell(c)} | {flags(c)} |"
         )
     failures = [(c["cell_id"], f) for c in summary["cells"] for f in c["failures"]]
     if failures:

@@ -19,7 +19,10 @@ from orchestrator.display import Display
 from orchestrator.envs import Env, ensure_synced
 from orchestrator.equivalence import Reference, compare, reference_output
 from orchestrator.errors import UserError
+from orchestrator.energy import run_energy
 from orchestrator.matrix import Cell, Matrix
+from orchestrator.meters import Meters, choose
+from orchestrator.meters.base import Meter, MeterRecord
 from orchestrator.pins import PinnedModel, pin_inputs, pin_model, setup_message
 from orchestrator.plan import PlannedRun, plan_runs
 from orchestrator.results import SCHEMA_VERSION, SessionDir, utc_now
@@ -28,7 +31,8 @@ from orchestrator.stats import within_run
 from orchestrator.summary import write_derived
 from workers.inputs import PinnedInputs
 
-NO_METER_REASON = "no power meter is implemented for this host yet; energy is not measured"
+WINDOW_UPDATES = 20  # a timed window spans at least this many meter updates (DESIGN section 3)
+SHORT_WINDOW_UPDATES = 10  # fewer than this and the run is flagged
 
 
 @dataclass
@@ -48,6 +52,7 @@ class Session:
         self.display = display
         self.unsupported: dict[str, str] = {}  # cell id -> reason, once a worker said so
         self.worker_versions: dict[str, dict[str, Any]] = {}
+        self.meters: Meters = Meters(None, "not chosen yet")
 
     # -- preparation -------------------------------------------------------------------------
     def _needed_envs(self) -> list[Env]:
@@ -78,12 +83,25 @@ class Session:
         return out
 
     # -- one run -----------------------------------------------------------------------------
-    def _cooldown(self, seconds: float):
+    def _between(self, meter: Meter | None, windows: dict[str, tuple[int, int]]):
+        """Cooldown, then (with a meter) the baseline window: the worker loaded, warm and idle."""
+        cooldown_s, baseline_s = self.matrix.timing.cooldown_s, self.matrix.power.baseline_s
+
         def between(_ready: dict[str, Any]) -> None:
-            if seconds > 0:
-                with self.display.status(f"cooldown {seconds:g} s (worker loaded and idle)"):
-                    time.sleep(seconds)
+            if cooldown_s > 0:
+                with self.display.status(f"cooldown {cooldown_s:g} s (worker loaded and idle)"):
+                    time.sleep(cooldown_s)
+            if meter is not None and baseline_s > 0:
+                with self.display.status(f"baseline {baseline_s:g} s"):
+                    b0 = time.monotonic_ns()
+                    time.sleep(baseline_s)
+                    windows["baseline"] = (b0, time.monotonic_ns())
         return between
+
+    def min_window_s(self, meter: Meter | None) -> float:
+        if self.matrix.timing.min_window_s is not None:
+            return self.matrix.timing.min_window_s
+        return WINDOW_UPDATES * meter.update_interval_s() if meter is not None else 0.0
 
     def execute(self, sdir: SessionDir, cell: Cell, planned: PlannedRun, model: PinnedModel,
                 inputs: PinnedInputs, reference: Reference) -> dict[str, Any]:
@@ -94,12 +112,23 @@ class Session:
             rec.update(status="unsupported", failure_reason=reason)
             return rec
         rec["warmup_iterations"] = m.timing.warmup
+        rec["meter"] = self.meters.name
+        rec["energy_unavailable_reason"] = None if self.meters.name else self.meters.reason
         if m.preflight.record_load and hasattr(os, "getloadavg"):
             rec["host_load_avg"] = list(os.getloadavg())
         label = f"{cell.id}/run-{planned.run_index:03d}"
         log = sdir.log_path(f"{cell.id}.run-{planned.run_index:03d}")
-        outcome = run_worker(self.envs[cell.env], setup_message(m, cell, model, inputs), label=label,
-                             log_path=log, timeout_s=m.timing.run_timeout_s, between=self._cooldown(m.timing.cooldown_s))
+        meter = self.meters.for_cell(cell)
+        rec["min_window_s"] = self.min_window_s(meter)
+        setup = setup_message(m, cell, model, inputs, min_window_s=rec["min_window_s"])
+        windows: dict[str, tuple[int, int]] = {}
+        if meter is not None:
+            meter.start()
+        try:
+            outcome = run_worker(self.envs[cell.env], setup, label=label, log_path=log,
+                                 timeout_s=m.timing.run_timeout_s, between=self._between(meter, windows))
+        finally:
+            record = meter.stop() if meter is not None else None
         rec["log_file"] = sdir.rel(log)
         fill_from_outcome(rec, outcome)
         if outcome.status == "unsupported":
@@ -107,7 +136,41 @@ class Session:
         if outcome.status == "ok":
             self.worker_versions.setdefault(cell.env, outcome.ready.get("versions", {}))
             self._measurements(rec, sdir, cell, planned, outcome, reference)
+            if meter is not None and record is not None:
+                self._energy(rec, sdir, cell, planned, meter, record, windows.get("baseline"), outcome)
         return rec
+
+    def _energy(self, rec: dict[str, Any], sdir: SessionDir, cell: Cell, planned: PlannedRun, meter: Meter,
+                record: MeterRecord, baseline: tuple[int, int] | None, outcome: RunOutcome) -> None:
+        window = (outcome.result["window_start_ns"], outcome.result["window_end_ns"])
+        e = run_energy(record.intervals, baseline, window, rec["iterations"])
+        update_s = record.stats.get("counter_update_interval_s") or meter.update_interval_s()
+        samples = sdir.sample_path(cell.id, planned.run_index, ".meter.json")
+        samples.write_text(json.dumps({
+            "meter": meter.name, "baseline_ns": baseline, "window_ns": window, "stats": record.stats,
+            "intervals": [[iv.start_ns, iv.end_ns, iv.joules] for iv in record.intervals],
+            "readings": [[r.t_ns, r.values] for r in record.readings],
+        }))
+        channels = sorted(e.active_w)
+        rec.update(
+            energy_unavailable_reason=None if e.energy_per_step_j else "no baseline window (power.baseline_s = 0)",
+            baseline_w=e.baseline_w.get("total"), active_w=e.active_w.get("total"),
+            energy_per_step_j=e.energy_per_step_j.get("total"),
+            gross_energy_per_step_j=e.gross_energy_per_step_j.get("total"),
+            estimated_energy_per_50_step_image_j=e.estimated_energy_per_50_step_image_j.get("total"),
+            energy_by_channel={ch: {
+                "baseline_w": e.baseline_w.get(ch), "active_w": e.active_w[ch],
+                "energy_per_step_j": e.energy_per_step_j.get(ch),
+                "gross_energy_per_step_j": e.gross_energy_per_step_j[ch],
+                "estimated_energy_per_50_step_image_j": e.estimated_energy_per_50_step_image_j.get(ch),
+                "window_energy_j": e.window_energy_j.get(ch),
+            } for ch in channels},
+            baseline_window_s=(baseline[1] - baseline[0]) / 1e9 if baseline else None,
+            meter_update_interval_s=update_s, meter_intervals_in_window=e.intervals_in_window,
+            short_window=rec["window_s"] < SHORT_WINDOW_UPDATES * update_s,
+            throttled=meter.throttled(record, baseline[0] if baseline else window[0], window[1]),
+            meter_stats=record.stats, meter_samples_file=sdir.rel(samples),
+        )
 
     def _measurements(self, rec: dict[str, Any], sdir: SessionDir, cell: Cell, planned: PlannedRun,
                       outcome: RunOutcome, reference: Reference) -> None:
@@ -143,6 +206,8 @@ class Session:
     def run(self, results_root: Path, resume: SessionDir | None = None) -> SessionResult:
         m = self.matrix
         model, inputs = self.prepare()
+        self.meters = choose(m.power)
+        self.display.log(f"power: {self.meters.name or 'none'} ({self.meters.reason})")
         if resume is None:
             sdir = SessionDir.create(results_root)
             seed = m.timing.order_seed if m.timing.order_seed is not None else secrets.randbits(32)
@@ -178,6 +243,8 @@ class Session:
         finally:
             session["finished_at"] = utc_now()
             session["worker_versions"] = {**session.get("worker_versions", {}), **self.worker_versions}
+            session["power"]["meter_versions"] = {str(k): v for k, v in self.meters.versions().items()}
+            self.meters.close()
             session["references"] = {str(r): {"path": str(ref.path), "cached": ref.cached, "failure": ref.failure,
                                               "versions": ref.versions} for r, ref in refs.items()}
             sdir.write_session(session)
@@ -204,7 +271,9 @@ class Session:
             "inputs": {str(r): {"shape_latent": list(i.latent.shape), "shape_text_embedding": list(i.text_embedding.shape),
                                 "timestep": i.timestep, "sha256": i.digests(), "seed": m.inputs.seed}
                        for r, i in inputs.items()},
-            "power": {**asdict(m.power), "meter_used": None, "energy_unavailable_reason": NO_METER_REASON},
+            "power": {**asdict(m.power), "meter_used": self.meters.name, "meter_reason": self.meters.reason,
+                      "meters_skipped": self.meters.skipped,
+                      "energy_unavailable_reason": None if self.meters.name else self.meters.reason},
             "provenance": provenance.collect(self._needed_envs()),
         }
 
@@ -225,8 +294,11 @@ def base_record(session_id: str, cell: Cell, planned: PlannedRun) -> dict[str, A
         "output_sha256": None, "output_shape": None,
         "mse": None, "mse_relative": None, "cosine": None, "max_abs_diff": None, "finite": None,
         "numerically_divergent": None,
-        "energy_per_step_j": None, "estimated_energy_per_50_step_image_j": None,
-        "energy_unavailable_reason": NO_METER_REASON, "throttled": None,
+        "meter": None, "min_window_s": None,
+        "baseline_w": None, "active_w": None, "energy_per_step_j": None, "gross_energy_per_step_j": None,
+        "estimated_energy_per_50_step_image_j": None, "energy_by_channel": {}, "baseline_window_s": None,
+        "meter_update_interval_s": None, "meter_intervals_in_window": None, "short_window": None,
+        "energy_unavailable_reason": None, "throttled": None, "meter_stats": {}, "meter_samples_file": None,
         "host_load_avg": None, "samples_file": None, "output_file": None, "log_file": None,
     }
 

@@ -11,13 +11,22 @@ from orchestrator.stats import across_runs
 
 # Per-run numeric metrics summarised across a cell's ok runs.
 RUN_METRICS = (
-    "latency_ms_median", "latency_ms_iqr", "latency_ms_min", "load_s",
-    "mse", "mse_relative", "cosine", "energy_per_step_j", "estimated_energy_per_50_step_image_j",
+    "latency_ms_median", "latency_ms_iqr", "latency_ms_min", "load_s", "mse", "mse_relative", "cosine",
+    "energy_per_step_j", "gross_energy_per_step_j", "estimated_energy_per_50_step_image_j", "baseline_w", "active_w",
 )
+CHANNEL_METRICS = ("energy_per_step_j", "gross_energy_per_step_j", "baseline_w", "active_w")
+
+
+def _value(r: dict[str, Any], key: str) -> Any:
+    """`name` is a run field; `name[ch]` is that field of channel ch in energy_by_channel."""
+    if key.endswith("]"):
+        name, ch = key[:-1].split("[")
+        return (r.get("energy_by_channel") or {}).get(ch, {}).get(name)
+    return r.get(key)
 
 
 def _metric(runs: list[dict[str, Any]], key: str) -> dict[str, Any] | None:
-    pairs = [(r["run_index"], r[key]) for r in runs if isinstance(r.get(key), (int, float))]
+    pairs = [(r["run_index"], v) for r in runs if isinstance(v := _value(r, key), (int, float)) and not isinstance(v, bool)]
     if not pairs:
         return None
     s = across_runs([v for _, v in pairs])
@@ -40,8 +49,11 @@ def _cell_status(counts: Counter) -> str:
 def summarize_cell(cell_id: str, runs: list[dict[str, Any]], cell_info: dict[str, Any]) -> dict[str, Any]:
     counts = Counter(r["status"] for r in runs)
     ok = [r for r in runs if r["status"] == "ok"]
-    metrics = {k: m for k in RUN_METRICS if (m := _metric(ok, k)) is not None}
+    channels = sorted({ch for r in ok for ch in (r.get("energy_by_channel") or {})})
+    keys = [*RUN_METRICS, *(f"{k}[{ch}]" for ch in channels for k in CHANNEL_METRICS)]
+    metrics = {k: m for k in keys if (m := _metric(ok, k)) is not None}
     lat = metrics.get("latency_ms_median")
+    energy = metrics.get("energy_per_step_j")
     first = ok[0] if ok else (runs[0] if runs else {})
     divergent = [r["run_index"] for r in ok if r.get("numerically_divergent")]
     checked = [r for r in ok if r.get("numerically_divergent") is not None]
@@ -65,8 +77,17 @@ def summarize_cell(cell_id: str, runs: list[dict[str, Any]], cell_info: dict[str
         "numerically_divergent": bool(divergent) if checked else None,
         "divergent_runs": divergent,
         "output_sha256_distinct": len({r["output_sha256"] for r in ok if r.get("output_sha256")}),
-        "energy_per_step_j": metrics.get("energy_per_step_j", {}).get("median"),
+        "energy_per_step_j": energy["median"] if energy else None,
+        "energy_per_step_j_p10": energy["p10"] if energy else None,
+        "energy_per_step_j_p90": energy["p90"] if energy else None,
+        "energy_outlier_runs": energy["outlier_runs"] if energy else [],
+        "gross_energy_per_step_j": metrics.get("gross_energy_per_step_j", {}).get("median"),
         "estimated_energy_per_50_step_image_j": metrics.get("estimated_energy_per_50_step_image_j", {}).get("median"),
+        "estimated_energy_per_50_step_image_j_p10": metrics.get("estimated_energy_per_50_step_image_j", {}).get("p10"),
+        "estimated_energy_per_50_step_image_j_p90": metrics.get("estimated_energy_per_50_step_image_j", {}).get("p90"),
+        "channels": channels,
+        "throttled_runs": [r["run_index"] for r in ok if r.get("throttled")],
+        "short_window_runs": [r["run_index"] for r in ok if r.get("short_window")],
         "energy_unavailable_reason": next((r.get("energy_unavailable_reason") for r in runs
                                            if r.get("energy_unavailable_reason")), None),
         "metrics": metrics,
@@ -94,6 +115,7 @@ def build_summary(session: dict[str, Any], runs: list[dict[str, Any]], problems:
         "matrix": {k: session.get("matrix", {}).get(k) for k in ("path", "sha256")},
         "equivalence": session.get("equivalence", {}),
         "energy_unavailable_reason": session.get("power", {}).get("energy_unavailable_reason"),
+        "meter": session.get("power", {}).get("meter_used"),
         "n_runs": len(runs),
         "problems": problems,
         "cells": [summarize_cell(c, sorted(by_cell[c], key=lambda r: r["run_index"]), info.get(c, {})) for c in order],

@@ -1,0 +1,232 @@
+"""Power meters and the energy arithmetic, on real captures and fake sysfs trees."""
+
+import os
+import signal
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from orchestrator.energy import median_power, overlap_energy, run_energy
+from orchestrator.meters import nvml, rapl
+from orchestrator.meters.base import Interval
+from orchestrator.meters.plist_stream import PlistStream
+from orchestrator.meters.powermetrics import PowermetricsMeter, intervals
+
+from conftest import REPO
+
+HERE = Path(__file__).parent
+M4 = HERE / "fixtures" / "powermetrics" / "m4-plist-1sample-thermal.plist"
+M1PRO = REPO.parent / "shared" / "fixtures" / "powermetrics" / "m1pro-plist-4samples.bin"
+needs_shared = pytest.mark.skipif(not M1PRO.is_file(), reason="../shared/fixtures (AGPL capture) is not beside this checkout")
+# SOURCES.md of the captures: processor.*_energy in mJ per document
+M1PRO_MJ = {"cpu": [278, 297, 334, 369], "gpu": [13, 36, 67, 66], "ane": [0, 0, 0, 0]}
+M1PRO_ELAPSED = [132882041, 122616208, 129526291, 131757791]
+
+
+# -- energy arithmetic ----------------------------------------------------------------------
+
+def test_overlap_energy_weights_partial_intervals():
+    ivs = [Interval(0, 100, {"gpu": 10.0}), Interval(100, 200, {"gpu": 20.0})]
+    assert overlap_energy(ivs, 50, 150) == {"gpu": pytest.approx(5.0 + 10.0)}
+    assert overlap_energy(ivs, 200, 300) == {}
+
+
+def test_run_energy_subtracts_the_baseline_median():
+    s = 10**9  # 1 s intervals: joules read as watts
+    ivs = [Interval(i * s, (i + 1) * s, {"gpu": w, "cpu": 1.0}) for i, w in enumerate([50, 52, 500, 50, 300, 310, 305, 900])]
+    e = run_energy(ivs, baseline=(0, 4 * s), window=(4 * s, 8 * s), iterations=8)
+    assert e.baseline_w["gpu"] == pytest.approx(51.0)  # median of 50 52 500 50: one spike does not move it
+    assert e.active_w["gpu"] == pytest.approx(307.5)  # median of 300 310 305 900
+    assert e.energy_per_step_j["gpu"] == pytest.approx((307.5 - 51.0) * 4 / 8)
+    assert e.gross_energy_per_step_j["gpu"] == pytest.approx(307.5 * 4 / 8)
+    assert e.energy_per_step_j["total"] == pytest.approx((308.5 - 52.0) * 4 / 8)
+    assert e.estimated_energy_per_50_step_image_j["gpu"] == pytest.approx(50 * e.energy_per_step_j["gpu"])
+    assert e.window_energy_j["gpu"] == pytest.approx(300 + 310 + 305 + 900)
+    assert (e.intervals_in_window, e.intervals_in_baseline) == (4, 4)
+
+
+def test_window_shorter_than_an_interval_falls_back_to_overlap():
+    ivs = [Interval(0, 10**9, {"gpu": 100.0})]
+    assert median_power(ivs, 2 * 10**8, 3 * 10**8)["gpu"] == pytest.approx(100.0)
+
+
+# -- powermetrics -----------------------------------------------------------------------------
+
+def _docs(path: Path) -> list[bytes]:
+    return [d for d in path.read_bytes().split(b"\x00") if d.strip()]
+
+
+def test_m4_capture_parses_to_its_energy_keys():
+    stream = PlistStream()
+    stream.feed(M4.read_bytes(), 1)
+    stream.finish(2)  # a single document without a NUL counts when whole
+    (s,) = stream.samples
+    assert s.joules == {"cpu": 3.049, "gpu": 0.276, "ane": 0.0}
+    assert s.elapsed_ns == 1023685416 and s.thermal_pressure == "Nominal"
+
+
+@needs_shared
+def test_every_m1pro_document_parses_to_exactly_its_energy():
+    stream = PlistStream()
+    stream.feed(M1PRO.read_bytes(), 1)
+    stream.finish(2)
+    assert stream.counters() == {"documents": 4, "garbage": 0, "truncated": 0}
+    for i, s in enumerate(stream.samples):
+        assert s.joules == {ch: M1PRO_MJ[ch][i] / 1e3 for ch in M1PRO_MJ}
+        assert s.elapsed_ns == M1PRO_ELAPSED[i]
+        assert s.thermal_pressure is None  # the thermal sampler was not on in this capture
+
+
+def test_garbage_and_a_truncated_last_document_are_skipped_and_counted():
+    doc = M4.read_bytes()
+    stream = PlistStream()
+    data = doc + b"\x00" + b"<?xml garbage \xff\xfe" + b"\x00" + doc + b"\x00" + doc[: len(doc) // 2]
+    for i in range(0, len(data), 4096):  # arrives in pieces, as from a pipe
+        stream.feed(data[i:i + 4096], i)
+    stream.finish(len(data))
+    assert stream.counters() == {"documents": 2, "garbage": 1, "truncated": 1}
+
+
+def test_power_keys_are_used_when_energy_keys_are_absent():
+    import plistlib
+
+    d = plistlib.loads(M4.read_bytes())
+    for ch in ("cpu", "gpu", "ane"):
+        del d["processor"][f"{ch}_energy"]
+    stream = PlistStream()
+    stream.feed(plistlib.dumps(d) + b"\x00", 1)
+    s = stream.samples[0]
+    assert s.joules["cpu"] == pytest.approx(2978.45e-3 * 1.023685416)
+
+
+def test_samples_are_anchored_by_arrival_and_their_own_duration():
+    from orchestrator.meters.plist_stream import Sample
+
+    ivs = intervals([Sample(1_000, 400, {"cpu": 1.0}, None), Sample(1_390, 400, {"cpu": 1.0}, None)])
+    assert [(iv.start_ns, iv.end_ns) for iv in ivs] == [(600, 1_000), (1_000, 1_390)]
+
+
+@pytest.fixture
+def replay(tmp_path, monkeypatch):
+    """The replay program as the powermetrics executable, through CDB_POWERMETRICS."""
+    exe = tmp_path / "powermetrics"
+    exe.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{HERE / "fakes" / "powermetrics_replay.py"}" "$@"\n')
+    exe.chmod(exe.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setenv("CDB_POWERMETRICS", str(exe))
+    monkeypatch.setenv("CDB_REPLAY_PIDFILE", str(tmp_path / "pid"))
+    return tmp_path
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@needs_shared
+def test_meter_fed_by_the_replay_matches_the_capture(replay, monkeypatch):
+    monkeypatch.setenv("CDB_REPLAY_FILE", str(M1PRO))
+    meter = PowermetricsMeter(interval_ms=50)
+    meter.start()
+    time.sleep(1.5)  # interpreter start-up, then about 20 documents at -i 50
+    record = meter.stop()
+    assert record.stats["documents"] >= 5 and record.stats["garbage"] == 0
+    got = record.intervals[:4]
+    for ch in ("cpu", "gpu"):
+        assert sum(iv.joules[ch] for iv in got) == pytest.approx(sum(M1PRO_MJ[ch]) / 1e3)
+    assert all(iv.end_ns > iv.start_ns for iv in record.intervals)
+    assert not _alive(int((replay / "pid").read_text()))
+
+
+def test_meter_reports_thermal_pressure(replay, monkeypatch):
+    monkeypatch.setenv("CDB_REPLAY_FILE", str(M4))
+    meter = PowermetricsMeter(interval_ms=30)
+    meter.start()
+    time.sleep(1.5)
+    record = meter.stop()
+    assert record.intervals and record.readings
+    assert meter.throttled(record, record.intervals[0].start_ns, record.intervals[-1].end_ns) is False
+
+
+def test_meter_process_dies_with_a_sigkilled_parent(replay, monkeypatch):
+    """Run a meter inside a child process, SIGKILL that child, and the replay must be gone in 2 s."""
+    monkeypatch.setenv("CDB_REPLAY_FILE", str(M4))
+    code = ("import time; from orchestrator.meters.powermetrics import PowermetricsMeter as M; "
+            "m = M(interval_ms=50); m.start(); time.sleep(60)")
+    parent = subprocess.Popen([sys.executable, "-c", code], cwd=REPO)
+    pidfile = replay / "pid"
+    deadline = time.monotonic() + 20
+    while not pidfile.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    pid = int(pidfile.read_text())
+    assert _alive(pid)
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+    t0 = time.monotonic()
+    while _alive(pid) and time.monotonic() - t0 < 2:
+        time.sleep(0.05)
+    assert not _alive(pid), "the meter process outlived its orchestrator"
+
+
+# -- RAPL -------------------------------------------------------------------------------------
+
+def _zone(root: Path, name: str, label: str, uj: int, max_uj: int) -> Path:
+    z = root / name
+    z.mkdir(parents=True)
+    (z / "name").write_text(label + "\n")
+    (z / "energy_uj").write_text(f"{uj}\n")
+    (z / "max_energy_range_uj").write_text(f"{max_uj}\n")
+    return z
+
+
+def test_rapl_domains_and_wraparound(tmp_path):
+    pkg = _zone(tmp_path, "intel-rapl:0", "package-0", 262_143_000_000, 262_143_328_850)
+    _zone(tmp_path, "intel-rapl:0:0", "core", 5, 262_143_328_850)
+    dram = _zone(tmp_path, "intel-rapl:0:2", "dram", 1_000_000, 65_712_999_613)
+    assert rapl.available(tmp_path).ok
+    doms = rapl.domains(tmp_path)
+    assert [d.channel for d in doms] == ["package-0", "dram-0"]
+    samples = [(0, [262_143_000_000, 1_000_000]), (10**9, [171_150, 3_000_000])]  # the package counter wrapped
+    (iv,) = rapl.differences(samples, doms)
+    assert iv.joules["package-0"] == pytest.approx((262_143_328_850 - 262_143_000_000 + 171_150) / 1e6)
+    assert iv.joules["dram-0"] == pytest.approx(2.0)
+    meter = rapl.RaplMeter(tmp_path, poll_s=0.005)
+    meter.start()
+    time.sleep(0.05)
+    (pkg / "energy_uj").write_text("100\n")  # wraps while the meter runs
+    (dram / "energy_uj").write_text("1500000\n")
+    time.sleep(0.05)
+    record = meter.stop()
+    total = {ch: sum(iv.joules[ch] for iv in record.intervals) for ch in ("package-0", "dram-0")}
+    assert total["package-0"] == pytest.approx((262_143_328_850 - 262_143_000_000 + 100) / 1e6)
+    assert total["dram-0"] == pytest.approx(0.5)
+
+
+def test_rapl_unavailable_reasons(tmp_path):
+    assert "does not exist" in rapl.available(tmp_path / "none").reason
+    (tmp_path / "empty").mkdir()
+    assert "no RAPL package domain" in rapl.available(tmp_path / "empty").reason
+
+
+# -- NVML -------------------------------------------------------------------------------------
+
+def test_nvml_intervals_are_cut_at_counter_changes():
+    ms = 10**6
+    # polled every 10 ms; the counter steps every ~100 ms
+    samples = [(t * 10 * ms, 1000 + 8000 * (t // 10)) for t in range(0, 41)]
+    ivs = nvml.counter_intervals(samples)
+    assert [(iv.start_ns // ms, iv.end_ns // ms) for iv in ivs] == [(100, 200), (200, 300), (300, 400)]
+    assert all(iv.joules == {"gpu": 8.0} for iv in ivs)
+    assert nvml.update_interval(samples) == pytest.approx(0.1)
+
+
+def test_nvml_absent_here_says_why():
+    a = nvml.available()
+    if not a.ok:
+        assert "NVML" in a.reason
