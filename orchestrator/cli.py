@@ -50,8 +50,11 @@ _env_option = click.option("--env", "env_overrides", multiple=True, metavar="NAM
               help="Continue an interrupted session folder (same matrix).")
 @click.option("--runs", type=int, help="Override timing.runs.")
 @click.option("--quiet", is_flag=True, help="Only the summary table.")
+@click.option("--nvml-check", is_flag=True,
+              help="Debug: each worker also reads the NVML energy counter around its timed loop; runs record both.")
 @_env_option
-def run(matrix: Path, out: Path, resume: Path | None, runs: int | None, quiet: bool, env_overrides: tuple[str, ...]) -> None:
+def run(matrix: Path, out: Path, resume: Path | None, runs: int | None, quiet: bool, nvml_check: bool,
+        env_overrides: tuple[str, ...]) -> None:
     """Run every enabled cell of MATRIX, a fresh worker per run."""
     from dataclasses import replace
 
@@ -70,7 +73,7 @@ def run(matrix: Path, out: Path, resume: Path | None, runs: int | None, quiet: b
     if resume is not None:
         sdir = SessionDir(resume)
         check_resume(sdir, m)
-    result = Session(m, envs, display).run(out, resume=sdir)
+    result = Session(m, envs, display, nvml_check=nvml_check).run(out, resume=sdir)
     display.summary_table(result.summary)
     display.log(f"results: {result.dir.root}  (report.md, summary.json, runs.jsonl)")
     if result.interrupted:

@@ -42,7 +42,7 @@ def inside(intervals: Sequence[Interval], a: int, b: int) -> list[Interval]:
 def median_power(intervals: Sequence[Interval], a: int, b: int) -> dict[str, float]:
     """Median interval power per channel (and of the total) in [a, b]. A window shorter than
     any interval falls back to its overlap-weighted energy over its length."""
-    ivs = [iv for iv in inside(intervals, a, b) if iv.end_ns > iv.start_ns]
+    ivs = [iv for iv in inside(intervals, a, b) if iv.seconds > 0]
     if not ivs:
         seconds = (b - a) / 1e9
         return {ch: j / seconds for ch, j in with_total(overlap_energy(intervals, a, b)).items()} if seconds > 0 else {}

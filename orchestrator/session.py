@@ -46,8 +46,9 @@ class SessionResult:
 
 
 class Session:
-    def __init__(self, matrix: Matrix, envs: dict[str, Env], display: Display):
+    def __init__(self, matrix: Matrix, envs: dict[str, Env], display: Display, nvml_check: bool = False):
         self.matrix = matrix
+        self.nvml_check = nvml_check
         self.envs = envs
         self.display = display
         self.unsupported: dict[str, str] = {}  # cell id -> reason, once a worker said so
@@ -121,6 +122,7 @@ class Session:
         meter = self.meters.for_cell(cell)
         rec["min_window_s"] = self.min_window_s(meter)
         setup = setup_message(m, cell, model, inputs, min_window_s=rec["min_window_s"])
+        setup["nvml_check"] = self.nvml_check
         windows: dict[str, tuple[int, int]] = {}
         if meter is not None:
             meter.start()
@@ -171,6 +173,10 @@ class Session:
             throttled=meter.throttled(record, baseline[0] if baseline else window[0], window[1]),
             meter_stats=record.stats, meter_samples_file=sdir.rel(samples),
         )
+        if check := outcome.result.get("nvml_check"):
+            harness_j = e.window_energy_j.get("gpu")
+            rec["nvml_check"] = {**check, "harness_window_j": harness_j,
+                                 "ratio": harness_j / check["joules"] if harness_j and check["joules"] else None}
 
     def _measurements(self, rec: dict[str, Any], sdir: SessionDir, cell: Cell, planned: PlannedRun,
                       outcome: RunOutcome, reference: Reference) -> None:
@@ -299,6 +305,7 @@ def base_record(session_id: str, cell: Cell, planned: PlannedRun) -> dict[str, A
         "estimated_energy_per_50_step_image_j": None, "energy_by_channel": {}, "baseline_window_s": None,
         "meter_update_interval_s": None, "meter_intervals_in_window": None, "short_window": None,
         "energy_unavailable_reason": None, "throttled": None, "meter_stats": {}, "meter_samples_file": None,
+        "nvml_check": None,
         "host_load_avg": None, "samples_file": None, "output_file": None, "log_file": None,
     }
 

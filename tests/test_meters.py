@@ -108,6 +108,7 @@ def test_samples_are_anchored_by_arrival_and_their_own_duration():
 
     ivs = intervals([Sample(1_000, 400, {"cpu": 1.0}, None), Sample(1_390, 400, {"cpu": 1.0}, None)])
     assert [(iv.start_ns, iv.end_ns) for iv in ivs] == [(600, 1_000), (1_000, 1_390)]
+    assert [iv.seconds for iv in ivs] == [400e-9, 400e-9]  # power uses the sample's own duration
 
 
 @pytest.fixture

@@ -4,6 +4,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -221,3 +222,76 @@ def test_sigterm_keeps_finished_runs_and_resume_completes_the_session(diffusers_
     assert [(r["cell_id"], r["run_index"]) for r in runs] == [("cpu", i) for i in range(3)]
     assert runs[: len(done)] == done
     assert json.loads((d / "session.json").read_text())["status"] == "complete"
+
+
+@pytest.fixture
+def replay_meter(tmp_path):
+    """powermetrics replaced by the replay of a real capture, as the matrix key allows."""
+    exe = tmp_path / "powermetrics"
+    exe.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{REPO / "tests" / "fakes" / "powermetrics_replay.py"}" "$@"\n')
+    exe.chmod(0o755)
+    capture = REPO / "tests" / "fixtures" / "powermetrics" / "m4-plist-1sample-thermal.plist"
+    return exe, {"CDB_REPLAY_FILE": str(capture), "CDB_REPLAY_PIDFILE": str(tmp_path / "pid")}
+
+
+def _energy_matrix(tmp_path, exe) -> Path:
+    from workers.inputs import pinned_inputs
+
+    dig = pinned_inputs(64).digests()
+    text = RESILIENCE.format(latent=dig["latent"], text=dig["text_embedding"])
+    text = text.replace('device = "mps"', 'device = "mps"\nenabled = false').replace('device = "gpu"', 'device = "gpu"\nenabled = false')
+    text = text.replace("runs = 3", "runs = 2").replace("cooldown_s = 3", "cooldown_s = 1")
+    text += f'\n[power]\nmeter = "powermetrics"\npowermetrics = "{exe}"\ninterval_ms = 50\nbaseline_s = 0.5\n'
+    matrix = tmp_path / "energy.toml"
+    matrix.write_text(text)
+    return matrix
+
+
+def test_energy_through_a_powermetrics_replay(diffusers_python, cache_dir, tmp_path, replay_meter):
+    exe, env = replay_meter
+    matrix = _energy_matrix(tmp_path, exe)
+    p = cli(str(matrix), "--out", str(tmp_path / "results"), env={"CDB_CACHE_DIR": str(cache_dir), **env})
+    assert p.returncode == 0, p.stderr[-3000:]
+    d = _session(tmp_path / "results")
+    for r in _runs(d):
+        assert r["status"] == "ok" and r["meter"] == "powermetrics"
+        assert r["min_window_s"] == pytest.approx(1.0)  # 20 updates of 50 ms
+        assert r["window_s"] >= 1.0 and r["iterations"] >= 3 and r["short_window"] is False
+        assert r["baseline_window_s"] == pytest.approx(0.5, abs=0.1)
+        assert set(r["energy_by_channel"]) == {"cpu", "gpu", "ane", "total"}
+        assert r["throttled"] is False  # the capture says Nominal
+        # the replayed capture draws a steady 3.049 J per 1.0237 s of samples, whatever the step does
+        cpu = r["energy_by_channel"]["cpu"]
+        assert cpu["active_w"] == pytest.approx(3.049 / 1.023685416, rel=0.2)
+        assert cpu["gross_energy_per_step_j"] == pytest.approx(cpu["active_w"] * r["window_s"] / r["iterations"])
+        assert r["energy_per_step_j"] == pytest.approx(
+            (r["active_w"] - r["baseline_w"]) * r["window_s"] / r["iterations"])
+        assert r["estimated_energy_per_50_step_image_j"] == pytest.approx(50 * r["energy_per_step_j"])
+        samples = json.loads((d / r["meter_samples_file"]).read_text())
+        assert samples["intervals"] and len(samples["window_ns"]) == 2
+    summary = json.loads((d / "summary.json").read_text())
+    cell = summary["cells"][0]
+    assert cell["energy_per_step_j"] is not None and "energy_per_step_j[cpu]" in cell["metrics"]
+    assert "energy J/step" in (d / "report.md").read_text()
+
+
+def test_sigkill_of_the_orchestrator_takes_the_meter_with_it(diffusers_python, cache_dir, tmp_path, replay_meter):
+    exe, env = replay_meter
+    matrix = _energy_matrix(tmp_path, exe)
+    proc = subprocess.Popen([str(BIN / "orchestrate"), str(matrix), "--out", str(tmp_path / "results")], cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "CDB_CACHE_DIR": str(cache_dir), **env})
+    pidfile = Path(env["CDB_REPLAY_PIDFILE"])
+    deadline = time.monotonic() + 300
+    while not pidfile.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    meter_pid = int(pidfile.read_text())
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    t0 = time.monotonic()
+    while psutil.pid_exists(meter_pid) and psutil.Process(meter_pid).status() != psutil.STATUS_ZOMBIE \
+            and time.monotonic() - t0 < 2:
+        time.sleep(0.05)
+    assert not psutil.pid_exists(meter_pid) or psutil.Process(meter_pid).status() == psutil.STATUS_ZOMBIE
+    time.sleep(3)
+    assert not [p for p in psutil.process_iter(["cmdline"]) if any(a.startswith("cpu/run-") for a in p.info["cmdline"] or [])]

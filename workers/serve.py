@@ -19,6 +19,7 @@ from workers.backends import backend_module
 from workers.backends.base import LoadedModel, LoadSpec, Unsupported
 from workers.digest import sha256_array, sha256_file
 from workers.inputs import PinnedInputs
+from workers.lifeline import exit_with_parent
 from workers.protocol import PROTOCOL_VERSION, Channel
 from workers.unet.presets import UNetArch
 
@@ -86,6 +87,28 @@ def timed_loop(model: LoadedModel, iterations: int, min_window_s: float) -> tupl
     return starts, ends
 
 
+class NvmlCheck:
+    """Debug aid for validating the NVML meter: this process reads the GPU's energy counter
+    itself right before and right after the timed loop, independently of the orchestrator's
+    poller. The counter moves in ~100 ms steps, so compare over windows of several seconds."""
+
+    def __init__(self, cell: dict[str, Any]):
+        import pynvml
+
+        pynvml.nvmlInit()
+        device = cell.get("device") or ""
+        index = int(device.split(":")[1]) if device.startswith("cuda:") else 0
+        self._nv, self._h = pynvml, pynvml.nvmlDeviceGetHandleByIndex(index)
+        self._start = (time.monotonic_ns(), self._nv.nvmlDeviceGetTotalEnergyConsumption(self._h))
+        self._end = self._start
+
+    def end(self) -> None:
+        self._end = (time.monotonic_ns(), self._nv.nvmlDeviceGetTotalEnergyConsumption(self._h))
+
+    def result(self) -> dict[str, Any]:
+        return {"start_ns": self._start[0], "end_ns": self._end[0], "joules": (self._end[1] - self._start[1]) / 1e3}
+
+
 def run(channel: Channel, env_name: str) -> int:
     channel.send(hello(env_name))
     setup = channel.recv()
@@ -115,7 +138,10 @@ def run(channel: Channel, env_name: str) -> int:
     measure = channel.recv()
     if measure["type"] != "measure":
         raise SetupError(f"expected 'measure', got {measure['type']!r}")
+    check = NvmlCheck(setup["cell"]) if setup.get("nvml_check") else None
     starts, ends = timed_loop(model, setup["iterations"], setup.get("min_window_s", 0.0))
+    if check is not None:
+        check.end()
     out = model.output()
     channel.send({
         "type": "result",
@@ -125,11 +151,13 @@ def run(channel: Channel, env_name: str) -> int:
         "iteration_end_ns": ends,
         "output": out,
         "output_sha256": sha256_array(out),
+        "nvml_check": check.result() if check is not None else None,
     })
     return 0
 
 
 def serve(env_name: str) -> int:
+    exit_with_parent()  # an orphaned worker (orchestrator killed) must not run on
     reader, writer = _protocol_streams()
     channel = Channel(reader, writer)
     try:

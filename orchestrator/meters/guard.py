@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 
-POLL_S = 0.1
+from workers.lifeline import PERIOD_S, parent_gone
 
 
 def main(argv: list[str]) -> int:
@@ -34,9 +34,9 @@ def main(argv: list[str]) -> int:
     signal.signal(signal.SIGTERM, end)
     signal.signal(signal.SIGINT, end)
     while child.poll() is None:
-        if os.getppid() != parent:
+        if parent_gone(parent):
             end()
-        time.sleep(POLL_S)
+        time.sleep(PERIOD_S)
     return child.returncode
 
 

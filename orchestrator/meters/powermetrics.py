@@ -38,14 +38,15 @@ def available(configured: str | None = None) -> Availability:
 
 def intervals(samples: list[Sample]) -> list[Interval]:
     """Each sample ends at its arrival and lasts its elapsed_ns; a start that would overlap the
-    previous sample (arrival jitter) is moved to that sample's end."""
+    previous sample (arrival jitter) is moved to that sample's end. The interval keeps elapsed_ns
+    as its duration, so its power is always the sample's energy over its own elapsed time."""
     out: list[Interval] = []
     for s in samples:
         start = s.arrival_ns - s.elapsed_ns
         if out and start < out[-1].end_ns:
             start = out[-1].end_ns
         if s.arrival_ns > start:
-            out.append(Interval(start, s.arrival_ns, s.joules))
+            out.append(Interval(start, s.arrival_ns, s.joules, s.elapsed_ns))
     return out
 
 
