@@ -59,6 +59,12 @@ def host() -> dict[str, Any]:
     }
 
 
+def _program() -> str:
+    """How the orchestrator was started: `orchestrate` or `python -m orchestrator`."""
+    name = Path(sys.argv[0]).name
+    return "python -m orchestrator" if name == "__main__.py" else name
+
+
 def env_record(env: Env) -> dict[str, Any]:
     return {
         "python": str(env.python),
@@ -73,6 +79,6 @@ def collect(envs: list[Env]) -> dict[str, Any]:
         "harness": harness(),
         "host": host(),
         "envs": {e.name: env_record(e) for e in envs},
-        "command_line": [Path(sys.argv[0]).name, *sys.argv[1:]],
+        "command_line": [_program(), *sys.argv[1:]],
         "cwd": os.getcwd(),
     }
