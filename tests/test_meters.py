@@ -231,3 +231,41 @@ def test_nvml_absent_here_says_why():
     a = nvml.available()
     if not a.ok:
         assert "NVML" in a.reason
+
+
+# -- choosing a meter -------------------------------------------------------------------------
+
+def _power(**kw):
+    from orchestrator.matrix import Power
+
+    return Power(**{"meter": "auto", "interval_ms": 100, "baseline_s": 2.0, "powermetrics": None, **kw})
+
+
+def test_auto_records_why_each_meter_was_skipped(monkeypatch, tmp_path):
+    from orchestrator import meters
+
+    monkeypatch.delenv("CDB_POWERMETRICS", raising=False)
+    monkeypatch.setattr(meters.rapl, "SYSFS", tmp_path / "no-powercap")
+    monkeypatch.setattr(meters, "availability", lambda name, power: {
+        "powermetrics": meters.powermetrics.available(str(tmp_path / "pm")),
+        "nvml": meters.nvml.Availability(False, "NVML unavailable (no driver)"),
+        "rapl": meters.rapl.available(tmp_path / "no-powercap")}[name])
+    chosen = meters.choose(_power())
+    assert chosen.name is None and chosen.for_cell(None) is None
+    assert set(chosen.skipped) == {"powermetrics", "nvml", "rapl"}
+    assert "energy is not measured" in chosen.reason and "not found" in chosen.skipped["powermetrics"]
+
+
+def test_named_meter_that_is_missing_is_an_error(tmp_path):
+    from orchestrator.errors import UserError
+    from orchestrator.meters import choose
+
+    with pytest.raises(UserError, match='meter = "powermetrics" is not available'):
+        choose(_power(meter="powermetrics", powermetrics=str(tmp_path / "absent")))
+    assert choose(_power(meter="none")).name is None
+
+
+def test_auto_takes_the_replay_when_pointed_at_it(replay):
+    from orchestrator.meters import choose
+
+    assert choose(_power()).name == "powermetrics"
