@@ -149,6 +149,32 @@ def report(dirs: tuple[Path, ...], fmt: str) -> None:
         click.echo(json.dumps(summaries[0] if len(summaries) == 1 else summaries, indent=2))
 
 
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def doctor(as_json: bool) -> None:
+    """What this host can measure: meters, backends and devices, host state; reasons where not."""
+    from orchestrator.doctor import diagnose
+
+    r = diagnose()
+    if as_json:
+        click.echo(json.dumps(r, indent=2))
+        return
+    h = r["host"]
+    click.echo(f"host: {h['cpu']} ({h['cpu_count_logical']} logical CPUs), {h['os']}; GPUs: {', '.join(h['gpus']) or 'none'}")
+    click.echo(f"load average: {r['load_average']}; battery: {r['battery'] or 'none (desktop or not reported)'}")
+    click.echo(f"power meters (auto would use: {r['auto_meter'] or 'none'}):")
+    for name, m in r["meters"].items():
+        click.echo(f"  {name:13s} {'yes' if m['available'] else 'no '}  {m['detail']}")
+    click.echo("backends:")
+    for name, b in r["backends"].items():
+        if "devices" in b:
+            d = b["devices"]
+            click.echo(f"  {name:13s} env {b['env']}: cpu ({d['cpu']}); cuda: {', '.join(d['cuda']) or 'no'}; "
+                       f"mps: {'yes' if d['mps'] else 'no'}; {', '.join(f'{k} {v}' for k, v in b['versions'].items())}")
+        else:
+            click.echo(f"  {name:13s} {b.get('error') or b['detail']}")
+
+
 def _interrupt(signum, frame) -> None:
     """SIGTERM ends a session like Ctrl-C: the worker is stopped, finished runs stay, the
     summary is written and the session can be resumed."""

@@ -81,4 +81,4 @@ class Display:
                       fmt(c["latency_ms_iqr"]), *energy_cols, fmt(c["cosine_min"], ".7f"), divergence_cell(c), flags(c))
         self.out.print(t)
         if reason := summary.get("energy_unavailable_reason"):
-            self.out.print(f"energy: not measured ({reason})", highlight=False)
+            self.out.print(f"energy: {reason}", highlight=False)

@@ -124,13 +124,22 @@ class Session:
         setup = setup_message(m, cell, model, inputs, min_window_s=rec["min_window_s"])
         setup["nvml_check"] = self.nvml_check
         windows: dict[str, tuple[int, int]] = {}
+        record: MeterRecord | None = None
         if meter is not None:
-            meter.start()
+            try:
+                meter.start()
+            except Exception as e:  # a broken meter loses this run's energy, never the run
+                rec["energy_unavailable_reason"] = f"meter {meter.name} did not start: {e}"
+                meter = None
         try:
             outcome = run_worker(self.envs[cell.env], setup, label=label, log_path=log,
                                  timeout_s=m.timing.run_timeout_s, between=self._between(meter, windows))
         finally:
-            record = meter.stop() if meter is not None else None
+            if meter is not None:
+                try:
+                    record = meter.stop()
+                except Exception as e:
+                    rec["energy_unavailable_reason"] = f"meter {meter.name} failed during the run: {e}"
         rec["log_file"] = sdir.rel(log)
         fill_from_outcome(rec, outcome)
         if outcome.status == "unsupported":
@@ -138,7 +147,7 @@ class Session:
         if outcome.status == "ok":
             self.worker_versions.setdefault(cell.env, outcome.ready.get("versions", {}))
             self._measurements(rec, sdir, cell, planned, outcome, reference)
-            if meter is not None and record is not None:
+            if record is not None:
                 self._energy(rec, sdir, cell, planned, meter, record, windows.get("baseline"), outcome)
         return rec
 

@@ -76,3 +76,17 @@ def test_env_pointed_at_an_existing_interpreter_runs_a_cell(diffusers_python, ca
                        env={**os.environ, "CDB_CACHE_DIR": str(cache_dir)})
     assert p.returncode == 0, p.stderr
     assert f"({diffusers_python})" in p.stdout and p.stdout.count("  iteration ") == 2
+
+
+def test_doctor_says_what_this_host_can_measure(diffusers_python):
+    p = cli("doctor", "--json")
+    assert p.returncode == 0, p.stderr
+    r = json.loads(p.stdout)
+    assert set(r["meters"]) == {"powermetrics", "nvml", "rapl"}
+    for m in r["meters"].values():
+        assert m["detail"]  # a reason either way
+    d = r["backends"]["diffusers"]
+    assert d["synced"] and d["devices"]["cpu"] and "torch" in d["versions"]
+    assert "not implemented" in r["backends"]["mlx"]["detail"]
+    text = cli("doctor")
+    assert text.returncode == 0 and "power meters (auto would use:" in text.stdout

@@ -14,6 +14,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--serve", action="store_true", help="speak the msgpack protocol on stdin/stdout (used by orchestrate)")
     p.add_argument("--env-name", default="", help=argparse.SUPPRESS)
     p.add_argument("--run-label", default="", help=argparse.SUPPRESS)  # shows in ps which run a worker is
+    p.add_argument("--probe", metavar="BACKEND", help="print what BACKEND can use on this host, as JSON")
     p.add_argument("--cell", help="run this cell of the matrix once, in its env, and print what it measured")
     p.add_argument("--matrix", default="examples/quick.toml", help="matrix file (default: %(default)s)")
     p.add_argument("--iterations", type=int, help="timed iterations (default: the matrix's)")
@@ -23,6 +24,14 @@ def main(argv: list[str] | None = None) -> int:
         from workers.serve import serve
 
         return serve(args.env_name)
+    if args.probe:
+        import json
+
+        from workers.backends import backend_module
+
+        backend = backend_module(args.probe)
+        print(json.dumps({"versions": backend.versions(), "devices": backend.probe()}))
+        return 0
     if args.cell:
         from orchestrator.debug_run import debug_cell
 

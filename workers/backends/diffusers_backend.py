@@ -98,5 +98,13 @@ def _device_name(torch, device) -> str:
     return cpu_name()
 
 
+def probe() -> dict[str, Any]:
+    """Which devices this env's torch can use here (for `orchestrate doctor`)."""
+    import torch
+
+    cuda = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+    return {"cpu": cpu_name(), "cuda": cuda, "mps": bool(torch.backends.mps.is_available())}
+
+
 def load(spec: LoadSpec) -> LoadedModel:
     return DiffusersUNet(spec)

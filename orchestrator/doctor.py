@@ -1,0 +1,55 @@
+"""`orchestrate doctor`: what this host can measure, and why not where it cannot."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from typing import Any
+
+import psutil
+
+from orchestrator import meters, provenance
+from orchestrator.envs import discover
+from orchestrator.matrix import Power
+from workers.backends import IMPLEMENTED, PLANNED
+
+DEFAULT_POWER = Power(meter="auto", interval_ms=100, baseline_s=2.0, powermetrics=None)
+PROBE_TIMEOUT_S = 120
+
+
+def probe_env(env, backend: str) -> dict[str, Any]:
+    """Ask the env's own interpreter what its toolchain sees (the orchestrator imports none)."""
+    try:
+        p = subprocess.run([str(env.python), "-m", "workers", "--probe", backend], capture_output=True, text=True,
+                           timeout=PROBE_TIMEOUT_S, env=env.worker_environ())
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return {"error": str(e)}
+    if p.returncode != 0:
+        return {"error": (p.stderr.strip().splitlines() or ["exit %d" % p.returncode])[-1]}
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def diagnose() -> dict[str, Any]:
+    host = provenance.host()
+    battery = psutil.sensors_battery() if hasattr(psutil, "sensors_battery") else None
+    report: dict[str, Any] = {
+        "host": host,
+        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "battery": None if battery is None else {"percent": battery.percent, "on_ac_power": battery.power_plugged},
+        "meters": {name: {"available": (a := meters.availability(name, DEFAULT_POWER)).ok, "detail": a.reason}
+                   for name in meters.ORDER},
+        "auto_meter": next((n for n in meters.ORDER if meters.availability(n, DEFAULT_POWER).ok), None),
+        "backends": {},
+    }
+    envs = discover()
+    for backend in IMPLEMENTED:  # each implemented backend's env carries its name
+        env = envs.get(backend)
+        if env is None or not env.synced:
+            report["backends"][backend] = {"env": backend, "synced": False,
+                                           "detail": f"env not synced: run `orchestrate envs sync {backend}`"}
+            continue
+        report["backends"][backend] = {"env": backend, "synced": True, **probe_env(env, backend)}
+    for backend, why in PLANNED.items():
+        report["backends"][backend] = {"detail": why}
+    return report
