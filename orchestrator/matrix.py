@@ -15,7 +15,7 @@ from typing import Any
 
 from orchestrator.errors import UserError
 from orchestrator.paths import cache_dir, expand
-from workers.backends import ATTENTION, EXTRA_CELL_KEYS, IMPLEMENTED, KNOWN, PLANNED
+from workers.backends import ATTENTION, EXTRA_CELL_KEYS, IMPLEMENTED, KNOWN, OPTION_VALUES, PLANNED
 from workers.unet.presets import PRESETS
 
 PRECISIONS = ("fp32", "fp16", "bf16")
@@ -326,6 +326,10 @@ def _cell(raw: Any, index: int, known_envs: set[str], errors: _Errors) -> Cell |
     elif b in IMPLEMENTED and c["env"] not in known_envs:
         errors.add(where, f"field 'env': unknown env {c['env']!r} (known: {', '.join(sorted(known_envs))})")
     options = {k: c[k] for k in extra if c[k] is not None}
+    for key, value in options.items():
+        allowed = OPTION_VALUES.get(b, {}).get(key)
+        if allowed is not None and (value not in allowed or type(value) is not type(allowed[0])):
+            errors.add(where, f"field {key!r}: {value!r} is not one of {', '.join(map(repr, allowed))}")
     return Cell(
         id=c["id"], label=c["label"] or c["id"] or "", backend=b, env=c["env"] or "", device=c["device"],
         compute_unit=c["compute_unit"], attention=attention, precision=c["precision"] or "",

@@ -130,3 +130,10 @@ def test_disabled_cells_are_not_run(tmp_path):
     m = load_matrix(_write(tmp_path, text), ENVS)
     assert [c.id for c in m.enabled_cells] == ["diffusers-cpu-fp32"]
     assert tomllib.loads(text)  # still a well-formed file
+
+
+def test_backend_option_values_are_checked(tmp_path):
+    lines = _errors(tmp_path, QUICK.replace('precision = "bf16"', 'precision = "bf16"\ncompile = "fast"'))
+    assert any("cell 'diffusers-cpu-bf16'" in ln and "'compile'" in ln and "reduce-overhead" in ln for ln in lines)
+    ok = QUICK.replace('precision = "bf16"', 'precision = "bf16"\ncompile = "reduce-overhead"')
+    assert load_matrix(_write(tmp_path, ok), ENVS).cell("diffusers-cpu-bf16").options == {"compile": "reduce-overhead"}

@@ -295,3 +295,17 @@ def test_sigkill_of_the_orchestrator_takes_the_meter_with_it(diffusers_python, c
     assert not psutil.pid_exists(meter_pid) or psutil.Process(meter_pid).status() == psutil.STATUS_ZOMBIE
     time.sleep(3)
     assert not [p for p in psutil.process_iter(["cmdline"]) if any(a.startswith("cpu/run-") for a in p.info["cmdline"] or [])]
+
+
+def test_torch_compile_cell_compiles_outside_the_window(diffusers_python, cache_dir, tmp_path):
+    from workers.inputs import pinned_inputs
+
+    dig = pinned_inputs(64).digests()
+    matrix = tmp_path / "compile.toml"
+    matrix.write_text(RESILIENCE.format(latent=dig["latent"], text=dig["text_embedding"])
+                      .replace('precision = "fp32"', 'precision = "fp32"\ncompile = "default"'))
+    p = subprocess.run([str(BIN / "worker"), "--cell", "cpu", "--matrix", str(matrix), "--iterations", "3"],
+                       capture_output=True, text=True, timeout=900, cwd=REPO, env={**os.environ, "CDB_CACHE_DIR": str(cache_dir)})
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "'compile': 'default'" in p.stdout and "'compile_s': " in p.stdout
+    assert p.stdout.count("  iteration ") == 3 and "finite=True" in p.stdout

@@ -19,9 +19,16 @@ PLANNED: dict[str, str] = {
 
 # Cell keys each backend understands beyond the common ones.
 EXTRA_CELL_KEYS: dict[str, frozenset[str]] = {
-    "diffusers": frozenset(),
+    "diffusers": frozenset({"compile"}),
     "mlx": frozenset({"compile"}),
     "coreml": frozenset({"converter", "palettization", "deployment_target"}),
+}
+
+# Allowed values of those keys, where they are a closed set.
+OPTION_VALUES: dict[str, dict[str, tuple]] = {
+    "diffusers": {"compile": ("default", "reduce-overhead", "max-autotune")},  # torch.compile modes
+    "mlx": {"compile": (True, False)},
+    "coreml": {"palettization": ("w8", "w6", "w4")},
 }
 
 ATTENTION: dict[str, frozenset[str]] = {
