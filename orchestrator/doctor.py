@@ -11,10 +11,10 @@ import psutil
 
 from orchestrator import meters, provenance
 from orchestrator.envs import discover
-from orchestrator.matrix import Power
+from orchestrator.matrix import default_power
 from workers.backends import IMPLEMENTED, PLANNED
 
-DEFAULT_POWER = Power(meter="auto", interval_ms=100, baseline_s=2.0, powermetrics=None)
+DEFAULT_POWER = default_power()
 PROBE_TIMEOUT_S = 120
 
 

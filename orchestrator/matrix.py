@@ -57,7 +57,11 @@ class Timing:
     warmup: int
     iterations: int
     runs: int
+    cooldown: str  # "fixed" | "adaptive"
     cooldown_s: float
+    cooldown_min_s: float
+    cooldown_max_s: float
+    cooldown_margin: float
     order: str
     order_seed: int | None
     run_timeout_s: float
@@ -70,6 +74,7 @@ class Power:
     interval_ms: int
     baseline_s: float
     powermetrics: str | None  # executable; CDB_POWERMETRICS overrides it
+    idle_s: float  # the host's idle power is measured this long once per session (adaptive cooldown)
 
 
 @dataclass(frozen=True)
@@ -164,12 +169,13 @@ _SECTIONS: dict[str, dict[str, tuple[tuple[type, ...], Any]]] = {
         "seed": ((int,), 0), "batch": ((int,), 2), "timestep": ((int,), 500), "sha256": ((dict,), {}),
     },
     "timing": {
-        "warmup": ((int,), 1), "iterations": ((int,), 10), "runs": ((int,), 7), "cooldown_s": ((int, float), 30.0),
+        "warmup": ((int,), 1), "iterations": ((int,), 10), "runs": ((int,), 7), "cooldown": ((str,), "fixed"), "cooldown_s": ((int, float), 30.0),
+        "cooldown_min_s": ((int, float), 5.0), "cooldown_max_s": ((int, float), 120.0), "cooldown_margin": ((int, float), 0.1),
         "order": ((str,), "interleaved"), "order_seed": ((int,), None), "run_timeout_s": ((int, float), 900.0),
         "min_window_s": ((int, float), None),
     },
     "power": {"meter": ((str,), "auto"), "interval_ms": ((int,), 100), "baseline_s": ((int, float), 2.0),
-              "powermetrics": ((str,), None)},
+              "powermetrics": ((str,), None), "idle_s": ((int, float), 10.0)},
     "preflight": {"record_load": ((bool,), True)},
     "equivalence": {
         "reference": ((dict,), {}), "mse_max": ((int, float), 1e-3), "cosine_min": ((int, float), 0.999),
@@ -185,6 +191,11 @@ _CELL = {
     "precision": ((str,), REQUIRED), "resolution": ((int,), 512), "enabled": ((bool,), True), "notes": ((str,), ""),
 }
 _TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true or false", dict: "a table"}
+
+
+def default_power() -> Power:
+    """The [power] section as a matrix that leaves it out gets it."""
+    return Power(**{k: default for k, (_, default) in _SECTIONS["power"].items()})
 
 
 class _Errors:
@@ -356,11 +367,15 @@ def load_matrix(path: str | Path, known_envs: set[str]) -> Matrix:
     inputs = _inputs(raw.get("inputs", {}), errors)
     t = _fields(raw.get("timing", {}), _SECTIONS["timing"], "[timing]", errors)
     _choice(t["order"], ORDERS, "[timing]", "order", errors)
-    _positive(t, ("warmup", "iterations", "runs", "cooldown_s", "run_timeout_s", "min_window_s"), "[timing]", errors,
-              allow_zero=("warmup", "cooldown_s", "min_window_s"))
+    _choice(t["cooldown"], ("fixed", "adaptive"), "[timing]", "cooldown", errors)
+    _positive(t, ("warmup", "iterations", "runs", "cooldown_s", "run_timeout_s", "min_window_s", "cooldown_min_s",
+                  "cooldown_max_s", "cooldown_margin"), "[timing]", errors,
+              allow_zero=("warmup", "cooldown_s", "min_window_s", "cooldown_min_s", "cooldown_margin"))
+    if None not in (t["cooldown_min_s"], t["cooldown_max_s"]) and t["cooldown_min_s"] > t["cooldown_max_s"]:
+        errors.add("[timing]", "field 'cooldown_min_s': larger than cooldown_max_s")
     p = _fields(raw.get("power", {}), _SECTIONS["power"], "[power]", errors)
     _choice(p["meter"], METERS, "[power]", "meter", errors)
-    _positive(p, ("interval_ms", "baseline_s"), "[power]", errors, allow_zero=("baseline_s",))
+    _positive(p, ("interval_ms", "baseline_s", "idle_s"), "[power]", errors, allow_zero=("baseline_s",))
     pre = _fields(raw.get("preflight", {}), _SECTIONS["preflight"], "[preflight]", errors)
     e = _fields(raw.get("equivalence", {}), _SECTIONS["equivalence"], "[equivalence]", errors)
     ref = _fields(e["reference"], _REFERENCE, "[equivalence.reference]", errors)

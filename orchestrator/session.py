@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from orchestrator import provenance
+from orchestrator.cooldown import Cooldown, adaptive, idle_power
 from orchestrator.display import Display
 from orchestrator.envs import Env, ensure_synced
 from orchestrator.equivalence import Reference, compare, reference_output
@@ -54,6 +55,7 @@ class Session:
         self.unsupported: dict[str, str] = {}  # cell id -> reason, once a worker said so
         self.worker_versions: dict[str, dict[str, Any]] = {}
         self.meters: Meters = Meters(None, "not chosen yet")
+        self.idle_w: dict[Meter, float | None] = {}
 
     # -- preparation -------------------------------------------------------------------------
     def _needed_envs(self) -> list[Env]:
@@ -84,14 +86,32 @@ class Session:
         return out
 
     # -- one run -----------------------------------------------------------------------------
-    def _between(self, meter: Meter | None, windows: dict[str, tuple[int, int]]):
+    def _idle_w(self, meter: Meter) -> float | None:
+        """The host's idle power for this meter, measured once, before any worker runs."""
+        if meter not in self.idle_w:
+            with self.display.status(f"measuring the host's idle power ({self.matrix.power.idle_s:g} s)"):
+                self.idle_w[meter] = idle_power(meter, self.matrix.power.idle_s)
+            self.display.log(f"idle power ({meter.name}): {self.idle_w[meter]} W")
+        return self.idle_w[meter]
+
+    def _cooldown(self, meter: Meter | None) -> Cooldown:
+        t = self.matrix.timing
+        idle_w = self._idle_w(meter) if t.cooldown == "adaptive" and meter is not None else None
+        if idle_w is None:  # fixed, or adaptive without a meter to judge by
+            if t.cooldown_s > 0:
+                with self.display.status(f"cooldown {t.cooldown_s:g} s (worker loaded and idle)"):
+                    time.sleep(t.cooldown_s)
+            return Cooldown(t.cooldown_s, None)
+        with self.display.status(f"adaptive cooldown: to within {t.cooldown_margin:.0%} of {idle_w:.1f} W idle "
+                                 f"({t.cooldown_min_s:g}-{t.cooldown_max_s:g} s)"):
+            return adaptive(meter, idle_w, t.cooldown_min_s, t.cooldown_max_s, t.cooldown_margin)
+
+    def _between(self, meter: Meter | None, windows: dict[str, Any]):
         """Cooldown, then (with a meter) the baseline window: the worker loaded, warm and idle."""
-        cooldown_s, baseline_s = self.matrix.timing.cooldown_s, self.matrix.power.baseline_s
+        baseline_s = self.matrix.power.baseline_s
 
         def between(_ready: dict[str, Any]) -> None:
-            if cooldown_s > 0:
-                with self.display.status(f"cooldown {cooldown_s:g} s (worker loaded and idle)"):
-                    time.sleep(cooldown_s)
+            windows["cooldown"] = self._cooldown(meter)
             if meter is not None and baseline_s > 0:
                 with self.display.status(f"baseline {baseline_s:g} s"):
                     b0 = time.monotonic_ns()
@@ -123,8 +143,10 @@ class Session:
         rec["min_window_s"] = self.min_window_s(meter)
         setup = setup_message(m, cell, model, inputs, min_window_s=rec["min_window_s"])
         setup["nvml_check"] = self.nvml_check
-        windows: dict[str, tuple[int, int]] = {}
+        windows: dict[str, Any] = {}
         record: MeterRecord | None = None
+        if meter is not None and m.timing.cooldown == "adaptive":
+            self._idle_w(meter)  # once, before this run's measuring starts: it uses the same meter
         if meter is not None:
             try:
                 meter.start()
@@ -142,6 +164,8 @@ class Session:
                     rec["energy_unavailable_reason"] = f"meter {meter.name} failed during the run: {e}"
         rec["log_file"] = sdir.rel(log)
         fill_from_outcome(rec, outcome)
+        if cooldown := windows.get("cooldown"):
+            rec.update(cooldown_s=cooldown.seconds, cooldown_settled=cooldown.settled, cooldown_mode=m.timing.cooldown)
         if outcome.status == "unsupported":
             self.unsupported[cell.id] = outcome.reason or "unsupported on this host"
         if outcome.status == "ok":
@@ -259,6 +283,7 @@ class Session:
             session["finished_at"] = utc_now()
             session["worker_versions"] = {**session.get("worker_versions", {}), **self.worker_versions}
             session["power"]["meter_versions"] = {str(k): v for k, v in self.meters.versions().items()}
+            session["power"]["idle_w"] = {m.name: w for m, w in self.idle_w.items()}
             self.meters.close()
             session["references"] = {str(r): {"path": str(ref.path), "cached": ref.cached, "failure": ref.failure,
                                               "versions": ref.versions} for r, ref in refs.items()}
@@ -301,7 +326,7 @@ def base_record(session_id: str, cell: Cell, planned: PlannedRun) -> dict[str, A
         "status": None, "failure_reason": None,
         "backend": cell.backend, "env": cell.env, "device": cell.device or cell.compute_unit,
         "precision": cell.precision, "resolution": cell.resolution,
-        "wall_s": None, "cooldown_s": None, "worker_pid": None, "worker_uid": None, "worker_exit_code": None,
+        "wall_s": None, "cooldown_s": None, "cooldown_mode": None, "cooldown_settled": None, "worker_pid": None, "worker_uid": None, "worker_exit_code": None,
         "python": None, "versions": {}, "realized": {},
         "load_s": None, "warmup_s": None, "warmup_iterations": None,
         "iterations": None, "window_s": None,
@@ -321,7 +346,7 @@ def base_record(session_id: str, cell: Cell, planned: PlannedRun) -> dict[str, A
 
 def fill_from_outcome(rec: dict[str, Any], o: RunOutcome) -> None:
     rec.update(
-        status=o.status, failure_reason=o.reason, wall_s=o.wall_s, cooldown_s=o.wait_s,
+        status=o.status, failure_reason=o.reason, wall_s=o.wall_s,
         worker_pid=o.hello.get("pid"), worker_uid=o.hello.get("uid"), worker_exit_code=o.exit_code,
         python=o.hello.get("python"), versions=o.ready.get("versions") or o.unsupported_versions,
         realized=o.ready.get("realized", {}), load_s=o.ready.get("load_s"), warmup_s=o.ready.get("warmup_s"),

@@ -236,9 +236,11 @@ def test_nvml_absent_here_says_why():
 # -- choosing a meter -------------------------------------------------------------------------
 
 def _power(**kw):
-    from orchestrator.matrix import Power
+    from dataclasses import replace
 
-    return Power(**{"meter": "auto", "interval_ms": 100, "baseline_s": 2.0, "powermetrics": None, **kw})
+    from orchestrator.matrix import default_power
+
+    return replace(default_power(), **kw)
 
 
 def test_auto_records_why_each_meter_was_skipped(monkeypatch, tmp_path):

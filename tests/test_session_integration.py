@@ -241,7 +241,8 @@ def _energy_matrix(tmp_path, exe) -> Path:
     text = RESILIENCE.format(latent=dig["latent"], text=dig["text_embedding"])
     text = text.replace('device = "mps"', 'device = "mps"\nenabled = false').replace('device = "gpu"', 'device = "gpu"\nenabled = false')
     text = text.replace("runs = 3", "runs = 2").replace("cooldown_s = 3", "cooldown_s = 1")
-    text += f'\n[power]\nmeter = "powermetrics"\npowermetrics = "{exe}"\ninterval_ms = 50\nbaseline_s = 0.5\n'
+    text = text.replace("cooldown_s = 1", 'cooldown_s = 1\ncooldown = "adaptive"\ncooldown_min_s = 1\ncooldown_max_s = 10')
+    text += f'\n[power]\nmeter = "powermetrics"\npowermetrics = "{exe}"\ninterval_ms = 50\nbaseline_s = 0.5\nidle_s = 1\n'
     matrix = tmp_path / "energy.toml"
     matrix.write_text(text)
     return matrix
@@ -260,6 +261,8 @@ def test_energy_through_a_powermetrics_replay(diffusers_python, cache_dir, tmp_p
         assert r["baseline_window_s"] == pytest.approx(0.5, abs=0.1)
         assert set(r["energy_by_channel"]) == {"cpu", "gpu", "ane", "total"}
         assert r["throttled"] is False  # the capture says Nominal
+        # the replay draws the same power at idle and under load: adaptive cooldown settles at its minimum
+        assert r["cooldown_mode"] == "adaptive" and r["cooldown_settled"] is True and 1 <= r["cooldown_s"] < 10
         # the replayed capture draws a steady 3.049 J per 1.0237 s of samples, whatever the step does
         cpu = r["energy_by_channel"]["cpu"]
         assert cpu["active_w"] == pytest.approx(3.049 / 1.023685416, rel=0.2)
@@ -269,6 +272,7 @@ def test_energy_through_a_powermetrics_replay(diffusers_python, cache_dir, tmp_p
         assert r["estimated_energy_per_50_step_image_j"] == pytest.approx(50 * r["energy_per_step_j"])
         samples = json.loads((d / r["meter_samples_file"]).read_text())
         assert samples["intervals"] and len(samples["window_ns"]) == 2
+    assert json.loads((d / "session.json").read_text())["power"]["idle_w"]["powermetrics"] > 0
     summary = json.loads((d / "summary.json").read_text())
     cell = summary["cells"][0]
     assert cell["energy_per_step_j"] is not None and "energy_per_step_j[cpu]" in cell["metrics"]

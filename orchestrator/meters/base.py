@@ -65,6 +65,10 @@ class Meter(ABC):
     def stop(self) -> MeterRecord:
         """Stop measuring; everything measured since start()."""
 
+    @abstractmethod
+    def peek(self) -> MeterRecord:
+        """Everything measured since start(), while measuring goes on (adaptive cooldown)."""
+
     def throttled(self, record: MeterRecord, start_ns: int, end_ns: int) -> bool | None:
         """Whether the source saw throttling in [start_ns, end_ns]; None when it cannot tell."""
         return None

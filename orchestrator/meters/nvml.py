@@ -103,11 +103,15 @@ class NvmlMeter(Meter):
         self._readings = []
         self._poller.start()
 
-    def stop(self) -> MeterRecord:
-        samples = self._poller.stop()
-        measured = update_interval(samples)
+    def _record(self, samples: list[tuple[int, int]]) -> MeterRecord:
         return MeterRecord(counter_intervals(samples), list(self._readings),
-                           {"polls": len(samples), "counter_update_interval_s": measured})
+                           {"polls": len(samples), "counter_update_interval_s": update_interval(samples)})
+
+    def peek(self) -> MeterRecord:
+        return self._record(list(self._poller.samples))
+
+    def stop(self) -> MeterRecord:
+        return self._record(self._poller.stop())
 
     def throttled(self, record: MeterRecord, start_ns: int, end_ns: int) -> bool | None:
         mask = sum(THROTTLE_BITS.values())

@@ -92,7 +92,10 @@ class PowermetricsMeter(Meter):
             self._proc.wait()
         self._thread.join(timeout=5)
         self._proc.stdout.close()
-        samples = self._stream.samples
+        return self.peek()
+
+    def peek(self) -> MeterRecord:
+        samples = list(self._stream.samples)
         readings = [Reading(s.arrival_ns, {"thermal_pressure": s.thermal_pressure}) for s in samples
                     if s.thermal_pressure is not None]
         return MeterRecord(intervals(samples), readings, self._stream.counters())

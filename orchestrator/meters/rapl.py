@@ -93,6 +93,11 @@ class RaplMeter(Meter):
     def start(self) -> None:
         self._poller.start()
 
-    def stop(self) -> MeterRecord:
-        samples = self._poller.stop()
+    def _record(self, samples: list[tuple[int, list[int]]]) -> MeterRecord:
         return MeterRecord(intervals=differences(samples, self._domains), stats={"polls": len(samples)})
+
+    def peek(self) -> MeterRecord:
+        return self._record(list(self._poller.samples))
+
+    def stop(self) -> MeterRecord:
+        return self._record(self._poller.stop())
