@@ -15,6 +15,7 @@ from pathlib import Path
 
 from orchestrator.errors import UserError
 from orchestrator.paths import ENVS_DIR, REPO_ROOT
+from orchestrator.privileges import child_kwargs, give_to_invoking_user
 
 KEY_PACKAGES = ("torch", "diffusers", "coremltools", "mlx", "numpy")
 SYNC_STAMP = ".cdb-synced-lock"  # written into the venv after a successful sync: the lock it matches
@@ -125,7 +126,7 @@ def sync(env: Env, log=print) -> float:
     log(f"env {env.name}: {' '.join(cmd[1:])}")
     t0 = time.monotonic()
     environ = {k: v for k, v in os.environ.items() if k != "VIRTUAL_ENV"}  # the env's own venv, not the caller's
-    proc = subprocess.run(cmd, stderr=subprocess.PIPE, text=True, env=environ)
+    proc = subprocess.run(cmd, stderr=subprocess.PIPE, text=True, **child_kwargs(environ))
     sys.stderr.write(proc.stderr)
     if proc.returncode != 0:
         tail = "\n".join(proc.stderr.strip().splitlines()[-5:])
@@ -134,6 +135,7 @@ def sync(env: Env, log=print) -> float:
             hint = " If no suitable Python was found, install one or set UV_PYTHON=/path/to/python."
         raise UserError(f"env {env.name}: uv sync failed (exit {proc.returncode}).{hint}", *tail.splitlines())
     (env.project / ".venv" / SYNC_STAMP).write_text(env.lock_sha256() + "\n")
+    give_to_invoking_user(env.project / ".venv" / SYNC_STAMP)
     return time.monotonic() - t0
 
 

@@ -29,7 +29,11 @@ def expand(value: str, base: Path) -> Path:
 
 
 def cache_dir() -> Path:
-    """`CDB_CACHE_DIR`, else the user's cache folder."""
+    """`CDB_CACHE_DIR`, else the (invoking, under sudo) user's cache folder."""
+    from orchestrator.privileges import invoking_user
+
     if env := os.environ.get("CDB_CACHE_DIR"):
         return Path(env).expanduser()
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "coreml-diffusion-benchmarks"
+    user = invoking_user()
+    home = Path(user.home) if user else Path.home()
+    return Path(os.environ.get("XDG_CACHE_HOME") or home / ".cache") / "coreml-diffusion-benchmarks"

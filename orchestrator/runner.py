@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.envs import Env
+from orchestrator.privileges import child_kwargs
 from workers.protocol import FrameReader, PeerClosed, ProtocolError, encode
 
 STOP_GRACE_S = 5.0
@@ -77,10 +78,15 @@ def run_worker(
     outcome = RunOutcome(status="failed")
     t0 = time.monotonic()
     with open(log_path, "ab") as log:
-        proc = subprocess.Popen(
-            worker_command(env, label), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log,
-            env=env.worker_environ(), start_new_session=True,
-        )
+        try:
+            proc = subprocess.Popen(
+                worker_command(env, label), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log,
+                start_new_session=True, **child_kwargs(env.worker_environ()),
+            )
+        except OSError as e:
+            outcome.reason = f"cannot start the worker ({env.python}): {e.strerror or e}"
+            outcome.wall_s = time.monotonic() - t0
+            return outcome
         reader = FrameReader(proc.stdout)
         deadline = t0 + timeout_s
 

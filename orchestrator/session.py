@@ -26,6 +26,7 @@ from orchestrator.meters import Meters, choose
 from orchestrator.meters.base import Meter, MeterRecord
 from orchestrator.pins import PinnedModel, pin_inputs, pin_model, setup_message
 from orchestrator.plan import PlannedRun, plan_runs
+from orchestrator.privileges import give_to_invoking_user, invoking_user
 from orchestrator.results import SCHEMA_VERSION, SessionDir, utc_now
 from orchestrator.runner import RunOutcome, run_worker
 from orchestrator.stats import within_run
@@ -164,6 +165,11 @@ class Session:
                     rec["energy_unavailable_reason"] = f"meter {meter.name} failed during the run: {e}"
         rec["log_file"] = sdir.rel(log)
         fill_from_outcome(rec, outcome)
+        user = invoking_user()
+        if user is not None and outcome.hello and outcome.hello.get("uid") != user.uid:
+            rec.update(status="failed", failure_reason=f"worker ran as uid {outcome.hello.get('uid')}, not as "
+                                                       f"{user.name} (uid {user.uid}) who invoked sudo")
+            return rec
         if cooldown := windows.get("cooldown"):
             rec.update(cooldown_s=cooldown.seconds, cooldown_settled=cooldown.settled, cooldown_mode=m.timing.cooldown)
         if outcome.status == "unsupported":
@@ -289,6 +295,7 @@ class Session:
                                               "versions": ref.versions} for r, ref in refs.items()}
             sdir.write_session(session)
             result.summary = write_derived(sdir)
+            give_to_invoking_user(sdir.root, m.model.cache_dir)
         counts = Counter(r["status"] for r in sdir.read_runs().records)
         result.n_ok, result.n_failed, result.n_unsupported = counts["ok"], counts["failed"], counts["unsupported"]
         return result

@@ -66,3 +66,52 @@ def test_hung_worker_times_out_and_is_killed(fake_env, tmp_path):
     assert time.monotonic() - t0 < 10
     with pytest.raises(ProcessLookupError):
         os.kill(o.hello["pid"], 0)
+
+
+def test_an_interpreter_that_cannot_start_is_a_failed_run(tmp_path):
+    o = run_worker(Env("gone", None, external_python=tmp_path / "no-python"), {"type": "setup"}, label="t",
+                   log_path=tmp_path / "run.log", timeout_s=5)
+    assert o.status == "failed" and "cannot start the worker" in o.reason
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root, as under sudo")
+def test_under_sudo_the_worker_runs_as_the_invoking_user(tmp_path, monkeypatch):
+    """SUDO_UID names an unprivileged user (created when missing); the worker must run as them,
+    with their HOME. The worker's interpreter is a venv of the system Python that user can run."""
+    import pwd
+    import shutil
+    import subprocess
+    import tempfile
+
+    from orchestrator.privileges import give_to_invoking_user
+
+    name = "cdb-bench-test"
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        subprocess.run(["useradd", "--no-create-home", "--shell", "/usr/sbin/nologin", name], check=True)
+    user = pwd.getpwnam(name)
+    system_python = shutil.which("python3", path="/usr/bin")
+    if system_python is None:
+        pytest.skip("no /usr/bin/python3 to build an interpreter the test user may run")
+    shared = Path(tempfile.mkdtemp(prefix="cdb-sudo-"))
+    shared.chmod(0o755)
+    venv = shared / "venv"
+    uv = os.environ.get("UV") or shutil.which("uv")
+    subprocess.run([uv, "venv", "-q", "--python", system_python, str(venv)], check=True)
+    subprocess.run([uv, "pip", "install", "-q", "--python", str(venv / "bin" / "python"), "numpy", "msgpack"], check=True)
+    wrapper = shared / "python"
+    wrapper.write_text(f'#!/bin/sh\nexec "{venv / "bin" / "python"}" "{shared / "fake_worker.py"}" "$@"\n')
+    wrapper.chmod(0o755)
+    shutil.copy(FAKE, shared / "fake_worker.py")
+    monkeypatch.setenv("SUDO_UID", str(user.pw_uid))
+    monkeypatch.setenv("SUDO_GID", str(user.pw_gid))
+    monkeypatch.setenv("SUDO_USER", name)
+    o = _run(Env("fake", None, external_python=wrapper), tmp_path, "ok")
+    assert o.status == "ok", o.reason
+    assert o.hello["uid"] == user.pw_uid
+    written = shared / "session"
+    (written / "samples").mkdir(parents=True)
+    (written / "samples" / "run.json").write_text("{}")
+    give_to_invoking_user(written)
+    assert {p.stat().st_uid for p in [written, *written.rglob("*")]} == {user.pw_uid}

@@ -313,3 +313,4 @@ def test_torch_compile_cell_compiles_outside_the_window(diffusers_python, cache_
     assert p.returncode == 0, p.stderr[-3000:]
     assert "'compile': 'default'" in p.stdout and "'compile_s': " in p.stdout
     assert p.stdout.count("  iteration ") == 3 and "finite=True" in p.stdout
+
