@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import json
 import os
-from collections import Counter
 import secrets
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -289,7 +289,7 @@ class Session:
             session["finished_at"] = utc_now()
             session["worker_versions"] = {**session.get("worker_versions", {}), **self.worker_versions}
             session["power"]["meter_versions"] = {str(k): v for k, v in self.meters.versions().items()}
-            session["power"]["idle_w"] = {m.name: w for m, w in self.idle_w.items()}
+            session["power"]["idle_w"] = {meter.name: w for meter, w in self.idle_w.items()}
             self.meters.close()
             session["references"] = {str(r): {"path": str(ref.path), "cached": ref.cached, "failure": ref.failure,
                                               "versions": ref.versions} for r, ref in refs.items()}
@@ -340,7 +340,7 @@ def base_record(session_id: str, cell: Cell, planned: PlannedRun) -> dict[str, A
         "latency_ms_median": None, "latency_ms_iqr": None, "latency_ms_min": None, "latency_ms_mean": None,
         "output_sha256": None, "output_shape": None,
         "mse": None, "mse_relative": None, "cosine": None, "max_abs_diff": None, "finite": None,
-        "numerically_divergent": None,
+        "numerically_divergent": None, "reference_file": None, "equivalence_unavailable_reason": None,
         "meter": None, "min_window_s": None,
         "baseline_w": None, "active_w": None, "energy_per_step_j": None, "gross_energy_per_step_j": None,
         "estimated_energy_per_50_step_image_j": None, "energy_by_channel": {}, "baseline_window_s": None,
