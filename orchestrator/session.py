@@ -92,7 +92,8 @@ class Session:
         if meter not in self.idle_w:
             with self.display.status(f"measuring the host's idle power ({self.matrix.power.idle_s:g} s)"):
                 self.idle_w[meter] = idle_power(meter, self.matrix.power.idle_s)
-            self.display.log(f"idle power ({meter.name}): {self.idle_w[meter]} W")
+            idle = self.idle_w[meter]
+            self.display.log(f"idle power ({meter.name}): " + (f"{idle:.1f} W" if idle is not None else "no samples"))
         return self.idle_w[meter]
 
     def _cooldown(self, meter: Meter | None) -> Cooldown:
