@@ -96,7 +96,10 @@ def run_worker(
             except TimeoutError:
                 raise _Failed(f"timeout: no {' or '.join(types)} within run_timeout_s={timeout_s:g}") from None
             except PeerClosed:
-                proc.wait(timeout=STOP_GRACE_S)
+                try:
+                    proc.wait(timeout=STOP_GRACE_S)
+                except subprocess.TimeoutExpired:
+                    pass  # described as still running; _stop ends it
                 raise _Failed(f"worker {_describe_exit(proc.returncode)} before sending {types[0]}") from None
             except ProtocolError as e:
                 raise _Failed(str(e)) from None

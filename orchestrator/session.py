@@ -87,6 +87,18 @@ class Session:
         return out
 
     # -- one run -----------------------------------------------------------------------------
+    def _meter(self, cell: Cell, rec: dict[str, Any]) -> Meter | None:
+        """The cell's meter, its idle power measured first where cooldown is adaptive. A meter
+        that cannot be set up loses the run's energy, with the reason, never the run."""
+        try:
+            meter = self.meters.for_cell(cell)
+            if meter is not None and self.matrix.timing.cooldown == "adaptive":
+                self._idle_w(meter)
+            return meter
+        except Exception as e:
+            rec["energy_unavailable_reason"] = f"meter {self.meters.name} unavailable for {cell.id}: {e}"
+            return None
+
     def _idle_w(self, meter: Meter) -> float | None:
         """The host's idle power for this meter, measured once, before any worker runs."""
         if meter not in self.idle_w:
@@ -141,14 +153,12 @@ class Session:
             rec["host_load_avg"] = list(os.getloadavg())
         label = f"{cell.id}/run-{planned.run_index:03d}"
         log = sdir.log_path(f"{cell.id}.run-{planned.run_index:03d}")
-        meter = self.meters.for_cell(cell)
+        meter = self._meter(cell, rec)
         rec["min_window_s"] = self.min_window_s(meter)
         setup = setup_message(m, cell, model, inputs, min_window_s=rec["min_window_s"])
         setup["nvml_check"] = self.nvml_check
         windows: dict[str, Any] = {}
         record: MeterRecord | None = None
-        if meter is not None and m.timing.cooldown == "adaptive":
-            self._idle_w(meter)  # once, before this run's measuring starts: it uses the same meter
         if meter is not None:
             try:
                 meter.start()
@@ -195,7 +205,10 @@ class Session:
         }))
         channels = sorted(e.active_w)
         rec.update(
-            energy_unavailable_reason=None if e.energy_per_step_j else "no baseline window (power.baseline_s = 0)",
+            energy_unavailable_reason=None if e.energy_per_step_j else (
+                "the meter recorded no samples" if not record.intervals else
+                "no baseline window (power.baseline_s = 0)" if baseline is None else
+                "no meter samples in the baseline or timed window"),
             baseline_w=e.baseline_w.get("total"), active_w=e.active_w.get("total"),
             energy_per_step_j=e.energy_per_step_j.get("total"),
             gross_energy_per_step_j=e.gross_energy_per_step_j.get("total"),
@@ -269,6 +282,8 @@ class Session:
         self.display.log(f"session {sdir.root}")
         plan = plan_runs([c.id for c in m.enabled_cells], m.timing.runs, m.timing.order, seed)
         todo = [p for p in plan if (p.cell_id, p.run_index) not in done]
+        if m.timing.cooldown == "adaptive" and (first := next((c for c in m.enabled_cells if not c.unsupported_reason), None)):
+            self._meter(first, {})  # the host's idle power, before the reference or any worker runs
         refs = self.references(sdir, model, inputs)
         result = SessionResult(sdir)
         session["status"] = "running"
@@ -290,7 +305,7 @@ class Session:
             session["finished_at"] = utc_now()
             session["worker_versions"] = {**session.get("worker_versions", {}), **self.worker_versions}
             session["power"]["meter_versions"] = {str(k): v for k, v in self.meters.versions().items()}
-            session["power"]["idle_w"] = {meter.name: w for meter, w in self.idle_w.items()}
+            session["power"]["idle_w"] = {meter.version(): w for meter, w in self.idle_w.items()}
             self.meters.close()
             session["references"] = {str(r): {"path": str(ref.path), "cached": ref.cached, "failure": ref.failure,
                                               "versions": ref.versions} for r, ref in refs.items()}

@@ -75,3 +75,13 @@ def test_channel_reads_each_message_as_it_arrives():
 def test_encode_needs_a_type():
     with pytest.raises(ValueError):
         encode({"no": "type"})
+
+
+def test_truncation_after_a_complete_frame_is_still_named():
+    first = encode({"type": "hello"})
+    second = encode({"type": "result", "output": np.zeros(1000, np.float32)})
+    reader, _ = _pipe_with(first + second[: len(second) // 2])
+    frames = FrameReader(reader)
+    assert frames.recv(time.monotonic() + 5) == {"type": "hello"}
+    with pytest.raises(ProtocolError, match="truncated frame"):
+        frames.recv(time.monotonic() + 5)

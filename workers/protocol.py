@@ -69,7 +69,7 @@ class FrameReader:
         self._unpacker = unpacker(max_bytes)
         self._selector = selectors.DefaultSelector()
         self._selector.register(self._fd, selectors.EVENT_READ)
-        self._buffered = 0  # bytes fed since the last complete frame
+        self._fed = 0  # bytes fed in all; the unpacker's tell() is how many it consumed
 
     def recv(self, deadline: float) -> dict[str, Any]:
         """Next message; raises TimeoutError after `deadline` (time.monotonic())."""
@@ -81,17 +81,16 @@ class FrameReader:
             except (ValueError, msgpack.UnpackException) as e:
                 raise ProtocolError(f"malformed frame: {e}") from e
             else:
-                self._buffered = 0
                 return _checked(obj)
             remaining = deadline - time.monotonic()
             if remaining <= 0 or not self._selector.select(remaining):
                 raise TimeoutError
             chunk = os.read(self._fd, 1 << 20)
             if not chunk:
-                if self._buffered:
-                    raise ProtocolError(f"truncated frame: stream ended {self._buffered} bytes into a message")
+                if (pending := self._fed - self._unpacker.tell()) > 0:
+                    raise ProtocolError(f"truncated frame: stream ended {pending} bytes into a message")
                 raise PeerClosed("stream ended")
-            self._buffered += len(chunk)
+            self._fed += len(chunk)
             try:
                 self._unpacker.feed(chunk)
             except msgpack.BufferFull as e:

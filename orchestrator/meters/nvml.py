@@ -70,7 +70,8 @@ class NvmlMeter(Meter):
         self._nv = _nvml()
         self._index = index
         self._h = self._nv.nvmlDeviceGetHandleByIndex(index)
-        self._poll_s = poll_s
+        self._reasons = (getattr(self._nv, "nvmlDeviceGetCurrentClocksEventReasons", None)
+                         or self._nv.nvmlDeviceGetCurrentClocksThrottleReasons)
         self._count = 0
         self._readings: list[Reading] = []
         self._poller = Poller(self._read, poll_s)
@@ -79,17 +80,18 @@ class NvmlMeter(Meter):
         self._update_s = update_interval(self._poller.stop()) or 0.1
 
     def _read(self) -> int:
+        """The energy counter first, right at the poller's time stamp; the slower extra readings after."""
         nv, h = self._nv, self._h
+        energy = int(nv.nvmlDeviceGetTotalEnergyConsumption(h))
         self._count += 1
         if self._count % READINGS_EVERY == 1:
-            reasons_fn = getattr(nv, "nvmlDeviceGetCurrentClocksEventReasons", None) or nv.nvmlDeviceGetCurrentClocksThrottleReasons
             self._readings.append(Reading(time.monotonic_ns(), {
                 "power_w": nv.nvmlDeviceGetPowerUsage(h) / 1e3,
                 "temperature_c": nv.nvmlDeviceGetTemperature(h, nv.NVML_TEMPERATURE_GPU),
                 "sm_clock_mhz": nv.nvmlDeviceGetClockInfo(h, nv.NVML_CLOCK_SM),
-                "clocks_event_reasons": int(reasons_fn(h)),
+                "clocks_event_reasons": int(self._reasons(h)),
             }))
-        return int(nv.nvmlDeviceGetTotalEnergyConsumption(h))
+        return energy
 
     def version(self) -> str:
         nv = self._nv

@@ -39,7 +39,7 @@ class Poller:
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
-        self.samples.append((time.monotonic_ns(), self._read()))
         if self.error is not None:
             raise RuntimeError(f"meter polling failed: {self.error}") from self.error
+        self.samples.append((time.monotonic_ns(), self._read()))
         return self.samples
