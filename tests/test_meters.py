@@ -186,6 +186,13 @@ def _zone(root: Path, name: str, label: str, uj: int, max_uj: int) -> Path:
     return z
 
 
+def _set_counter(path: Path, uj: int) -> None:
+    """Replace a counter file whole: a sysfs read sees one value, never a half-written file."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(f"{uj}\n")
+    os.replace(tmp, path)
+
+
 def test_rapl_domains_and_wraparound(tmp_path):
     pkg = _zone(tmp_path, "intel-rapl:0", "package-0", 262_143_000_000, 262_143_328_850)
     _zone(tmp_path, "intel-rapl:0:0", "core", 5, 262_143_328_850)
@@ -200,8 +207,8 @@ def test_rapl_domains_and_wraparound(tmp_path):
     meter = rapl.RaplMeter(tmp_path, poll_s=0.005)
     meter.start()
     time.sleep(0.05)
-    (pkg / "energy_uj").write_text("100\n")  # wraps while the meter runs
-    (dram / "energy_uj").write_text("1500000\n")
+    _set_counter(pkg / "energy_uj", 100)  # wraps while the meter runs
+    _set_counter(dram / "energy_uj", 1_500_000)
     time.sleep(0.05)
     record = meter.stop()
     total = {ch: sum(iv.joules[ch] for iv in record.intervals) for ch in ("package-0", "dram-0")}
