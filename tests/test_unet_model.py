@@ -6,6 +6,8 @@ import tomllib
 
 import numpy as np
 import pytest
+from safetensors import safe_open
+from safetensors.numpy import save_file
 
 from workers.digest import sha256_array, sha256_file
 from workers.inputs import pinned_inputs
@@ -66,11 +68,32 @@ def test_mapping_refuses_a_checkpoint_of_another_architecture():
 def test_synthetic_weights_are_bit_identical_to_the_pinned_digest(tmp_path):
     path = write_synthetic(PRESETS["tiny"], QUICK["model"]["seed"], tmp_path / "tiny.safetensors")
     assert sha256_file(path) == QUICK["model"]["sha256"]
-    tensors = read_unet(path)  # the safetensors library reads what we wrote
-    assert set(tensors) == {s.ldm_key for s in tensor_specs(PRESETS["tiny"])}
-    assert all(t.dtype == np.float32 for t in tensors.values())
+    ours = read_unet(path)
+    with safe_open(str(path), framework="numpy") as f:  # the safetensors library reads what we wrote
+        theirs = {k.removeprefix(LDM_PREFIX): f.get_tensor(k) for k in f.keys()}
+    assert set(ours) == set(theirs) == {s.ldm_key for s in tensor_specs(PRESETS["tiny"])}
+    assert all(t.dtype == np.float32 and np.array_equal(t, theirs[k]) for k, t in ours.items())
     other_seed = write_synthetic(PRESETS["tiny"], 1, tmp_path / "seed1.safetensors")
     assert sha256_file(other_seed) != QUICK["model"]["sha256"]
+
+
+def test_reader_takes_any_single_file_checkpoint_and_refuses_what_it_cannot_read(tmp_path):
+    rng = np.random.default_rng(0)
+    tensors = {LDM_PREFIX + "a.weight": rng.standard_normal((3, 5)).astype(np.float16),
+               LDM_PREFIX + "b.bias": rng.standard_normal(7).astype(np.float32),
+               "first_stage_model.decoder.weight": np.ones(4, np.float32)}
+    save_file(tensors, str(tmp_path / "full.safetensors"))
+    got = read_unet(tmp_path / "full.safetensors")
+    assert set(got) == {"a.weight", "b.bias"}  # the VAE tensor is left out
+    assert got["a.weight"].dtype == np.float16 and np.array_equal(got["a.weight"], tensors[LDM_PREFIX + "a.weight"])
+    got["b.bias"][0] = 42.0  # a private copy-on-write view: the file is never written
+    assert np.array_equal(read_unet(tmp_path / "full.safetensors")["b.bias"], tensors[LDM_PREFIX + "b.bias"])
+    (tmp_path / "short.safetensors").write_bytes((tmp_path / "full.safetensors").read_bytes()[:-40])
+    with pytest.raises(ValueError, match="has offsets"):
+        read_unet(tmp_path / "short.safetensors")
+    (tmp_path / "text.safetensors").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="not a safetensors file"):
+        read_unet(tmp_path / "text.safetensors")
 
 
 def test_synthetic_activations_stay_finite_in_every_precision(diffusers_python, tmp_path):

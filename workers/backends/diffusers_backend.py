@@ -56,7 +56,8 @@ class DiffusersUNet(LoadedModel):
             model = UNet2DConditionModel(**diffusers_config(spec.arch))
         state = {k: torch.from_numpy(v) for k, v in ldm_to_diffusers(spec.arch, read_unet(spec.model_path)).items()}
         model.load_state_dict(state, strict=True, assign=True)
-        self._model = model.to(device=self._device, dtype=dtype).eval()
+        # Moved first, cast second: the cast then runs on the device, not on one CPU thread.
+        self._model = model.to(device=self._device).to(dtype=dtype).eval()
         inp = spec.inputs
         # copy=True: the inputs live in torch's own (aligned) allocation whichever way the numpy
         # arrays arrived, so input placement is not a hidden difference between runs.
