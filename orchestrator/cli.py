@@ -52,9 +52,11 @@ _env_option = click.option("--env", "env_overrides", multiple=True, metavar="NAM
 @click.option("--quiet", is_flag=True, help="Only the summary table.")
 @click.option("--nvml-check", is_flag=True,
               help="Debug: each worker also reads the NVML energy counter around its timed loop; runs record both.")
+@click.option("--force-power", is_flag=True,
+              help="Record energy even on battery power or in Low Power Mode; every affected run is flagged.")
 @_env_option
 def run(matrix: Path, out: Path, resume: Path | None, runs: int | None, quiet: bool, nvml_check: bool,
-        env_overrides: tuple[str, ...]) -> None:
+        force_power: bool, env_overrides: tuple[str, ...]) -> None:
     """Run every enabled cell of MATRIX, a fresh worker per run."""
     from dataclasses import replace
 
@@ -73,7 +75,7 @@ def run(matrix: Path, out: Path, resume: Path | None, runs: int | None, quiet: b
     if resume is not None:
         sdir = SessionDir(resume)
         check_resume(sdir, m)
-    result = Session(m, envs, display, nvml_check=nvml_check).run(out, resume=sdir)
+    result = Session(m, envs, display, nvml_check=nvml_check, force_power=force_power).run(out, resume=sdir)
     display.summary_table(result.summary)
     display.log(f"results: {result.dir.root}  (report.md, summary.json, runs.jsonl)")
     if result.interrupted:
@@ -161,7 +163,15 @@ def doctor(as_json: bool) -> None:
         return
     h = r["host"]
     click.echo(f"host: {h['cpu']} ({h['cpu_count_logical']} logical CPUs), {h['os']}; GPUs: {', '.join(h['gpus']) or 'none'}")
-    click.echo(f"load average: {r['load_average']}; battery: {r['battery'] or 'none (desktop or not reported)'}")
+    pre = r["preflight"]
+    power = pre["power"]
+    facts = ", ".join(f"{k} {v}" for k, v in power.items() if k != "problems" and v is not None) or "no battery reported"
+    click.echo(f"power: {'; '.join(power['problems']) or 'ok'} ({facts})")
+    if pre["thermal"] is not None:
+        click.echo(f"thermal (pmset -g therm): {pre['thermal']}")
+    if pre["gpu_throttle"] is not None:
+        click.echo(f"GPU 0 slowdowns now: {', '.join(pre['gpu_throttle']) or 'none'}")
+    click.echo(f"load average (1, 5, 15 min): {pre['load_average']}")
     click.echo(f"power meters (auto would use: {r['auto_meter'] or 'none'}):")
     for name, m in r["meters"].items():
         click.echo(f"  {name:13s} {'yes' if m['available'] else 'no '}  {m['detail']}")

@@ -29,12 +29,22 @@ class RunProgress:
             if rec.get("energy_per_step_j") is not None:
                 eq += f"  {rec['energy_per_step_j']:.4g} J/step net ({rec['gross_energy_per_step_j']:.4g} gross)"
             self._console.print(f"  {head}: ok  {rec['latency_ms_median']:.2f} ms/step (IQR {rec['latency_ms_iqr']:.2f}, "
-                                f"{rec['iterations']} it){eq}", highlight=False)
+                                f"{rec['iterations']} it){eq}{run_flags(rec)}", highlight=False)
         elif rec["status"] == "unsupported":
             self._console.print(f"  {head}: [yellow]unsupported[/]: {rec['failure_reason']}", highlight=False)
         else:
             self._console.print(f"  {head}: [red]failed[/]: {rec['failure_reason']}", highlight=False)
         self._p.advance(self._task)
+
+
+def run_flags(rec: dict[str, Any]) -> str:
+    """What a person should know about this run before trusting its numbers."""
+    flags = [what for key, what in (("throttled", "throttled"), ("short_window", "short window"),
+                                    ("forced_power", "forced power"), ("load_unsettled", "load unsettled"))
+             if rec.get(key)]
+    if rec.get("power_problems") and not rec.get("forced_power"):
+        flags.append("energy withheld")
+    return f"  [{', '.join(flags)}]" if flags else ""
 
 
 class Display:

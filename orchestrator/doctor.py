@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 from typing import Any
-
-import psutil
 
 from orchestrator import meters, provenance
 from orchestrator.envs import discover
 from orchestrator.matrix import default_power
+from orchestrator.preflight import checks, load
 from workers.backends import IMPLEMENTED, PLANNED
 
 DEFAULT_POWER = default_power()
@@ -32,11 +30,17 @@ def probe_env(env, backend: str) -> dict[str, Any]:
 
 def diagnose() -> dict[str, Any]:
     host = provenance.host()
-    battery = psutil.sensors_battery() if hasattr(psutil, "sensors_battery") else None
+    pmset = checks.pmset_executable(None)
+    power = checks.power_state(pmset)
+    nvml_ok = meters.availability("nvml", DEFAULT_POWER).ok
     report: dict[str, Any] = {
         "host": host,
-        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-        "battery": None if battery is None else {"percent": battery.percent, "on_ac_power": battery.power_plugged},
+        "preflight": {
+            "load_average": list(load.load_average() or []) or None,
+            "power": {**power.facts, "problems": power.problems},
+            "thermal": checks.thermal_state(pmset),
+            "gpu_throttle": checks.gpu_throttle(0) if nvml_ok else None,
+        },
         "meters": {name: {"available": (a := meters.availability(name, DEFAULT_POWER)).ok, "detail": a.reason}
                    for name in meters.ORDER},
         "auto_meter": next((n for n in meters.ORDER if meters.availability(n, DEFAULT_POWER).ok), None),

@@ -79,7 +79,9 @@ class Power:
 
 @dataclass(frozen=True)
 class Preflight:
-    record_load: bool
+    load_margin: float  # a run may start once the 1-minute load average is within this of idle
+    load_settle_max_s: float  # how long to wait for that before each run (0: don't wait)
+    pmset: str | None  # the pmset executable (macOS power and thermal state)
 
 
 @dataclass(frozen=True)
@@ -176,7 +178,8 @@ _SECTIONS: dict[str, dict[str, tuple[tuple[type, ...], Any]]] = {
     },
     "power": {"meter": ((str,), "auto"), "interval_ms": ((int,), 100), "baseline_s": ((int, float), 2.0),
               "powermetrics": ((str,), None), "idle_s": ((int, float), 10.0)},
-    "preflight": {"record_load": ((bool,), True)},
+    "preflight": {"load_margin": ((int, float), 0.5), "load_settle_max_s": ((int, float), 60.0),
+                  "pmset": ((str,), None)},
     "equivalence": {
         "reference": ((dict,), {}), "mse_max": ((int, float), 1e-3), "cosine_min": ((int, float), 0.999),
     },
@@ -377,6 +380,8 @@ def load_matrix(path: str | Path, known_envs: set[str]) -> Matrix:
     _choice(p["meter"], METERS, "[power]", "meter", errors)
     _positive(p, ("interval_ms", "baseline_s", "idle_s"), "[power]", errors, allow_zero=("baseline_s",))
     pre = _fields(raw.get("preflight", {}), _SECTIONS["preflight"], "[preflight]", errors)
+    _positive(pre, ("load_margin", "load_settle_max_s"), "[preflight]", errors,
+              allow_zero=("load_margin", "load_settle_max_s"))
     e = _fields(raw.get("equivalence", {}), _SECTIONS["equivalence"], "[equivalence]", errors)
     ref = _fields(e["reference"], _REFERENCE, "[equivalence.reference]", errors)
     if ref["backend"] not in IMPLEMENTED:

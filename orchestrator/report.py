@@ -37,10 +37,13 @@ def flags(c: dict[str, Any]) -> str:
         out.append("outlier runs: " + ", ".join(f"run {o['run_index']} ({o['value']:.2f} ms)" for o in c["outlier_runs"]))
     if c.get("energy_outlier_runs"):
         out.append("energy outlier runs: " + ", ".join(f"run {o['run_index']} ({o['value']:.4g} J)" for o in c["energy_outlier_runs"]))
-    if c.get("throttled_runs"):
-        out.append("throttled: runs " + ", ".join(map(str, c["throttled_runs"])))
-    if c.get("short_window_runs"):
-        out.append("window < 10 meter updates: runs " + ", ".join(map(str, c["short_window_runs"])))
+    for key, what in (("throttled_runs", "throttled"), ("short_window_runs", "window < 10 meter updates"),
+                      ("forced_power_runs", "energy recorded under failing power preconditions (--force-power)"),
+                      ("energy_withheld_runs", "energy withheld: power preconditions failed"),
+                      ("load_unsettled_runs", "load average never settled before the run"),
+                      ("thermal_limited_runs", "thermal warning or GPU slowdown before the run")):
+        if c.get(key):
+            out.append(f"{what}: runs " + ", ".join(map(str, c[key])))
     if c["n_ok"] and c["output_sha256_distinct"] > 1:
         out.append(f"{c['output_sha256_distinct']} distinct outputs across runs")
     if c["n_ok"] and c["n_ok"] < 3:

@@ -4,7 +4,6 @@ in the planned order, each run's record appended to runs.jsonl the moment it end
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import time
 from collections import Counter
@@ -26,6 +25,7 @@ from orchestrator.meters import Meters, choose
 from orchestrator.meters.base import Meter, MeterRecord
 from orchestrator.pins import PinnedModel, pin_inputs, pin_model, setup_message
 from orchestrator.plan import PlannedRun, plan_runs
+from orchestrator.preflight.gate import PreflightGate
 from orchestrator.privileges import give_to_invoking_user, invoking_user
 from orchestrator.results import SCHEMA_VERSION, SessionDir, utc_now
 from orchestrator.runner import RunOutcome, run_worker
@@ -48,8 +48,10 @@ class SessionResult:
 
 
 class Session:
-    def __init__(self, matrix: Matrix, envs: dict[str, Env], display: Display, nvml_check: bool = False):
+    def __init__(self, matrix: Matrix, envs: dict[str, Env], display: Display, nvml_check: bool = False,
+                 force_power: bool = False):
         self.matrix = matrix
+        self.preflight = PreflightGate(matrix.preflight, force_power, display.status)
         self.nvml_check = nvml_check
         self.envs = envs
         self.display = display
@@ -149,11 +151,14 @@ class Session:
         rec["warmup_iterations"] = m.timing.warmup
         rec["meter"] = self.meters.name
         rec["energy_unavailable_reason"] = None if self.meters.name else self.meters.reason
-        if m.preflight.record_load and hasattr(os, "getloadavg"):
-            rec["host_load_avg"] = list(os.getloadavg())
+        rec.update(self.preflight.before_run(cell, gpu_meter=self.meters.name == "nvml"))
         label = f"{cell.id}/run-{planned.run_index:03d}"
         log = sdir.log_path(f"{cell.id}.run-{planned.run_index:03d}")
-        meter = self._meter(cell, rec)
+        meter = None
+        if withheld := self.preflight.withhold_energy(rec):
+            rec["energy_unavailable_reason"] = withheld
+        else:
+            meter = self._meter(cell, rec)
         rec["min_window_s"] = self.min_window_s(meter)
         setup = setup_message(m, cell, model, inputs, min_window_s=rec["min_window_s"])
         setup["nvml_check"] = self.nvml_check
@@ -268,10 +273,15 @@ class Session:
         model, inputs = self.prepare()
         self.meters = choose(m.power)
         self.display.log(f"power: {self.meters.name or 'none'} ({self.meters.reason})")
+        preflight = self.preflight.session_start(records_power=self.meters.name is not None)
+        for problem in preflight["power"]["problems"]:
+            self.display.warn(f"preflight: {problem}" + ("; recording energy anyway (--force-power), runs flagged"
+                                                        if self.meters.name else ""))
         if resume is None:
             sdir = SessionDir.create(results_root)
             seed = m.timing.order_seed if m.timing.order_seed is not None else secrets.randbits(32)
             session = self._session_record(sdir, model, inputs, seed)
+            session["preflight"] = preflight
             done: set[tuple[str, int]] = set()
         else:
             sdir = resume
@@ -279,6 +289,7 @@ class Session:
             seed = session["order_seed"]
             done = {(r["cell_id"], r["run_index"]) for r in sdir.read_runs().records}
             session.setdefault("resumed_at", []).append(utc_now())
+            session.setdefault("preflight_on_resume", []).append(preflight)
         sdir.write_session(session)
         self.display.log(f"session {sdir.root}")
         plan = plan_runs([c.id for c in m.enabled_cells], m.timing.runs, m.timing.order, seed)
@@ -364,7 +375,9 @@ def base_record(session_id: str, cell: Cell, planned: PlannedRun) -> dict[str, A
         "meter_update_interval_s": None, "meter_intervals_in_window": None, "meter_intervals_in_baseline": None, "short_window": None,
         "energy_unavailable_reason": None, "throttled": None, "meter_stats": {}, "meter_samples_file": None,
         "nvml_check": None,
-        "host_load_avg": None, "samples_file": None, "output_file": None, "log_file": None,
+        "host_load_avg": None, "load_wait": None, "load_unsettled": None, "power_state": {}, "power_problems": [],
+        "forced_power": None, "thermal_before_run": None, "gpu_throttle_before_run": None,
+        "samples_file": None, "output_file": None, "log_file": None,
     }
 
 

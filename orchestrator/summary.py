@@ -88,6 +88,11 @@ def summarize_cell(cell_id: str, runs: list[dict[str, Any]], cell_info: dict[str
         "channels": channels,
         "throttled_runs": [r["run_index"] for r in ok if r.get("throttled")],
         "short_window_runs": [r["run_index"] for r in ok if r.get("short_window")],
+        "forced_power_runs": [r["run_index"] for r in ok if r.get("forced_power")],
+        "energy_withheld_runs": [r["run_index"] for r in ok if r.get("power_problems") and not r.get("forced_power")],
+        "load_unsettled_runs": [r["run_index"] for r in ok if r.get("load_unsettled")],
+        "thermal_limited_runs": [r["run_index"] for r in ok if (r.get("thermal_before_run") or {}).get("limited")
+                                 or r.get("gpu_throttle_before_run")],
         "energy_unavailable_reason": next((r.get("energy_unavailable_reason") for r in runs
                                            if r.get("energy_unavailable_reason")), None),
         "metrics": metrics,

@@ -11,6 +11,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
+PMSET_CAPTURES = REPO / "tests" / "fixtures" / "pmset"
 os.environ["HF_HUB_OFFLINE"] = "1"
 
 
@@ -34,3 +35,20 @@ def diffusers_python() -> Path:
 def cache_dir(tmp_path_factory) -> Path:
     """A cache of its own, so synthetic weights and references are made from scratch here."""
     return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture
+def fake_pmset(tmp_path, monkeypatch):
+    """A `pmset` executable that prints real captures from tests/fixtures/pmset/; call it with the
+    capture names for `-g batt` and `-g` (`-g therm` prints the quiet Mac's capture)."""
+    exe = tmp_path / "pmset"
+    exe.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{REPO / "tests" / "fakes" / "pmset_replay.py"}" "$@"\n')
+    exe.chmod(0o755)
+
+    def point_at(batt: str, settings: str) -> str:
+        monkeypatch.setenv("CDB_PMSET_BATT", str(PMSET_CAPTURES / batt))
+        monkeypatch.setenv("CDB_PMSET_SETTINGS", str(PMSET_CAPTURES / settings))
+        monkeypatch.setenv("CDB_PMSET_THERM", str(PMSET_CAPTURES / "therm-no-warning-apple-silicon.txt"))
+        return str(exe)
+
+    return point_at

@@ -112,6 +112,9 @@ cooldown_s = 3
 order = "sequential"
 run_timeout_s = 300
 
+[preflight]
+load_settle_max_s = 2
+
 [[cells]]
 id = "cpu"
 backend = "diffusers"
@@ -278,6 +281,27 @@ def test_energy_through_a_powermetrics_replay(diffusers_python, cache_dir, tmp_p
     cell = summary["cells"][0]
     assert cell["energy_per_step_j"] is not None and "energy_per_step_j[cpu]" in cell["metrics"]
     assert "energy J/step" in (d / "report.md").read_text()
+
+
+def test_battery_power_refuses_energy_unless_forced(diffusers_python, cache_dir, tmp_path, replay_meter, fake_pmset):
+    exe, env = replay_meter
+    matrix = _energy_matrix(tmp_path, exe)
+    env = {"CDB_CACHE_DIR": str(cache_dir), **env,
+           "CDB_PMSET": fake_pmset("batt-battery-discharging-m1-air.txt", "g-currently-in-use-lowpowermode0-m3.txt")}
+    p = cli(str(matrix), "--out", str(tmp_path / "refused"), env=env)
+    assert p.returncode == 2 and "Traceback" not in p.stderr
+    assert "drawing from Battery Power" in p.stderr and "--force-power" in p.stderr
+    assert not list((tmp_path / "refused").glob("*/runs.jsonl"))  # refused before any run
+    p = cli(str(matrix), "--out", str(tmp_path / "forced"), "--force-power", "--runs", "1", env=env)
+    assert p.returncode == 0, p.stderr[-3000:]
+    d = _session(tmp_path / "forced")
+    (run,) = _runs(d)
+    assert run["status"] == "ok" and run["forced_power"] is True and run["energy_per_step_j"] is not None
+    assert run["power_problems"] == ["drawing from Battery Power, battery 100%, not AC power"]
+    assert run["power_state"]["source"] == "Battery Power" and run["thermal_before_run"]["limited"] is False
+    assert run["load_wait"]["waited_s"] <= 2 + 1.5 and run["load_unsettled"] is (not run["load_wait"]["settled"])
+    session = json.loads((d / "session.json").read_text())
+    assert session["preflight"]["force_power"] is True and session["preflight"]["power"]["source"] == "Battery Power"
 
 
 def test_sigkill_of_the_orchestrator_takes_the_meter_with_it(diffusers_python, cache_dir, tmp_path, replay_meter):

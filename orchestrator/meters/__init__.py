@@ -16,7 +16,7 @@ from orchestrator.meters.base import Availability, Meter
 ORDER = ("powermetrics", "nvml", "rapl")
 
 
-def _gpu_index(cell: Cell) -> int:
+def gpu_index(cell: Cell) -> int:
     device = cell.device or ""
     return int(device.split(":")[1]) if device.startswith("cuda:") else 0
 
@@ -34,7 +34,7 @@ class Meters:
     def for_cell(self, cell: Cell) -> Meter | None:
         if self.name is None:
             return None
-        key = _gpu_index(cell) if self.name == "nvml" else 0
+        key = gpu_index(cell) if self.name == "nvml" else 0
         if key not in self._made:
             self._made[key] = self._make(key)
         return self._made[key]

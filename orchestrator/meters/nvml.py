@@ -52,6 +52,23 @@ def available(index: int = 0) -> Availability:
         return Availability(False, f"NVML energy counter not readable: {e}")
 
 
+def throttle_reasons(index: int = 0) -> list[str] | None:
+    """The heat and power-brake slowdowns active on GPU `index` now; None where NVML cannot tell."""
+    try:
+        nv = _nvml()
+    except Exception:
+        return None
+    try:
+        h = nv.nvmlDeviceGetHandleByIndex(index)
+        read = getattr(nv, "nvmlDeviceGetCurrentClocksEventReasons", None) or nv.nvmlDeviceGetCurrentClocksThrottleReasons
+        bits = int(read(h))
+    except Exception:
+        return None
+    finally:
+        nv.nvmlShutdown()
+    return [name for name, bit in THROTTLE_BITS.items() if bits & bit]
+
+
 def counter_intervals(samples: list[tuple[int, int]]) -> list[Interval]:
     """Intervals between the polls at which the millijoule counter changed."""
     changes = [(t, v) for (t, v), (_, prev) in zip(samples[1:], samples) if v != prev]
