@@ -187,7 +187,8 @@ class Session:
                                                        f"{user.name} (uid {user.uid}) who invoked sudo")
             return rec
         if cooldown := windows.get("cooldown"):
-            rec.update(cooldown_s=cooldown.seconds, cooldown_settled=cooldown.settled, cooldown_mode=m.timing.cooldown)
+            rec.update(cooldown_s=cooldown.seconds, cooldown_settled=cooldown.settled,
+                       cooldown_settled_by=cooldown.settled_by, cooldown_mode=m.timing.cooldown)
         if outcome.status == "unsupported":
             self.unsupported[cell.id] = outcome.reason or "unsupported on this host"
         if outcome.status == "ok":
@@ -361,7 +362,7 @@ def base_record(session_id: str, cell: Cell, planned: PlannedRun) -> dict[str, A
         "status": None, "failure_reason": None,
         "backend": cell.backend, "env": cell.env, "device": cell.device or cell.compute_unit,
         "precision": cell.precision, "resolution": cell.resolution,
-        "wall_s": None, "cooldown_s": None, "cooldown_mode": None, "cooldown_settled": None, "worker_pid": None, "worker_uid": None, "worker_exit_code": None,
+        "wall_s": None, "cooldown_s": None, "cooldown_mode": None, "cooldown_settled": None, "cooldown_settled_by": None, "worker_pid": None, "worker_uid": None, "worker_exit_code": None,
         "python": None, "versions": {}, "realized": {},
         "load_s": None, "warmup_s": None, "warmup_iterations": None,
         "iterations": None, "window_s": None,
