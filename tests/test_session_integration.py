@@ -141,6 +141,20 @@ resolution = 64
 """
 
 
+def _workers_of(cache_dir: Path, label: str = "cpu/run-") -> list[psutil.Process]:
+    """Worker processes of this test run's sessions whose run label starts with `label` (other
+    checkouts' tests may be running sessions of the same matrix beside us)."""
+    found = []
+    for p in psutil.process_iter(["cmdline"]):
+        try:
+            if any(a.startswith(label) for a in p.info["cmdline"] or []) and \
+                    p.environ().get("CDB_CACHE_DIR") == str(cache_dir):
+                found.append(p)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return found
+
+
 @pytest.fixture(scope="module")
 def resilience_session(diffusers_python, cache_dir, tmp_path_factory):
     """Kill one worker mid-run (SIGKILL while it waits in cooldown); the session goes on."""
@@ -157,12 +171,10 @@ def resilience_session(diffusers_python, cache_dir, tmp_path_factory):
     victim = None
     deadline = time.monotonic() + 300
     while victim is None and time.monotonic() < deadline and proc.poll() is None:
-        for p in psutil.process_iter(["cmdline"]):
-            if "cpu/run-001" in (p.info["cmdline"] or []):
-                time.sleep(0.5)
-                p.send_signal(signal.SIGKILL)
-                victim = p.pid
-                break
+        for p in _workers_of(cache_dir, "cpu/run-001"):
+            time.sleep(0.5)
+            p.send_signal(signal.SIGKILL)
+            victim = p.pid
         time.sleep(0.1)
     stdout, stderr = proc.communicate(timeout=600)
     return proc.returncode, stderr, _session(out), victim, matrix
@@ -216,9 +228,7 @@ def test_sigterm_keeps_finished_runs_and_resume_completes_the_session(diffusers_
     assert (d / "summary.json").is_file()
     done = _runs(d)
     assert 1 <= len(done) < 3
-    workers = [p for p in psutil.process_iter(["cmdline"])
-               if any(a.startswith("cpu/run-") for a in p.info["cmdline"] or [])]
-    assert not workers, "a worker outlived the orchestrator"
+    assert not _workers_of(cache_dir), "a worker outlived the orchestrator"
     p = cli(str(matrix), "--resume", str(d), env={"CDB_CACHE_DIR": str(cache_dir)})
     assert p.returncode == 0, p.stderr[-2000:]
     runs = _runs(d)
@@ -323,7 +333,7 @@ def test_sigkill_of_the_orchestrator_takes_the_meter_with_it(diffusers_python, c
         time.sleep(0.05)
     assert not psutil.pid_exists(meter_pid) or psutil.Process(meter_pid).status() == psutil.STATUS_ZOMBIE
     time.sleep(3)
-    assert not [p for p in psutil.process_iter(["cmdline"]) if any(a.startswith("cpu/run-") for a in p.info["cmdline"] or [])]
+    assert not _workers_of(cache_dir)
 
 
 def test_torch_compile_cell_compiles_outside_the_window(diffusers_python, cache_dir, tmp_path):
