@@ -260,9 +260,18 @@ class UNet(nn.Module):
 
 
 def mlx_layout(diffusers_weights: dict[str, np.ndarray], dtype: mx.Dtype) -> list[tuple[str, mx.array]]:
-    """diffusers-named numpy weights as MLX arrays of `dtype`: conv kernels OIHW -> OHWI."""
-    return [(k, mx.array(np.ascontiguousarray(v.transpose(0, 2, 3, 1)) if v.ndim == 4 else v).astype(dtype))
-            for k, v in diffusers_weights.items()]
+    """diffusers-named numpy weights as MLX arrays of `dtype`, conv kernels OIHW -> OHWI.
+    Consumes the dict and evaluates tensor by tensor, so a 3.4 GB checkpoint is held about
+    once, not in numpy, fp32 and `dtype` copies at the same time."""
+    out = []
+    while diffusers_weights:
+        key, value = diffusers_weights.popitem()
+        if value.ndim == 4:
+            value = np.ascontiguousarray(value.transpose(0, 2, 3, 1))
+        array = mx.array(value).astype(dtype)
+        mx.eval(array)
+        out.append((key, array))
+    return out
 
 
 def load_unet(arch: UNetArch, path: str | Path, dtype: mx.Dtype) -> UNet:
