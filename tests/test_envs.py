@@ -78,7 +78,7 @@ def test_env_pointed_at_an_existing_interpreter_runs_a_cell(diffusers_python, ca
     assert f"({diffusers_python})" in p.stdout and p.stdout.count("  iteration ") == 2
 
 
-def test_doctor_says_what_this_host_can_measure(diffusers_python):
+def test_doctor_says_what_this_host_can_measure(diffusers_python, mlx_python):
     p = cli("doctor", "--json")
     assert p.returncode == 0, p.stderr
     r = json.loads(p.stdout)
@@ -87,6 +87,10 @@ def test_doctor_says_what_this_host_can_measure(diffusers_python):
         assert m["detail"]  # a reason either way
     d = r["backends"]["diffusers"]
     assert d["synced"] and d["devices"]["cpu"] and "torch" in d["versions"]
-    assert "not implemented" in r["backends"]["mlx"]["detail"]
+    m = r["backends"]["mlx"]
+    assert m["synced"] and m["devices"]["cpu"] and "mlx" in m["versions"]
+    assert m["devices"]["gpu"] is False  # Linux mlx[cpu]: no Metal, no CUDA
+    assert "not implemented" in r["backends"]["coreml"]["detail"]
     text = cli("doctor")
     assert text.returncode == 0 and "power meters (auto would use:" in text.stdout
+    assert "mlx           env mlx: cpu: " in text.stdout and "gpu: no" in text.stdout
