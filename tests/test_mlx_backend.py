@@ -6,6 +6,8 @@ Both sides read the same synthetic checkpoint and draw the same inputs from nump
 weights and inputs are the same without either side handing tensors to the other.
 """
 
+import json
+
 import numpy as np
 import pytest
 
@@ -14,7 +16,7 @@ from orchestrator.matrix import Equivalence
 from workers.unet.checkpoint import write_synthetic
 from workers.unet.presets import PRESETS
 
-from conftest import REPO, in_env
+from conftest import REPO, cli, in_env
 
 FAKES = REPO / "tests" / "fakes"
 BLOCKS = ["resnet", "resnet_shortcut", "transformer_block", "spatial_transformer", "downsample", "upsample",
@@ -103,3 +105,70 @@ def test_sd15_fp32_matches_diffusers_fp32(diffusers_python, mlx_python, tmp_path
         checkpoint.unlink()  # not left in pytest's kept temporary folders
     c = _compare(out, reference)
     assert c.finite and c.cosine >= COSINE_FP32 and c.mse_relative <= MSE_RELATIVE_FP32, c
+
+
+SESSION = """
+[model]
+source = "synthetic"
+preset = "tiny"
+
+[inputs.sha256]
+"64" = {{ latent = "{latent}", text_embedding = "{text}" }}
+
+[timing]
+warmup = 1
+iterations = 3
+runs = 1
+cooldown_s = 0
+
+[equivalence]
+mse_max = 1e-3
+cosine_min = 0.99
+
+[[cells]]
+id = "fp32-compiled"
+backend = "mlx"
+env = "mlx"
+device = "cpu"
+precision = "fp32"
+resolution = 64
+compile = true
+
+[[cells]]
+id = "fp16"
+backend = "mlx"
+env = "mlx"
+device = "cpu"
+precision = "fp16"
+resolution = 64
+
+[[cells]]
+id = "bf16"
+backend = "mlx"
+env = "mlx"
+device = "cpu"
+precision = "bf16"
+resolution = 64
+"""
+
+
+@pytest.mark.slow
+def test_mlx_cells_run_through_the_orchestrator(diffusers_python, mlx_python, cache_dir, tmp_path):
+    """Cells as a study names them: fresh workers, compared with the diffusers fp32 reference."""
+    from workers.inputs import pinned_inputs
+
+    dig = pinned_inputs(64).digests()
+    matrix = tmp_path / "m.toml"
+    matrix.write_text(SESSION.format(latent=dig["latent"], text=dig["text_embedding"]))
+    p = cli(str(matrix), "--out", str(tmp_path / "out"), env={"CDB_CACHE_DIR": str(cache_dir)})
+    assert p.returncode == 0, p.stderr[-3000:]
+    (session,) = (tmp_path / "out").iterdir()
+    runs = {r["cell_id"]: r for r in map(json.loads, (session / "runs.jsonl").read_text().splitlines())}
+    assert {c: r["status"] for c, r in runs.items()} == {"fp32-compiled": "ok", "fp16": "ok", "bf16": "ok"}
+    compiled = runs["fp32-compiled"]
+    assert compiled["realized"]["compile"] is True and compiled["realized"]["compile_s"] > 0
+    assert compiled["cosine"] >= COSINE_FP32 and compiled["mse_relative"] <= MSE_RELATIVE_FP32
+    for name in ("fp16", "bf16"):
+        r = runs[name]
+        assert r["realized"]["dtype"] == {"fp16": "float16", "bf16": "bfloat16"}[name]
+        assert r["finite"] and r["cosine"] >= 0.99 and not r["numerically_divergent"], r
