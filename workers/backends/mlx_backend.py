@@ -78,7 +78,7 @@ class MlxUNet(LoadedModel):
             self.step()
             compile_s = time.perf_counter() - t0
         self.realized: dict[str, Any] = {
-            "device": str(device),
+            "device": cell["device"],
             "device_name": cpu_name() if device == mx.cpu else mx.device_info(device).get("device_name", ""),
             "gpu_backend": _gpu_backend(mx) if cell["device"] == "gpu" else None,
             "dtype": DTYPES[cell["precision"]],
