@@ -3,6 +3,7 @@
 import json
 import os
 import subprocess
+import tomllib
 
 import pytest
 
@@ -18,6 +19,15 @@ def test_diffusers_env_is_discovered_with_its_lock():
     assert len(env.lock_sha256()) == 64
     versions = env.locked_versions()
     assert {"torch", "diffusers", "numpy"} <= versions.keys()
+
+
+def test_mlx_env_locks_the_cpu_build_for_linux_and_metal_for_macos():
+    env = discover()["mlx"]
+    packages = {p["name"]: p for p in tomllib.loads(env.lock.read_text())["package"]}
+    assert {"mlx", "mlx-cpu", "mlx-metal", "numpy", "msgpack", "safetensors"} <= packages.keys()
+    assert any("macosx" in w["url"] for w in packages["mlx-metal"]["wheels"])
+    assert any("linux" in w["url"] for w in packages["mlx-cpu"]["wheels"])
+    assert "mlx" in env.locked_versions()
 
 
 def test_envs_list_json(diffusers_python):
