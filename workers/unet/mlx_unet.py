@@ -166,7 +166,7 @@ class Upsample2D(nn.Module):
 
 
 class UNetBlock(nn.Module):
-    """A down, middle or up block: resnets, each followed by a transformer where the level has
+    """A down or up block: resnets, each followed by a transformer where the level has
     attention, and an optional resampler. Up blocks concatenate a skip before each resnet."""
 
     def __init__(self, arch: UNetArch, in_channels: list[int], out_c: int, attention: bool,
