@@ -178,11 +178,19 @@ def doctor(as_json: bool) -> None:
     click.echo("backends:")
     for name, b in r["backends"].items():
         if "devices" in b:
-            d = b["devices"]
-            click.echo(f"  {name:13s} env {b['env']}: cpu ({d['cpu']}); cuda: {', '.join(d['cuda']) or 'no'}; "
-                       f"mps: {'yes' if d['mps'] else 'no'}; {', '.join(f'{k} {v}' for k, v in b['versions'].items())}")
+            devices = "; ".join(f"{k}: {_device_text(v)}" for k, v in b["devices"].items())
+            click.echo(f"  {name:13s} env {b['env']}: {devices}; {', '.join(f'{k} {v}' for k, v in b['versions'].items())}")
         else:
             click.echo(f"  {name:13s} {b.get('error') or b['detail']}")
+
+
+def _device_text(value) -> str:
+    """A backend probe's answer for one device kind: a name, a list of names, or yes/no."""
+    if isinstance(value, list):
+        return ", ".join(value) or "no"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return str(value) or "no"
 
 
 def _interrupt(signum, frame) -> None:

@@ -235,7 +235,7 @@ def _fields(raw: Any, schema: dict, where: str, errors: _Errors) -> dict[str, An
             expected = "a number" if float in types else _TYPE_NAMES[types[0]]
             errors.add(where, f"field {key!r}: expected {expected}, got {value!r}")
             value = None if default is REQUIRED else default
-        out[key] = float(value) if float in types and isinstance(value, int) else value
+        out[key] = float(value) if float in types and isinstance(value, int) and not isinstance(value, bool) else value
     return out
 
 

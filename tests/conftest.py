@@ -1,4 +1,4 @@
-"""Shared test helpers: the real CLI in subprocesses, and the real diffusers env."""
+"""Shared test helpers: the real CLI in subprocesses, and the real worker envs."""
 
 from __future__ import annotations
 
@@ -21,14 +21,30 @@ def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 900, cwd
                           cwd=cwd, env={**os.environ, **(env or {})})
 
 
-@pytest.fixture(scope="session")
-def diffusers_python() -> Path:
-    """The diffusers env, synced through the CLI exactly as the README says."""
-    p = cli("envs", "sync", "diffusers", timeout=1800)
+def synced_env(name: str) -> Path:
+    """The interpreter of env `name`, synced through the CLI exactly as the README says."""
+    p = cli("envs", "sync", name, timeout=1800)
     assert p.returncode == 0, p.stderr
-    python = REPO / "envs" / "diffusers" / ".venv" / "bin" / "python"
+    python = REPO / "envs" / name / ".venv" / "bin" / "python"
     assert python.exists()
     return python
+
+
+def in_env(python: Path, script: Path, *args: str, timeout: float = 600) -> str:
+    """Run a test script inside a worker env (where the toolchain lives); its stdout."""
+    p = subprocess.run([str(python), str(script), *args], capture_output=True, text=True, timeout=timeout, cwd=REPO)
+    assert p.returncode == 0, p.stderr[-3000:]
+    return p.stdout
+
+
+@pytest.fixture(scope="session")
+def diffusers_python() -> Path:
+    return synced_env("diffusers")
+
+
+@pytest.fixture(scope="session")
+def mlx_python() -> Path:
+    return synced_env("mlx")
 
 
 @pytest.fixture(scope="session")

@@ -3,6 +3,7 @@
 import json
 import os
 import subprocess
+import tomllib
 
 import pytest
 
@@ -18,6 +19,15 @@ def test_diffusers_env_is_discovered_with_its_lock():
     assert len(env.lock_sha256()) == 64
     versions = env.locked_versions()
     assert {"torch", "diffusers", "numpy"} <= versions.keys()
+
+
+def test_mlx_env_locks_the_cpu_build_for_linux_and_metal_for_macos():
+    env = discover()["mlx"]
+    packages = {p["name"]: p for p in tomllib.loads(env.lock.read_text())["package"]}
+    assert {"mlx", "mlx-cpu", "mlx-metal", "numpy", "msgpack", "safetensors"} <= packages.keys()
+    assert any("macosx" in w["url"] for w in packages["mlx-metal"]["wheels"])
+    assert any("linux" in w["url"] for w in packages["mlx-cpu"]["wheels"])
+    assert "mlx" in env.locked_versions()
 
 
 def test_envs_list_json(diffusers_python):
@@ -78,7 +88,7 @@ def test_env_pointed_at_an_existing_interpreter_runs_a_cell(diffusers_python, ca
     assert f"({diffusers_python})" in p.stdout and p.stdout.count("  iteration ") == 2
 
 
-def test_doctor_says_what_this_host_can_measure(diffusers_python):
+def test_doctor_says_what_this_host_can_measure(diffusers_python, mlx_python):
     p = cli("doctor", "--json")
     assert p.returncode == 0, p.stderr
     r = json.loads(p.stdout)
@@ -87,6 +97,10 @@ def test_doctor_says_what_this_host_can_measure(diffusers_python):
         assert m["detail"]  # a reason either way
     d = r["backends"]["diffusers"]
     assert d["synced"] and d["devices"]["cpu"] and "torch" in d["versions"]
-    assert "not implemented" in r["backends"]["mlx"]["detail"]
+    m = r["backends"]["mlx"]
+    assert m["synced"] and m["devices"]["cpu"] and "mlx" in m["versions"]
+    assert m["devices"]["gpu"] is False  # Linux mlx[cpu]: no Metal, no CUDA
+    assert "not implemented" in r["backends"]["coreml"]["detail"]
     text = cli("doctor")
     assert text.returncode == 0 and "power meters (auto would use:" in text.stdout
+    assert "mlx           env mlx: cpu: " in text.stdout and "gpu: no" in text.stdout

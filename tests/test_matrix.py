@@ -10,7 +10,7 @@ from orchestrator.matrix import load_matrix
 
 from conftest import REPO, cli
 
-ENVS = {"diffusers"}
+ENVS = {"diffusers", "mlx"}
 QUICK = (REPO / "examples" / "quick.toml").read_text()
 
 
@@ -30,7 +30,8 @@ def test_quick_example_is_valid():
     m = load_matrix(REPO / "examples" / "quick.toml", ENVS)
     assert m.model.synthetic and m.model.preset == "tiny"
     assert {c.precision for c in m.enabled_cells} >= {"fp32", "bf16"}
-    assert all(c.backend == "diffusers" and c.device == "cpu" for c in m.enabled_cells)
+    assert {c.backend for c in m.enabled_cells} == {"diffusers", "mlx"}
+    assert all(c.device == "cpu" for c in m.enabled_cells)
     assert m.timing.runs == 3
 
 
@@ -128,7 +129,7 @@ def test_cli_missing_matrix_file(tmp_path):
 def test_disabled_cells_are_not_run(tmp_path):
     text = QUICK.replace('precision = "bf16"', 'precision = "bf16"\nenabled = false')
     m = load_matrix(_write(tmp_path, text), ENVS)
-    assert [c.id for c in m.enabled_cells] == ["diffusers-cpu-fp32"]
+    assert [c.id for c in m.enabled_cells] == ["diffusers-cpu-fp32", "mlx-cpu-fp32"]
     assert tomllib.loads(text)  # still a well-formed file
 
 
@@ -137,3 +138,11 @@ def test_backend_option_values_are_checked(tmp_path):
     assert any("cell 'diffusers-cpu-bf16'" in ln and "'compile'" in ln and "reduce-overhead" in ln for ln in lines)
     ok = QUICK.replace('precision = "bf16"', 'precision = "bf16"\ncompile = "reduce-overhead"')
     assert load_matrix(_write(tmp_path, ok), ENVS).cell("diffusers-cpu-bf16").options == {"compile": "reduce-overhead"}
+
+
+def test_boolean_backend_options_stay_booleans(tmp_path):
+    """TOML's `true` is an int to Python; an option that also takes numbers must not make it 1.0."""
+    ok = QUICK.replace('resolution = 64', 'resolution = 64\ncompile = true')
+    assert load_matrix(_write(tmp_path, ok), ENVS).cell("mlx-cpu-fp32").options == {"compile": True}
+    lines = _errors(tmp_path, QUICK.replace('resolution = 64', 'resolution = 64\ncompile = 1'))
+    assert any("cell 'mlx-cpu-fp32'" in ln and "'compile'" in ln for ln in lines)

@@ -1,7 +1,6 @@
 """The shipped UNet definitions, the LDM key mapping, synthetic weights and pinned inputs."""
 
 import json
-import subprocess
 import tomllib
 
 import numpy as np
@@ -15,16 +14,14 @@ from workers.unet.checkpoint import read_unet, write_synthetic
 from workers.unet.layout import LDM_PREFIX, ldm_to_diffusers, tensor_specs
 from workers.unet.presets import PRESETS
 
-from conftest import REPO
+from conftest import REPO, in_env
 
 PROBE = REPO / "tests" / "fakes" / "diffusers_probe.py"
 QUICK = tomllib.loads((REPO / "examples" / "quick.toml").read_text())
 
 
 def _probe(python, *args):
-    p = subprocess.run([str(python), str(PROBE), *args], capture_output=True, text=True, timeout=600, cwd=REPO)
-    assert p.returncode == 0, p.stderr[-3000:]
-    return json.loads(p.stdout.strip().splitlines()[-1])
+    return json.loads(in_env(python, PROBE, *args).strip().splitlines()[-1])
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))

@@ -9,11 +9,11 @@ from types import ModuleType
 # name -> module implementing `versions()` and `load(spec)` (see workers.backends.base)
 IMPLEMENTED: dict[str, str] = {
     "diffusers": "workers.backends.diffusers_backend",
+    "mlx": "workers.backends.mlx_backend",
 }
 
 # Backends the matrix may name before they exist; their cells are recorded `unsupported`.
 PLANNED: dict[str, str] = {
-    "mlx": "the MLX backend is not implemented yet",
     "coreml": "the Core ML backend is not implemented yet",
 }
 
