@@ -137,3 +137,12 @@ def test_backend_option_values_are_checked(tmp_path):
     assert any("cell 'diffusers-cpu-bf16'" in ln and "'compile'" in ln and "reduce-overhead" in ln for ln in lines)
     ok = QUICK.replace('precision = "bf16"', 'precision = "bf16"\ncompile = "reduce-overhead"')
     assert load_matrix(_write(tmp_path, ok), ENVS).cell("diffusers-cpu-bf16").options == {"compile": "reduce-overhead"}
+
+
+def test_report_baseline_must_be_an_enabled_cell(tmp_path):
+    assert load_matrix(REPO / "examples" / "quick.toml", ENVS).report.baseline == "diffusers-cpu-fp32"
+    text = QUICK.replace('baseline = "diffusers-cpu-fp32"', 'baseline = "nope"')
+    (line,) = _errors(tmp_path, text)
+    assert line.startswith(f"{tmp_path / 'm.toml'}: [report]: field 'baseline': 'nope' is not an enabled cell")
+    text = QUICK.replace('baseline = "diffusers-cpu-fp32"', 'baseline = "diffusers-cpu-fp32"\ncolour = "red"')
+    assert "[report]: unknown field 'colour'" in _errors(tmp_path, text)[0]
