@@ -25,8 +25,13 @@ def _value(r: dict[str, Any], key: str) -> Any:
     return r.get(key)
 
 
+def run_values(runs: list[dict[str, Any]], key: str) -> list[tuple[int, float]]:
+    """(run_index, value) of every run that has a number for `key`, in the order given."""
+    return [(r["run_index"], v) for r in runs if isinstance(v := _value(r, key), (int, float)) and not isinstance(v, bool)]
+
+
 def _metric(runs: list[dict[str, Any]], key: str) -> dict[str, Any] | None:
-    pairs = [(r["run_index"], v) for r in runs if isinstance(v := _value(r, key), (int, float)) and not isinstance(v, bool)]
+    pairs = run_values(runs, key)
     if not pairs:
         return None
     s = across_runs([v for _, v in pairs])
@@ -88,6 +93,7 @@ def summarize_cell(cell_id: str, runs: list[dict[str, Any]], cell_info: dict[str
         "channels": channels,
         "throttled_runs": [r["run_index"] for r in ok if r.get("throttled")],
         "short_window_runs": [r["run_index"] for r in ok if r.get("short_window")],
+        "forced_power_runs": [r["run_index"] for r in ok if r.get("forced_power")],
         "energy_unavailable_reason": next((r.get("energy_unavailable_reason") for r in runs
                                            if r.get("energy_unavailable_reason")), None),
         "metrics": metrics,
@@ -120,21 +126,3 @@ def build_summary(session: dict[str, Any], runs: list[dict[str, Any]], problems:
         "problems": problems,
         "cells": [summarize_cell(c, sorted(by_cell[c], key=lambda r: r["run_index"]), info.get(c, {})) for c in order],
     }
-
-
-def write_derived(sdir: SessionDir) -> dict[str, Any]:
-    """summary.json and report.md from session.json and runs.jsonl. Without session.json the
-    runs alone are summarised and the summary says what is missing."""
-    from orchestrator.report import render_markdown
-
-    runs = sdir.read_runs()
-    problems = list(runs.problems)
-    if sdir.has_session():
-        session = sdir.read_session()
-    else:
-        session = {"session_id": sdir.id}
-        problems.insert(0, f"{sdir.root / 'session.json'}: missing; cell descriptions and provenance are unknown")
-    summary = build_summary(session, runs.records, problems)
-    write_json(sdir.root / "summary.json", summary)
-    (sdir.root / "report.md").write_text(render_markdown(summary, session))
-    return summary
