@@ -9,6 +9,8 @@ from typing import Any
 
 from orchestrator.compare import Comparison, compare_runs
 from orchestrator.errors import UserError
+from orchestrator.figures import all_figures
+from orchestrator.html_report import render_html
 from orchestrator.report import ReportInputs, render_markdown
 from orchestrator.results import SessionDir, write_json
 from orchestrator.runs_csv import write_runs_csv
@@ -50,9 +52,6 @@ def comparisons(summary: dict[str, Any], runs: list[dict[str, Any]], baseline: s
 
 def write_report(sdir: SessionDir, out: Path | None = None, baseline: str | None = None) -> Report:
     """Read the session, write every derived file into `out` (the session folder by default)."""
-    from orchestrator.figures import all_figures  # matplotlib loads only when a report is written
-    from orchestrator.html_report import render_html
-
     out = out or sdir.root
     out.mkdir(parents=True, exist_ok=True)
     runs = sdir.read_runs()

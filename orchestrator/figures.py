@@ -5,20 +5,27 @@ and says why."""
 
 from __future__ import annotations
 
+import importlib.util
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+from orchestrator.summary import run_values
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (the backend is chosen before pyplot loads)
-
-from orchestrator.summary import run_values  # noqa: E402
-
-matplotlib.rcParams["svg.hashsalt"] = "coreml-diffusion-benchmarks"  # same data, same SVG
 IMAGE_NOTE = "estimated: 50 x energy per step"
+
+
+def _pyplot() -> Any:
+    """matplotlib with the Agg backend, loaded on first use (the orchestrator can run in an
+    interpreter without it, e.g. a cluster's Python given with --env; reports then say so)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    matplotlib.rcParams["svg.hashsalt"] = "coreml-diffusion-benchmarks"  # same data, same SVG
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 @dataclass
@@ -31,6 +38,7 @@ class Figure:
 
 
 def _save(fig: Any, fig_data: Figure, out_dir: Path) -> Figure:
+    plt = _pyplot()
     out_dir.mkdir(parents=True, exist_ok=True)
     for ext in ("svg", "png"):
         fig.savefig(out_dir / f"{fig_data.name}.{ext}", dpi=120, bbox_inches="tight", metadata={"Date": None} if ext == "svg" else None)
@@ -59,7 +67,7 @@ def latency_vs_energy(summary: dict[str, Any], out_dir: Path) -> Figure:
         return f
     f.data = {"points": points, "x_label": "latency per UNet step, ms (median, p10-p90)",
               "y_label": f"energy per 50-step image, J\n({IMAGE_NOTE}; median, p10-p90)"}
-    fig, ax = plt.subplots(figsize=(7, 5))
+    fig, ax = _pyplot().subplots(figsize=(7, 5))
     for p in points:
         ax.errorbar(p["x"], p["y"], xerr=[[p["x"] - p["x_p10"]], [p["x_p90"] - p["x"]]],
                     yerr=[[p["y"] - p["y_p10"]], [p["y_p90"] - p["y"]]], fmt="o", capsize=3)
@@ -92,7 +100,7 @@ def runs_per_cell(summary: dict[str, Any], runs: list[dict[str, Any]], key: str,
     f.data = {"panels": panels, "y_label": f"{label}, {unit}"}
     cols = min(4, len(panels))
     rows = -(-len(panels) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.8 * rows), squeeze=False)
+    fig, axes = _pyplot().subplots(rows, cols, figsize=(3.2 * cols, 2.8 * rows), squeeze=False)
     for ax in axes.flat[len(panels):]:
         ax.set_visible(False)
     for ax, p in zip(axes.flat, panels):
@@ -127,7 +135,7 @@ def equivalence(summary: dict[str, Any], runs: list[dict[str, Any]], out_dir: Pa
         f.skipped = "no run was compared with a reference"
         return f
     f.data = {"cells": cells, "cosine_min": eq.get("cosine_min"), "mse_max": eq.get("mse_max")}
-    fig, (ax_cos, ax_mse) = plt.subplots(1, 2, figsize=(max(7, 1.4 * len(cells) + 4), 4))
+    fig, (ax_cos, ax_mse) = _pyplot().subplots(1, 2, figsize=(max(7, 1.4 * len(cells) + 4), 4))
     for i, c in enumerate(cells):  # divergent runs in red
         for ax, key in ((ax_cos, "cosine"), (ax_mse, "mse")):
             for run_index, v in c[key]:
@@ -156,6 +164,8 @@ def run_metrics(summary: dict[str, Any]) -> list[tuple[str, str, str]]:
 
 
 def all_figures(summary: dict[str, Any], runs: list[dict[str, Any]], out_dir: Path) -> list[Figure]:
+    if importlib.util.find_spec("matplotlib") is None:
+        return [Figure("figures", "Figures", skipped="matplotlib is not installed in this interpreter (uv sync installs it)")]
     figs = [latency_vs_energy(summary, out_dir)]
     metrics = run_metrics(summary)
     if len(metrics) == 1:

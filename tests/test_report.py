@@ -265,3 +265,15 @@ def test_compare_needs_two_cells_within_a_session(energy):
     assert p.returncode == 2 and "name two cells of the session" in p.stderr
     p = cli("compare", f"{energy}:gpu", f"{energy}:nope")
     assert p.returncode == 2 and "no cell 'nope' (cells: gpu, ane)" in p.stderr
+
+
+def test_without_matplotlib_the_report_says_figures_are_left_out(energy, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "matplotlib" else real(name, *a))
+    rep = _report(energy)
+    assert [(f.name, f.skipped) for f in rep.inputs.figures] == [
+        ("figures", "matplotlib is not installed in this interpreter (uv sync installs it)")]
+    assert "- Figures: left out: matplotlib is not installed" in (energy / "report.md").read_text()
+    assert rep.summary["comparisons"]  # everything else is still there
