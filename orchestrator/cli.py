@@ -16,6 +16,7 @@ from orchestrator import envs as envs_mod
 from orchestrator.display import Display
 from orchestrator.errors import UserError
 from orchestrator.matrix import load_matrix
+from orchestrator.compare import Comparison
 from orchestrator.report import comparison_table
 
 
@@ -185,7 +186,7 @@ def compare(a: str, b: str, fmt: str) -> None:
     _print_comparisons(display, comparisons, "B against A (ratios are B / A)")
 
 
-def _print_comparisons(display: Display, comparisons: list, title: str) -> None:
+def _print_comparisons(display: Display, comparisons: list[Comparison], title: str) -> None:
     """The table, then each verdict on a line of its own (a narrow terminal wraps table cells)."""
     display.table(comparison_table(comparisons), title)
     for c in comparisons:

@@ -72,9 +72,10 @@ def pairs(a: Side, b: Side) -> list[tuple[str, str]]:
         chosen = [(c, c) for c in _cells(a) if c in _cells(b)]
         if not chosen:
             raise UserError(f"{a.sdir.root} and {b.sdir.root} have no cell in common; name them as DIR:CELL")
-    for side, cell in ((a, chosen[0][0]), (b, chosen[0][1])) if len(chosen) == 1 else ():
-        if cell not in _cells(side):
-            raise UserError(f"{side.sdir.root}: no cell {cell!r} (cells: {', '.join(_cells(side))})")
+    if len(chosen) == 1:  # named cells must exist; common cells do by construction
+        for side, cell in ((a, chosen[0][0]), (b, chosen[0][1])):
+            if cell not in _cells(side):
+                raise UserError(f"{side.sdir.root}: no cell {cell!r} (cells: {', '.join(_cells(side))})")
     if not same:
         for ca, cb in chosen:
             check_same_inputs(a, b, ca, cb)

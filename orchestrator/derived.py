@@ -21,7 +21,7 @@ FIGURES = "figures"
 
 
 @dataclass
-class Report:
+class WrittenReport:
     summary: dict[str, Any]
     out: Path
     inputs: ReportInputs
@@ -50,7 +50,7 @@ def comparisons(summary: dict[str, Any], runs: list[dict[str, Any]], baseline: s
             for cmp in compare_runs(baseline, by_cell.get(baseline, []), c["cell_id"], by_cell.get(c["cell_id"], []))]
 
 
-def write_report(sdir: SessionDir, out: Path | None = None, baseline: str | None = None) -> Report:
+def write_report(sdir: SessionDir, out: Path | None = None, baseline: str | None = None) -> WrittenReport:
     """Read the session, write every derived file into `out` (the session folder by default)."""
     out = out or sdir.root
     out.mkdir(parents=True, exist_ok=True)
@@ -76,4 +76,4 @@ def write_report(sdir: SessionDir, out: Path | None = None, baseline: str | None
     write_runs_csv(out / "runs.csv", runs.records)
     (out / "report.md").write_text(render_markdown(inputs))
     (out / "report.html").write_text(render_html(inputs, out))
-    return Report(summary=summary, out=out, inputs=inputs)
+    return WrittenReport(summary=summary, out=out, inputs=inputs)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-from orchestrator.results import SCHEMA_VERSION, SessionDir, utc_now, write_json
+from orchestrator.results import SCHEMA_VERSION, utc_now
 from orchestrator.stats import across_runs
 
 # Per-run numeric metrics summarised across a cell's ok runs.
