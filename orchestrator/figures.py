@@ -95,7 +95,7 @@ def runs_per_cell(summary: dict[str, Any], runs: list[dict[str, Any]], key: str,
             panels.append({"cell_id": c["cell_id"], "runs": values, "median": m["median"],
                            "outliers": [(o["run_index"], o["value"]) for o in m["outlier_runs"]]})
     if not panels:
-        f.skipped = f"no run has {key}"
+        f.skipped = f"no ok run has {label.lower()}"
         return f
     f.data = {"panels": panels, "y_label": f"{label}, {unit}"}
     cols = min(4, len(panels))

@@ -22,7 +22,12 @@ figure { margin: 1em 0; page-break-inside: avoid; } figure svg { max-width: 100%
 figcaption { font-size: 12px; color: #555; }
 dl.reproduce { display: grid; grid-template-columns: max-content 1fr; gap: 2px 12px; font-size: 12.5px; }
 dl.reproduce dt { font-weight: 600; } dl.reproduce dd { margin: 0; word-break: break-all; }
-@media print { body { margin: 0; max-width: none; } h2 { page-break-after: avoid; } table { page-break-inside: auto; } tr { page-break-inside: avoid; } }
+li, dd { overflow-wrap: anywhere; }
+@media print {
+  body { margin: 0; max-width: none; font-size: 10px; } h2 { page-break-after: avoid; }
+  table { width: 100%; font-size: 8px; page-break-inside: auto; } tr { page-break-inside: avoid; }
+  th, td { padding: 2px 3px; overflow-wrap: break-word; } td.num { white-space: normal; }
+}
 """
 
 _SVG_PROLOG = re.compile(r"\A.*?(?=<svg)", re.S)
