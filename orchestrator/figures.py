@@ -155,24 +155,25 @@ def equivalence(summary: dict[str, Any], runs: list[dict[str, Any]], out_dir: Pa
     return _save(fig, f, out_dir)
 
 
-def run_metrics(summary: dict[str, Any]) -> list[tuple[str, str, str]]:
-    """(key, label, unit) of the per-run metrics drawn run by run: latency, then energy per channel."""
-    out = [("latency_ms_median", "Latency per step (run median)", "ms")]
+def energy_metrics(summary: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """(key, label, unit) of energy per step drawn run by run: each channel, then the total; the
+    run-level total alone when the runs carry no channels."""
     channels = sorted({ch for c in summary["cells"] for ch in c.get("channels") or []}, key=lambda ch: (ch == "total", ch))
-    out += [(f"energy_per_step_j[{ch}]", f"Energy per step, {ch}", "J") for ch in channels]
-    return out
+    if channels:
+        return [(f"energy_per_step_j[{ch}]", f"Energy per step, {ch}", "J") for ch in channels]
+    if any(c.get("energy_per_step_j") is not None for c in summary["cells"]):
+        return [("energy_per_step_j", "Energy per step, total", "J")]
+    return []
 
 
 def all_figures(summary: dict[str, Any], runs: list[dict[str, Any]], out_dir: Path) -> list[Figure]:
     if importlib.util.find_spec("matplotlib") is None:
         return [Figure("figures", "Figures", skipped="matplotlib is not installed in this interpreter (uv sync installs it)")]
-    figs = [latency_vs_energy(summary, out_dir)]
-    metrics = run_metrics(summary)
-    if len(metrics) == 1:
-        no_energy = Figure("runs_energy", "Energy per step per run",
-                           skipped=f"no energy ({summary.get('energy_unavailable_reason') or 'no energy in any ok run'})")
-        figs += [runs_per_cell(summary, runs, *metrics[0], out_dir), no_energy]
-    else:
-        figs += [runs_per_cell(summary, runs, *m, out_dir) for m in metrics]
+    figs = [latency_vs_energy(summary, out_dir),
+            runs_per_cell(summary, runs, "latency_ms_median", "Latency per step (run median)", "ms", out_dir)]
+    energy = energy_metrics(summary)
+    figs += [runs_per_cell(summary, runs, *m, out_dir) for m in energy] or [
+        Figure("runs_energy", "Energy per step per run",
+               skipped=f"no energy ({summary.get('energy_unavailable_reason') or 'no energy in any ok run'})")]
     figs.append(equivalence(summary, runs, out_dir))
     return figs

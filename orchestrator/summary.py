@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
+from orchestrator.energy import STEPS_PER_IMAGE
 from orchestrator.results import SCHEMA_VERSION, utc_now
 from orchestrator.stats import across_runs
 
@@ -17,12 +18,20 @@ RUN_METRICS = (
 CHANNEL_METRICS = ("energy_per_step_j", "gross_energy_per_step_j", "baseline_w", "active_w")
 
 
+IMAGE_ESTIMATE = "estimated_energy_per_50_step_image_j"
+
+
 def _value(r: dict[str, Any], key: str) -> Any:
-    """`name` is a run field; `name[ch]` is that field of channel ch in energy_by_channel."""
+    """`name` is a run field; `name[ch]` is that field of channel ch in energy_by_channel. A record
+    with energy per step but no image estimate (written by other tools) gets 50 x the step."""
     if key.endswith("]"):
         name, ch = key[:-1].split("[")
-        return (r.get("energy_by_channel") or {}).get(ch, {}).get(name)
-    return r.get(key)
+        fields = (r.get("energy_by_channel") or {}).get(ch, {})
+    else:
+        name, fields = key, r
+    if name == IMAGE_ESTIMATE and fields.get(name) is None and isinstance(step := fields.get("energy_per_step_j"), (int, float)):
+        return STEPS_PER_IMAGE * step
+    return fields.get(name)
 
 
 def run_values(runs: list[dict[str, Any]], key: str) -> list[tuple[int, float]]:

@@ -277,3 +277,27 @@ def test_without_matplotlib_the_report_says_figures_are_left_out(energy, monkeyp
         ("figures", "matplotlib is not installed in this interpreter (uv sync installs it)")]
     assert "- Figures: left out: matplotlib is not installed" in (energy / "report.md").read_text()
     assert rep.summary["comparisons"]  # everything else is still there
+
+
+def test_runs_without_the_image_estimate_get_50_x_the_step(energy):
+    runs = [json.loads(x) for x in (energy / "runs.jsonl").read_text().splitlines()]
+    for r in runs:
+        del r["estimated_energy_per_50_step_image_j"]
+        for ch in r["energy_by_channel"].values():
+            del ch["estimated_energy_per_50_step_image_j"]
+    (energy / "runs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in runs))
+    rep = _report(energy)
+    points = {p["cell_id"]: p for p in _figure(rep, "latency_vs_energy").data["points"]}
+    assert (points["gpu"]["y"], points["gpu"]["y_p10"], points["gpu"]["y_p90"]) == pytest.approx((500.0, 442.0, 512.0))
+    gpu = rep.summary["cells"][0]
+    assert gpu["estimated_energy_per_50_step_image_j"] == pytest.approx(500.0)
+
+
+def test_runs_with_energy_but_no_channels_are_drawn_as_the_total(energy):
+    runs = [json.loads(x) for x in (energy / "runs.jsonl").read_text().splitlines()]
+    for r in runs:
+        del r["energy_by_channel"]
+    (energy / "runs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in runs))
+    rep = _report(energy)
+    total = {p["cell_id"]: p for p in _figure(rep, "runs_energy_per_step_j").data["panels"]}
+    assert total["gpu"]["outliers"] == [(4, 7.4)] and total["ane"]["median"] == pytest.approx(1.59)
