@@ -83,8 +83,8 @@ def cell_table(summary: dict[str, Any]) -> Table:
     energy = any(c.get("energy_per_step_j") is not None for c in summary["cells"])
     headers = ["cell", "backend device precision", "runs ok/failed", "latency ms median [p10–p90]", "IQR ms"]
     if energy:
-        headers += [f"{ch} J/step [p10–p90]" for ch in channels]
-        headers += ["total J/step median [p10–p90]", "est. J/image (50 x step) [p10–p90]"]
+        headers += [f"energy J/step {ch} [p10–p90]" for ch in channels]
+        headers += ["energy J/step total, median [p10–p90]", "est. J/image (50 x step) [p10–p90]"]
     headers += ["cosine (min)", "MSE (max)", "divergence", "flags"]
     rows = []
     for c in summary["cells"]:
