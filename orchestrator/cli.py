@@ -16,6 +16,8 @@ from orchestrator import envs as envs_mod
 from orchestrator.display import Display
 from orchestrator.errors import UserError
 from orchestrator.matrix import load_matrix
+from orchestrator.compare import Comparison
+from orchestrator.report import comparison_table
 
 
 class _DefaultToRun(click.Group):
@@ -34,7 +36,8 @@ def cli() -> None:
     \b
     orchestrate MATRIX.toml        run a study (same as `orchestrate run MATRIX.toml`)
     orchestrate envs sync [NAME]   build the worker environments
-    orchestrate report DIR         regenerate summary.json and report.md of a session
+    orchestrate report DIR...      regenerate a session's report (md, html, figures, csv)
+    orchestrate compare A B        two cells, or one cell in two sessions, with a verdict
     """
 
 
@@ -77,7 +80,7 @@ def run(matrix: Path, out: Path, resume: Path | None, runs: int | None, quiet: b
         check_resume(sdir, m)
     result = Session(m, envs, display, nvml_check=nvml_check, force_power=force_power).run(out, resume=sdir)
     display.summary_table(result.summary)
-    display.log(f"results: {result.dir.root}  (report.md, summary.json, runs.jsonl)")
+    display.log(f"results: {result.dir.root}  (report.html, report.md, figures/, summary.json, runs.csv, runs.jsonl)")
     if result.interrupted:
         sys.exit(130)
     sys.exit(1 if result.n_failed else 0)
@@ -129,26 +132,67 @@ def envs_list(env_overrides: tuple[str, ...], as_json: bool) -> None:
 
 @cli.command()
 @click.argument("dirs", nargs=-1, required=True, type=click.Path(path_type=Path, exists=True, file_okay=False))
+@click.option("--out", type=click.Path(path_type=Path, file_okay=False),
+              help="Write the reports here instead of into each session folder (one subfolder per session when several).")
+@click.option("--baseline", metavar="CELL", help="Compare every other cell with this one (overrides [report] baseline).")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
-def report(dirs: tuple[Path, ...], fmt: str) -> None:
-    """Regenerate summary.json and report.md of session folder(s) from their runs.jsonl."""
+def report(dirs: tuple[Path, ...], out: Path | None, baseline: str | None, fmt: str) -> None:
+    """Regenerate summary.json, runs.csv, figures/, report.md and report.html of session folder(s)."""
+    from orchestrator.derived import write_report
     from orchestrator.results import SessionDir
-    from orchestrator.summary import write_derived
 
     display = Display()
+    not_sessions = [d for d in dirs if not SessionDir(d).has_session() and not (d / "runs.jsonl").is_file()]
+    if not_sessions:
+        raise UserError(*(f"{d}: neither session.json nor runs.jsonl; not a session folder" for d in not_sessions))
     summaries = []
-    for d in dirs:
-        sdir = SessionDir(d)
-        if not sdir.has_session() and not (d / "runs.jsonl").is_file():
-            raise UserError(f"{d}: neither session.json nor runs.jsonl; not a session folder")
-        summary = write_derived(sdir)
-        for problem in summary["problems"]:
-            display.warn(problem)
-        summaries.append(summary)
+    for k, d in enumerate(dirs, 1):
+        target = None if out is None else (out if len(dirs) == 1 else out / d.resolve().name)
+        if len(dirs) > 1:
+            display.log(f"[{k}/{len(dirs)}] {d}")
+        rep = write_report(SessionDir(d), target, baseline)
+        for line in (*rep.summary["problems"], *rep.summary["warnings"]):
+            display.warn(line)
+        for f in rep.inputs.figures:
+            if f.skipped:
+                display.log(f"{f.title}: left out: {f.skipped}")
+        summaries.append(rep.summary)
         if fmt == "table":
-            display.summary_table(summary)
+            display.summary_table(rep.summary)
+            if rep.inputs.comparisons:
+                _print_comparisons(display, rep.inputs.comparisons, f"against {rep.inputs.baseline}")
+            display.log(f"report: {rep.out / 'report.html'} (report.md, summary.json, runs.csv, figures/)")
     if fmt == "json":
         click.echo(json.dumps(summaries[0] if len(summaries) == 1 else summaries, indent=2))
+
+
+@cli.command()
+@click.argument("a")
+@click.argument("b")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+def compare(a: str, b: str, fmt: str) -> None:
+    """B against A: two cells of a session (DIR:CELL_A DIR:CELL_B) or the same cell in two
+    sessions (DIR_A DIR_B:CELL, or DIR_A DIR_B for every common cell)."""
+    from orchestrator.compare_sessions import compare_sides, parse_side
+
+    side_a, side_b = parse_side(a), parse_side(b)
+    display = Display()
+    for line in (*side_a.problems, *side_b.problems):
+        display.warn(line)
+    comparisons = compare_sides(side_a, side_b)
+    if not comparisons:
+        raise UserError("nothing to compare: a side has no ok run")
+    if fmt == "json":
+        click.echo(json.dumps([c.as_dict() for c in comparisons], indent=2))
+        return
+    _print_comparisons(display, comparisons, "B against A (ratios are B / A)")
+
+
+def _print_comparisons(display: Display, comparisons: list[Comparison], title: str) -> None:
+    """The table, then each verdict on a line of its own (a narrow terminal wraps table cells)."""
+    display.table(comparison_table(comparisons), title)
+    for c in comparisons:
+        click.echo(f"{c.metric}: {c.other} vs {c.baseline}: {c.verdict}")
 
 
 @cli.command()

@@ -8,11 +8,13 @@ from contextlib import contextmanager
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-from rich.table import Table
+from rich.table import Table as RichTable
+from rich.text import Text
 
 from orchestrator.plan import PlannedRun
-from orchestrator.report import describe_cell, divergence_cell, energy_cell, flags, fmt, image_estimate_cell, latency_cell
+from orchestrator.report import Table, cell_table
 
 
 class RunProgress:
@@ -60,7 +62,7 @@ class Display:
         self.err.print(message, highlight=False, markup=False)
 
     def warn(self, message: str) -> None:
-        self.err.print(f"[yellow]warning:[/] {message}", highlight=False)
+        self.err.print(f"[yellow]warning:[/] {escape(message)}", highlight=False)  # brackets in it are text
 
     @contextmanager
     def status(self, message: str) -> Iterator[None]:
@@ -75,20 +77,16 @@ class Display:
             task = p.add_task("starting", total=total, completed=completed)
             yield RunProgress(p, task, self.err)
 
+    def table(self, t: Table, title: str | None = None) -> None:
+        """Cells as plain text: brackets such as [p10–p90] are data, not rich markup."""
+        rt = RichTable(title=title, title_justify="left")
+        for col in t.headers:
+            rt.add_column(Text(col))
+        for row in t.rows:
+            rt.add_row(*map(Text, row))
+        self.out.print(rt)
+
     def summary_table(self, summary: dict[str, Any]) -> None:
-        t = Table(title=f"session {summary['session_id']}", title_justify="left")
-        energy = summary.get("energy_unavailable_reason") is None
-        cols = ["cell", "backend device precision", "ok/failed", "latency ms median [p10–p90]", "IQR ms"]
-        cols += ["energy J/step [p10–p90]", "est. J/image (50x)"] if energy else []
-        for col in (*cols, "cosine min", "divergence", "flags"):
-            t.add_column(col)
-        for c in summary["cells"]:
-            if c["status"] == "unsupported":
-                t.add_row(c["cell_id"], describe_cell(c), "unsupported", *[""] * (len(cols) - 1), c["unsupported_reason"] or "")
-                continue
-            energy_cols = [energy_cell(c), image_estimate_cell(c)] if energy else []
-            t.add_row(c["cell_id"], describe_cell(c), f"{c['n_ok']}/{c['n_failed']}", latency_cell(c),
-                      fmt(c["latency_ms_iqr"]), *energy_cols, fmt(c["cosine_min"], ".7f"), divergence_cell(c), flags(c))
-        self.out.print(t)
+        self.table(cell_table(summary), f"session {summary['session_id']}")
         if reason := summary.get("energy_unavailable_reason"):
             self.out.print(f"energy: {reason}", highlight=False)

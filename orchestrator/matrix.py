@@ -102,6 +102,11 @@ class Equivalence:
 
 
 @dataclass(frozen=True)
+class Report:
+    baseline: str | None  # cell id every other cell is compared with in reports
+
+
+@dataclass(frozen=True)
 class Cell:
     id: str
     label: str
@@ -140,6 +145,7 @@ class Matrix:
     power: Power
     preflight: Preflight
     equivalence: Equivalence
+    report: Report
     cells: list[Cell]
     raw: dict[str, Any]
 
@@ -183,6 +189,7 @@ _SECTIONS: dict[str, dict[str, tuple[tuple[type, ...], Any]]] = {
     "equivalence": {
         "reference": ((dict,), {}), "mse_max": ((int, float), 1e-3), "cosine_min": ((int, float), 0.999),
     },
+    "report": {"baseline": ((str,), None)},
 }
 _REFERENCE = {
     "backend": ((str,), "diffusers"), "env": ((str,), "diffusers"), "device": ((str,), "cpu"),
@@ -401,6 +408,10 @@ def load_matrix(path: str | Path, known_envs: set[str]) -> Matrix:
         if c.id in seen:
             errors.add(f"cell {c.id!r}", "field 'id': duplicate cell id")
         seen.add(c.id)
+    rep = _fields(raw.get("report", {}), _SECTIONS["report"], "[report]", errors)
+    enabled = [c.id for c in cells if c.enabled]
+    if rep["baseline"] is not None and cells and rep["baseline"] not in enabled:
+        errors.add("[report]", f"field 'baseline': {rep['baseline']!r} is not an enabled cell (enabled: {', '.join(enabled)})")
     if not any(c.enabled for c in cells) and not errors.lines:
         errors.add("cells", "no enabled cells: nothing to run")
     if errors.lines:
@@ -409,5 +420,5 @@ def load_matrix(path: str | Path, known_envs: set[str]) -> Matrix:
         path=path, sha256=hashlib.sha256(data).hexdigest(), model=model, inputs=inputs,
         timing=Timing(**t), power=Power(**p), preflight=Preflight(**pre),
         equivalence=Equivalence(**ref, mse_max=e["mse_max"], cosine_min=e["cosine_min"]),
-        cells=cells, raw=raw,
+        report=Report(**rep), cells=cells, raw=raw,
     )

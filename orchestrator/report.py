@@ -1,8 +1,13 @@
-"""report.md: what a person reads after a session. Derived from summary.json and session.json."""
+"""report.md and the tables every report shares (markdown, HTML, terminal): what a person reads
+after a session. Derived from summary.json, session.json and the runs."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
+
+from orchestrator.compare import Comparison
+from orchestrator.reproduce import panel
 
 
 def fmt(value: float | None, spec: str = ".4g") -> str:
@@ -21,8 +26,14 @@ def energy_cell(c: dict[str, Any]) -> str:
     return f"{c['energy_per_step_j']:.4g} [{c['energy_per_step_j_p10']:.4g}–{c['energy_per_step_j_p90']:.4g}]"
 
 
+def metric_cell(c: dict[str, Any], key: str) -> str:
+    """median [p10–p90] of any per-run metric in the cell's `metrics`."""
+    m = c.get("metrics", {}).get(key)
+    return "–" if m is None else f"{m['median']:.4g} [{m['p10']:.4g}–{m['p90']:.4g}]"
+
+
 def image_estimate_cell(c: dict[str, Any]) -> str:
-    return fmt(c.get("estimated_energy_per_50_step_image_j"))
+    return metric_cell(c, "estimated_energy_per_50_step_image_j")
 
 
 def divergence_cell(c: dict[str, Any]) -> str:
@@ -56,54 +67,113 @@ def describe_cell(c: dict[str, Any]) -> str:
     return f"{c.get('backend', '?')} {where} {c.get('precision', '?')}"
 
 
-def render_markdown(summary: dict[str, Any], session: dict[str, Any]) -> str:
-    model = summary.get("model", {})
-    eq = summary.get("equivalence", {})
-    prov = session.get("provenance", {})
-    host = prov.get("host", {})
-    harness = prov.get("harness", {})
-    synthetic = "synthetic weights (right compute, not real images)" if model.get("synthetic") else "checkpoint"
-    lines = [
-        f"# Session {summary['session_id']}",
-        "",
-        f"- Status: {summary.get('status')}; {summary['n_runs']} runs recorded",
-        f"- Model: {model.get('preset')} — {synthetic}; sha256 `{model.get('sha256')}`",
-        f"- Host: {host.get('cpu')} · {host.get('os')} · GPUs: {', '.join(host.get('gpus') or []) or 'none'}",
-        f"- Equivalence reference: fp32; divergent when MSE > {eq.get('mse_max')} or cosine < {eq.get('cosine_min')}",
-        f"- Energy: {summary.get('energy_unavailable_reason') or 'measured by ' + str(summary.get('meter'))}",
-        "",
-        "Latency and energy are per UNet step: per run, the median over its iterations (latency) or the",
-        "baseline-subtracted energy of its timed window divided by its iterations; then the median and",
-        "p10–p90 across runs. Energy per image is an estimate: 50 x the energy per step.",
-        "",
-        "| cell | backend device precision | runs ok/failed | latency ms median [p10–p90] | IQR ms | energy J/step median [p10–p90] | est. J/image (50x) | cosine (min) | MSE (max) | divergence | flags |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
+@dataclass(frozen=True)
+class Table:
+    headers: list[str]
+    rows: list[list[str]]
+
+
+def energy_channels(summary: dict[str, Any]) -> list[str]:
+    """Measured channels other than `total`, whose figure is the cell's energy_per_step_j."""
+    return sorted({ch for c in summary["cells"] for ch in c.get("channels") or [] if ch != "total"})
+
+
+def cell_table(summary: dict[str, Any]) -> Table:
+    """One row per cell; energy columns only when some cell has energy."""
+    channels = energy_channels(summary)
+    energy = any(c.get("energy_per_step_j") is not None for c in summary["cells"])
+    headers = ["cell", "backend device precision", "runs ok/failed", "latency ms median [p10–p90]", "IQR ms"]
+    if energy:
+        headers += [f"energy J/step {ch} [p10–p90]" for ch in channels]
+        headers += ["energy J/step total, median [p10–p90]", "est. J/image (50 x step) [p10–p90]"]
+    headers += ["cosine (min)", "MSE (max)", "divergence", "flags"]
+    rows = []
     for c in summary["cells"]:
         if c["status"] == "unsupported":
-            lines.append(f"| {c['cell_id']} | {describe_cell(c)} | unsupported | – | – | – | – | – | – | – | {c['unsupported_reason']} |")
+            rows.append([c["cell_id"], describe_cell(c), "unsupported", *["–"] * (len(headers) - 4),
+                         c["unsupported_reason"] or ""])
             continue
-        lines.append(
-            f"| {c['cell_id']} | {describe_cell(c)} | {c['n_ok']}/{c['n_failed']} | {latency_cell(c)} | "
-            f"{fmt(c['latency_ms_iqr'])} | {energy_cell(c)} | {image_estimate_cell(c)} | {fmt(c['cosine_min'], '.7f')} | "
-            f"{fmt(c['mse_max'])} | {divergence_cell(c)} | {flags(c)} |"
-        )
+        row = [c["cell_id"], describe_cell(c), f"{c['n_ok']}/{c['n_failed']}", latency_cell(c), fmt(c["latency_ms_iqr"])]
+        if energy:
+            row += [metric_cell(c, f"energy_per_step_j[{ch}]") for ch in channels]
+            row += [energy_cell(c), image_estimate_cell(c)]
+        row += [fmt(c["cosine_min"], ".7f"), fmt(c["mse_max"]), divergence_cell(c), flags(c)]
+        rows.append(row)
+    return Table(headers, rows)
+
+
+def comparison_table(comparisons: list[Comparison]) -> Table:
+    headers = ["metric", "cell", "vs", "medians", "ratio of medians", "ratio range (p10–p90 / p10–p90)",
+               "Hodges-Lehmann shift [CI]", "Mann-Whitney p", "verdict"]
+    rows = []
+    for c in comparisons:
+        t = c.test
+        shift = "–" if t is None else f"{t.hl_shift:+.4g} {c.unit} [{t.hl_ci[0]:+.4g}, {t.hl_ci[1]:+.4g}] ({t.hl_ci_level:.1%})"
+        p = "–" if t is None else f"{t.p:.3g} ({t.method}, U = {t.u:g})"
+        ratio = "–" if c.ratio_of_medians is None else f"{c.ratio_of_medians:.4g}x"
+        rng = "–" if c.ratio_range is None else f"{c.ratio_range[0]:.4g}–{c.ratio_range[1]:.4g}x"
+        rows.append([c.metric, c.other, c.baseline, f"{c.other_median:.4g} vs {c.baseline_median:.4g} {c.unit}",
+                     ratio, rng, shift, p, c.verdict])
+    return Table(headers, rows)
+
+
+def markdown_table(t: Table) -> list[str]:
+    def line(cells: list[str]) -> str:
+        return "| " + " | ".join(x.replace("|", "\\|") for x in cells) + " |"
+    return [line(t.headers), "|" + "---|" * len(t.headers), *(line(r) for r in t.rows)]
+
+
+@dataclass(frozen=True)
+class ReportInputs:
+    """What every rendering of a session's report shows."""
+
+    summary: dict[str, Any]
+    session: dict[str, Any]
+    runs: list[dict[str, Any]]
+    comparisons: list[Comparison]
+    baseline: str | None
+    baseline_note: str  # why there are no comparisons, or where the baseline came from
+    warnings: list[str]
+    figures: list[Any]  # figures.Figure: drawn (files) or left out (reason)
+
+
+def header_lines(r: ReportInputs) -> list[str]:
+    summary, session = r.summary, r.session
+    model, eq = summary.get("model", {}), summary.get("equivalence", {})
+    host = session.get("provenance", {}).get("host", {})
+    synthetic = "synthetic weights (right compute, not real images)" if model.get("synthetic") else "checkpoint"
+    return [
+        f"Status: {summary.get('status')}; {summary['n_runs']} runs recorded",
+        f"Model: {model.get('preset')} — {synthetic}; sha256 {model.get('sha256')}",
+        f"Host: {host.get('cpu')} · {host.get('os')} · GPUs: {', '.join(host.get('gpus') or []) or 'none'}",
+        f"Equivalence reference: fp32; divergent when MSE > {eq.get('mse_max')} or cosine < {eq.get('cosine_min')}",
+        f"Energy: {summary.get('energy_unavailable_reason') or 'measured by ' + str(summary.get('meter'))}",
+    ]
+
+
+EXPLANATION = ("Latency and energy are per UNet step: per run, the median over its iterations (latency) or the "
+               "baseline-subtracted energy of its timed window divided by its iterations; then the median and "
+               "p10–p90 across runs. Energy per image is an estimate: 50 x the energy per step, not a measured image.")
+
+
+def render_markdown(r: ReportInputs) -> str:
+    summary = r.summary
+    lines = [f"# Session {summary['session_id']}", "", *(f"- {h}" for h in header_lines(r)), "", EXPLANATION, ""]
+    lines += markdown_table(cell_table(summary))
+    lines += ["", "## Stability warnings", ""]
+    lines += [f"- {w}" for w in r.warnings] or ["None."]
+    lines += ["", "## Comparisons", "", r.baseline_note]
+    if r.comparisons:
+        lines += ["", *markdown_table(comparison_table(r.comparisons))]
+    lines += ["", "## Figures", ""]
+    for f in r.figures:
+        lines.append(f"![{f.title}]({f.files[0]})" if f.skipped is None else f"- {f.title}: left out: {f.skipped}")
+        lines.append("")
     failures = [(c["cell_id"], f) for c in summary["cells"] for f in c["failures"]]
     if failures:
-        lines += ["", "## Failed runs", ""]
-        lines += [f"- {cid} run {f['run_index']}: {f['reason']}" for cid, f in failures]
+        lines += ["## Failed runs", ""]
+        lines += [f"- {cid} run {f['run_index']}: {f['reason']}" for cid, f in failures] + [""]
     if summary.get("problems"):
-        lines += ["", "## Problems reading the results", ""] + [f"- {p}" for p in summary["problems"]]
-    lines += [
-        "", "## Reproduce", "",
-        f"- Command: `{' '.join(prov.get('command_line', []))}` (in `{prov.get('cwd')}`)",
-        f"- Harness commit: `{harness.get('git_commit')}`{' (dirty)' if harness.get('git_dirty') else ''}",
-        f"- Matrix: `{summary['matrix'].get('path')}` sha256 `{summary['matrix'].get('sha256')}`",
-        f"- Run order: {session.get('order')}, seed {session.get('order_seed')}",
-    ]
-    for name, env in prov.get("envs", {}).items():
-        versions = ", ".join(f"{k} {v}" for k, v in sorted((session.get("worker_versions", {}).get(name) or env.get("locked_versions") or {}).items()))
-        lines.append(f"- Env `{name}`: lock sha256 `{env.get('lock_sha256')}`; {versions}")
-    for res, inp in session.get("inputs", {}).items():
-        lines.append(f"- Inputs {res}x{res}: latent `{inp['sha256']['latent']}`, text embedding `{inp['sha256']['text_embedding']}`, timestep {inp['timestep']}")
+        lines += ["## Problems reading the results", ""] + [f"- {p}" for p in summary["problems"]] + [""]
+    lines += ["## Reproduce", ""] + [f"- **{label}**: {text}" for label, text in panel(r.session, r.runs)]
     return "\n".join(lines) + "\n"

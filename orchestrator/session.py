@@ -30,7 +30,7 @@ from orchestrator.privileges import give_to_invoking_user, invoking_user
 from orchestrator.results import SCHEMA_VERSION, SessionDir, utc_now
 from orchestrator.runner import RunOutcome, run_worker
 from orchestrator.stats import within_run
-from orchestrator.summary import write_derived
+from orchestrator.derived import write_report
 from workers.inputs import PinnedInputs
 
 WINDOW_UPDATES = 20  # a timed window spans at least this many meter updates (DESIGN section 3)
@@ -323,7 +323,7 @@ class Session:
             session["references"] = {str(r): {"path": str(ref.path), "cached": ref.cached, "failure": ref.failure,
                                               "versions": ref.versions} for r, ref in refs.items()}
             sdir.write_session(session)
-            result.summary = write_derived(sdir)
+            result.summary = write_report(sdir).summary
             give_to_invoking_user(sdir.root, m.model.cache_dir)
         counts = Counter(r["status"] for r in sdir.read_runs().records)
         result.n_ok, result.n_failed, result.n_unsupported = counts["ok"], counts["failed"], counts["unsupported"]

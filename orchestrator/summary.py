@@ -6,7 +6,8 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-from orchestrator.results import SCHEMA_VERSION, SessionDir, utc_now, write_json
+from orchestrator.energy import STEPS_PER_IMAGE
+from orchestrator.results import SCHEMA_VERSION, utc_now
 from orchestrator.stats import across_runs
 
 # Per-run numeric metrics summarised across a cell's ok runs.
@@ -17,16 +18,29 @@ RUN_METRICS = (
 CHANNEL_METRICS = ("energy_per_step_j", "gross_energy_per_step_j", "baseline_w", "active_w")
 
 
+IMAGE_ESTIMATE = "estimated_energy_per_50_step_image_j"
+
+
 def _value(r: dict[str, Any], key: str) -> Any:
-    """`name` is a run field; `name[ch]` is that field of channel ch in energy_by_channel."""
+    """`name` is a run field; `name[ch]` is that field of channel ch in energy_by_channel. A record
+    with energy per step but no image estimate (written by other tools) gets 50 x the step."""
     if key.endswith("]"):
         name, ch = key[:-1].split("[")
-        return (r.get("energy_by_channel") or {}).get(ch, {}).get(name)
-    return r.get(key)
+        fields = (r.get("energy_by_channel") or {}).get(ch, {})
+    else:
+        name, fields = key, r
+    if name == IMAGE_ESTIMATE and fields.get(name) is None and isinstance(step := fields.get("energy_per_step_j"), (int, float)):
+        return STEPS_PER_IMAGE * step
+    return fields.get(name)
+
+
+def run_values(runs: list[dict[str, Any]], key: str) -> list[tuple[int, float]]:
+    """(run_index, value) of every run that has a number for `key`, in the order given."""
+    return [(r["run_index"], v) for r in runs if isinstance(v := _value(r, key), (int, float)) and not isinstance(v, bool)]
 
 
 def _metric(runs: list[dict[str, Any]], key: str) -> dict[str, Any] | None:
-    pairs = [(r["run_index"], v) for r in runs if isinstance(v := _value(r, key), (int, float)) and not isinstance(v, bool)]
+    pairs = run_values(runs, key)
     if not pairs:
         return None
     s = across_runs([v for _, v in pairs])
@@ -125,21 +139,3 @@ def build_summary(session: dict[str, Any], runs: list[dict[str, Any]], problems:
         "problems": problems,
         "cells": [summarize_cell(c, sorted(by_cell[c], key=lambda r: r["run_index"]), info.get(c, {})) for c in order],
     }
-
-
-def write_derived(sdir: SessionDir) -> dict[str, Any]:
-    """summary.json and report.md from session.json and runs.jsonl. Without session.json the
-    runs alone are summarised and the summary says what is missing."""
-    from orchestrator.report import render_markdown
-
-    runs = sdir.read_runs()
-    problems = list(runs.problems)
-    if sdir.has_session():
-        session = sdir.read_session()
-    else:
-        session = {"session_id": sdir.id}
-        problems.insert(0, f"{sdir.root / 'session.json'}: missing; cell descriptions and provenance are unknown")
-    summary = build_summary(session, runs.records, problems)
-    write_json(sdir.root / "summary.json", summary)
-    (sdir.root / "report.md").write_text(render_markdown(summary, session))
-    return summary

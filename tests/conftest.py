@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -68,3 +69,19 @@ def fake_pmset(tmp_path, monkeypatch):
         return str(exe)
 
     return point_at
+
+
+def only_session(out: Path) -> Path:
+    """The one session folder a run wrote under `out`."""
+    (d,) = [p for p in out.iterdir() if p.is_dir()]
+    return d
+
+
+@pytest.fixture(scope="session")
+def quick_session(diffusers_python, mlx_python, cache_dir, tmp_path_factory):
+    """examples/quick.toml run once through the CLI, shared by every test that needs a real
+    session: (process, session folder, seconds)."""
+    out = tmp_path_factory.mktemp("quick")
+    t0 = time.monotonic()
+    p = cli(str(REPO / "examples" / "quick.toml"), "--out", str(out), env={"CDB_CACHE_DIR": str(cache_dir)})
+    return p, only_session(out), time.monotonic() - t0

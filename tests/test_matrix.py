@@ -146,3 +146,12 @@ def test_boolean_backend_options_stay_booleans(tmp_path):
     assert load_matrix(_write(tmp_path, ok), ENVS).cell("mlx-cpu-fp32").options == {"compile": True}
     lines = _errors(tmp_path, QUICK.replace('resolution = 64', 'resolution = 64\ncompile = 1'))
     assert any("cell 'mlx-cpu-fp32'" in ln and "'compile'" in ln for ln in lines)
+
+
+def test_report_baseline_must_be_an_enabled_cell(tmp_path):
+    assert load_matrix(REPO / "examples" / "quick.toml", ENVS).report.baseline == "diffusers-cpu-fp32"
+    text = QUICK.replace('baseline = "diffusers-cpu-fp32"', 'baseline = "nope"')
+    (line,) = _errors(tmp_path, text)
+    assert line.startswith(f"{tmp_path / 'm.toml'}: [report]: field 'baseline': 'nope' is not an enabled cell")
+    text = QUICK.replace('baseline = "diffusers-cpu-fp32"', 'baseline = "diffusers-cpu-fp32"\ncolour = "red"')
+    assert "[report]: unknown field 'colour'" in _errors(tmp_path, text)[0]

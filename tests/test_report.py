@@ -87,3 +87,217 @@ def test_records_without_identity_are_named_and_duplicates_resolved(known):
 def test_report_on_a_folder_that_is_not_a_session(tmp_path):
     p = cli("report", str(tmp_path))
     assert p.returncode == 2 and "not a session folder" in p.stderr
+
+
+# --- reports with figures, comparisons, warnings and the Reproduce panel ---
+
+ENERGY = REPO / "tests" / "fixtures" / "energy-session"
+
+
+@pytest.fixture
+def energy(tmp_path):
+    d = tmp_path / "20260102T000000Z-energy"
+    shutil.copytree(ENERGY, d)
+    return d
+
+
+def _report(d, baseline=None):
+    from orchestrator.derived import write_report
+    from orchestrator.results import SessionDir
+
+    return write_report(SessionDir(d), baseline=baseline)
+
+
+def _figure(rep, name):
+    return next(f for f in rep.inputs.figures if f.name == name)
+
+
+def test_latency_vs_energy_points_are_the_medians_and_p10_p90(energy):
+    f = _figure(_report(energy), "latency_vs_energy")
+    assert f.skipped is None and f.files == ["figures/latency_vs_energy.svg", "figures/latency_vs_energy.png"]
+    points = {p["cell_id"]: p for p in f.data["points"]}
+    # gpu energy sorted 7.4 9.8 9.9 10.0 10.1 10.2 10.3: median 10.0, p10 7.4 + 0.6 x 2.4, p90 10.2 + 0.4 x 0.1; x 50
+    assert points["gpu"]["y"] == pytest.approx(500.0)
+    assert (points["gpu"]["y_p10"], points["gpu"]["y_p90"]) == pytest.approx((442.0, 512.0))
+    # gpu latency sorted 19.8 .. 20.4: median 20.1, p10 19.86, p90 20.34
+    assert (points["gpu"]["x"], points["gpu"]["x_p10"], points["gpu"]["x_p90"]) == pytest.approx((20.1, 19.86, 20.34))
+    assert (points["ane"]["x"], points["ane"]["y"]) == pytest.approx((20.55, 79.5))
+    assert "estimated: 50 x energy per step" in f.data["y_label"]
+    for path in f.files:
+        assert (energy / path).stat().st_size > 1000
+
+
+def test_runs_per_cell_mark_the_median_and_the_outlier(energy):
+    rep = _report(energy)
+    total = {p["cell_id"]: p for p in _figure(rep, "runs_energy_per_step_j_total").data["panels"]}
+    assert total["gpu"]["runs"] == [(0, 10.0), (1, 10.2), (2, 9.8), (3, 10.1), (4, 7.4), (5, 9.9), (6, 10.3)]
+    assert total["gpu"]["median"] == 10.0 and total["gpu"]["outliers"] == [(4, 7.4)]
+    assert total["ane"]["outliers"] == []
+    # one figure per channel: cpu is 10% of each run's total
+    cpu = {p["cell_id"]: p for p in _figure(rep, "runs_energy_per_step_j_cpu").data["panels"]}
+    assert cpu["gpu"]["median"] == pytest.approx(1.0)
+    ane_channel = _figure(rep, "runs_energy_per_step_j_ane").data["panels"]
+    assert [p["cell_id"] for p in ane_channel] == ["ane"]  # the gpu cell has no ane channel
+    latency = {p["cell_id"]: p for p in _figure(rep, "runs_latency_ms_median").data["panels"]}
+    assert latency["ane"]["median"] == 20.55 and len(latency["ane"]["runs"]) == 7
+
+
+def test_equivalence_figure_holds_every_run_and_the_thresholds(energy):
+    f = _figure(_report(energy), "equivalence")
+    assert (f.data["cosine_min"], f.data["mse_max"]) == (0.999, 0.001)
+    cells = {c["cell_id"]: c for c in f.data["cells"]}
+    assert [v for _, v in cells["ane"]["cosine"]] == [0.9996] * 7 and [v for _, v in cells["gpu"]["mse"]] == [1e-5] * 7
+
+
+def test_comparisons_against_the_matrix_baseline(energy):
+    s = _report(energy).summary
+    assert s["baseline"] == "gpu"
+    cmp = {c["metric"]: c for c in s["comparisons"]}
+    e = cmp["energy"]
+    assert e["other"] == "ane" and e["ratio_of_medians"] == pytest.approx(1.59 / 10.0)
+    # ane's p10-p90 [1.562, 1.614] divided by gpu's [8.84, 10.24]
+    assert e["ratio_range"] == pytest.approx([1.562 / 10.24, 1.614 / 8.84])
+    assert e["test"]["p"] == pytest.approx(2 / 3432)  # all seven ane runs below all seven gpu runs
+    assert e["verdict"] == "6.29x (5.48-6.56x) lower energy; intervals disjoint; p = 0.00058"
+    lat = cmp["latency"]
+    assert lat["test"]["u"] == 48 and lat["test"]["p"] == pytest.approx(4 / 3432)  # only 20.35 < 20.4
+    assert lat["verdict"] == "2.2% slower; intervals disjoint; p = 0.0012"
+
+
+def test_baseline_option_overrides_the_matrix_and_unknown_one_is_refused(energy):
+    s = _report(energy, baseline="ane").summary
+    assert {c["other"] for c in s["comparisons"]} == {"gpu"}
+    p = cli("report", str(energy), "--baseline", "cpu")
+    assert p.returncode == 2 and "baseline 'cpu' (--baseline) is not a cell of it (cells: gpu, ane)" in p.stderr
+    assert "Traceback" not in p.stderr
+
+
+def test_stability_warnings(energy):
+    s = _report(energy).summary
+    assert s["warnings"] == [
+        "gpu: energy p10-p90 spread is 14.0% of the median (above 10%)",
+        "gpu: run 4 is an outlier in energy (7.4 J, more than 3 scaled MADs from the median)",
+        "gpu: throttled run(s) 2",
+        "ane: run(s) 6 timed fewer than 10 meter updates",
+    ]
+
+
+def test_report_files_tables_and_reproduce_panel(energy):
+    p = cli("report", str(energy))
+    assert p.returncode == 0, p.stderr
+    assert "warning: gpu: throttled run(s) 2" in p.stderr
+    assert "6.29x (5.48-6.56x) lower energy" in p.stdout  # the terminal comparison table
+    md = (energy / "report.md").read_text()
+    assert ("| gpu | diffusers mps fp16 | 7/0 | 20.10 [19.86–20.34] | 0.2 | – | 1 [0.884–1.024] | "
+            "9 [7.956–9.216] | 10 [8.84–10.24] | 500 [442–512] | 0.9999000 | 1e-05 | ok | energy outlier runs: run 4 (7.4 J); "
+            "throttled: runs 2 |") in md  # channels ane (none on this cell), cpu, gpu, then total
+    assert "![Latency vs energy per image (estimated, 50 x step)](figures/latency_vs_energy.svg)" in md
+    reproduce = md.split("## Reproduce")[1]
+    for needle in ("orchestrate matrix.toml --runs 7 (in /repo)", "commit " + "e" * 40 + " (dirty", "sha256 " + "a" * 64,
+                   "Env coreml-ct9**: lock sha256 " + "0" * 64 + "; Python 3.11.9", "coremltools 9.0",
+                   "Apple M2 Pro (12 logical CPUs, 32 GiB RAM)", "powermetrics (replayed capture", "synthetic",
+                   "latent " + "c" * 64, "interleaved, seed 1234", "2026-01-02T00:00:00+00:00"):
+        assert needle in reproduce, needle
+    csv_lines = (energy / "runs.csv").read_text().splitlines()
+    assert len(csv_lines) == 15 and "total.energy_per_step_j" in csv_lines[0].split(",")
+    for name in ("latency_vs_energy", "runs_latency_ms_median", "runs_energy_per_step_j_total", "equivalence"):
+        assert (energy / "figures" / f"{name}.svg").is_file() and (energy / "figures" / f"{name}.png").is_file()
+
+
+def test_missing_metric_leaves_its_figure_out_with_the_reason(known):
+    rep = _report(known)
+    f = _figure(rep, "latency_vs_energy")
+    assert f.skipped == "no cell has energy (no meter in this fixture)" and f.files == []
+    assert not (known / "figures" / "latency_vs_energy.svg").exists()
+    lat = {p["cell_id"]: p for p in _figure(rep, "runs_latency_ms_median").data["panels"]}
+    assert lat["ane"]["outliers"] == [(4, 7.4)] and lat["ane"]["median"] == 10.0
+    assert [r for r, _ in lat["gpu"]["runs"]] == [0, 1, 2, 4]  # run 3 failed: not drawn
+    md = (known / "report.md").read_text()
+    assert "- Latency vs energy per image (estimated, 50 x step): left out: no cell has energy (no meter in this fixture)" in md
+
+
+def test_many_sessions_show_progress_and_go_to_out(known, energy, tmp_path):
+    out = tmp_path / "reports"
+    p = cli("report", str(known), str(energy), "--out", str(out))
+    assert p.returncode == 0, p.stderr
+    assert f"[1/2] {known}" in p.stderr and f"[2/2] {energy}" in p.stderr
+    assert (out / known.name / "report.html").is_file() and (out / energy.name / "report.html").is_file()
+    assert not (energy / "report.html").exists()  # the session folder stays as it was
+    assert "runs.jsonl:4" in p.stderr  # the corrupt line of the known session, named
+
+
+# --- orchestrate compare ---
+
+def test_compare_two_cells_of_a_session(energy):
+    p = cli("compare", f"{energy}:gpu", f"{energy}:ane", "--format", "json")
+    assert p.returncode == 0, p.stderr
+    cmp = {c["metric"]: c for c in json.loads(p.stdout)}
+    assert cmp["energy"]["verdict"] == "6.29x (5.48-6.56x) lower energy; intervals disjoint; p = 0.00058"
+    p = cli("compare", f"{energy}:gpu", f"{energy}:ane")
+    assert "energy: ane vs gpu: 6.29x (5.48-6.56x) lower energy" in p.stdout
+
+
+def test_compare_one_cell_across_sessions_and_refuse_other_inputs(energy, tmp_path):
+    after = tmp_path / "after"
+    shutil.copytree(energy, after)
+    runs = [json.loads(x) for x in (after / "runs.jsonl").read_text().splitlines()]
+    for r in runs:
+        r["latency_ms_median"] *= 0.9  # a driver update made every run 10% faster
+    (after / "runs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in runs))
+    p = cli("compare", str(energy), f"{after}:gpu", "--format", "json")
+    assert p.returncode == 0, p.stderr
+    lat = next(c for c in json.loads(p.stdout) if c["metric"] == "latency")
+    assert lat["ratio_of_medians"] == pytest.approx(0.9) and lat["other"] == "20260102T000000Z-energy:gpu".replace(energy.name, "after")
+    assert lat["verdict"].startswith("10.0% faster; intervals disjoint")
+    session = json.loads((after / "session.json").read_text())
+    session["model"]["sha256"] = "9" * 64
+    session["inputs"]["512"]["sha256"]["latent"] = "8" * 64
+    (after / "session.json").write_text(json.dumps(session))
+    p = cli("compare", str(energy), str(after))
+    assert p.returncode == 2 and "Traceback" not in p.stderr
+    assert "refusing to compare: the sessions did not run the same model on the same inputs" in p.stderr
+    assert f"model sha256 differs: {energy} has {'b' * 64}, {after} has {'9' * 64}" in p.stderr
+    assert "input latent sha256 differs" in p.stderr and "text embedding" not in p.stderr
+
+
+def test_compare_needs_two_cells_within_a_session(energy):
+    p = cli("compare", str(energy), str(energy))
+    assert p.returncode == 2 and "name two cells of the session" in p.stderr
+    p = cli("compare", f"{energy}:gpu", f"{energy}:nope")
+    assert p.returncode == 2 and "no cell 'nope' (cells: gpu, ane)" in p.stderr
+
+
+def test_without_matplotlib_the_report_says_figures_are_left_out(energy, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "matplotlib" else real(name, *a))
+    rep = _report(energy)
+    assert [(f.name, f.skipped) for f in rep.inputs.figures] == [
+        ("figures", "matplotlib is not installed in this interpreter (uv sync installs it)")]
+    assert "- Figures: left out: matplotlib is not installed" in (energy / "report.md").read_text()
+    assert rep.summary["comparisons"]  # everything else is still there
+
+
+def test_runs_without_the_image_estimate_get_50_x_the_step(energy):
+    runs = [json.loads(x) for x in (energy / "runs.jsonl").read_text().splitlines()]
+    for r in runs:
+        del r["estimated_energy_per_50_step_image_j"]
+        for ch in r["energy_by_channel"].values():
+            del ch["estimated_energy_per_50_step_image_j"]
+    (energy / "runs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in runs))
+    rep = _report(energy)
+    points = {p["cell_id"]: p for p in _figure(rep, "latency_vs_energy").data["points"]}
+    assert (points["gpu"]["y"], points["gpu"]["y_p10"], points["gpu"]["y_p90"]) == pytest.approx((500.0, 442.0, 512.0))
+    gpu = rep.summary["cells"][0]
+    assert gpu["estimated_energy_per_50_step_image_j"] == pytest.approx(500.0)
+
+
+def test_runs_with_energy_but_no_channels_are_drawn_as_the_total(energy):
+    runs = [json.loads(x) for x in (energy / "runs.jsonl").read_text().splitlines()]
+    for r in runs:
+        del r["energy_by_channel"]
+    (energy / "runs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in runs))
+    rep = _report(energy)
+    total = {p["cell_id"]: p for p in _figure(rep, "runs_energy_per_step_j").data["panels"]}
+    assert total["gpu"]["outliers"] == [(4, 7.4)] and total["ane"]["median"] == pytest.approx(1.59)

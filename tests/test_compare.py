@@ -1,0 +1,85 @@
+"""Comparison statistics against values computed by hand (in the comments)."""
+
+import itertools
+import math
+
+import pytest
+
+from orchestrator.compare import _u_counts, compare, rank_test
+
+BASE = [100.0, 101.0, 102.0, 103.0, 104.0]
+
+
+def test_null_distribution_matches_enumeration():
+    # m = n = 5: the coefficients of the Gaussian binomial [10 choose 5]_q, 252 orderings in all
+    counts = _u_counts(5, 5)
+    assert counts[:13] == (1, 1, 2, 3, 5, 7, 9, 11, 14, 16, 18, 19, 20) and sum(counts) == 252
+    brute = [0] * 13  # m = 3, n = 4 by enumerating which ranks `other` takes
+    for ranks in itertools.combinations(range(7), 3):
+        brute[sum(r - i for i, r in enumerate(ranks))] += 1
+    assert list(_u_counts(3, 4)) == brute
+
+
+def test_disjoint_intervals():
+    other = [105.0, 106.0, 107.0, 108.0, 109.0]
+    c = compare("latency", "ms", "base", BASE, "other", other)
+    assert c.ratio_of_medians == pytest.approx(107 / 102)
+    # p10, p90 (linear interpolation): base 100.4, 103.6; other 105.4, 108.6
+    assert c.ratio_range == pytest.approx((105.4 / 103.6, 108.6 / 100.4))
+    assert c.intervals_disjoint
+    t = c.test
+    assert t.method == "exact" and t.u == 25  # every other run slower than every base run
+    assert t.p == pytest.approx(2 / 252)  # two-sided: 2 P(U >= 25) = 2 / C(10, 5)
+    # differences other_i - base_j are 1..9 with counts 1,2,3,4,5,4,3,2,1: median 5;
+    # P(U <= 2) = 4/252 <= 0.025 < P(U <= 3) = 7/252, so [D(3), D(23)] = [2, 8] at 1 - 8/252
+    assert t.hl_shift == 5.0 and t.hl_ci == (2.0, 8.0)
+    assert t.hl_ci_level == pytest.approx(1 - 8 / 252)
+    assert c.verdict == "4.9% slower; intervals disjoint; p = 0.0079"
+
+
+def test_overlapping_intervals_are_indistinguishable():
+    base, other = [1.0, 2.0, 3.0, 4.0, 5.0], [1.5, 2.5, 3.5, 4.5, 5.5]
+    c = compare("energy", "J", "base", base, "other", other)
+    assert c.ratio_of_medians == pytest.approx(3.5 / 3)
+    assert c.ratio_range == pytest.approx((1.9 / 4.6, 5.1 / 1.4))
+    assert not c.intervals_disjoint
+    t = c.test
+    assert t.u == 15  # 1 + 2 + 3 + 4 + 5 pairs where other > base
+    assert t.p == pytest.approx(2 * 87 / 252)  # 2 P(U <= 10), 87 = 1+1+2+3+5+7+9+11+14+16+18
+    # differences 0.5 + (i - j): median 0.5, [D(3), D(23)] = [-2.5, 3.5], which holds 0
+    assert t.hl_shift == 0.5 and t.hl_ci == (-2.5, 3.5)
+    assert c.verdict == "indistinguishable (p = 0.69; intervals overlap)"
+
+
+def test_ties_use_the_tie_corrected_normal_approximation():
+    t = rank_test([1.0, 2.0, 2.0, 3.0], [2.0, 3.0, 3.0, 4.0])
+    assert t.method.startswith("normal") and t.u == 3  # 0 + 0.5 + 0.5 + 2
+    # sigma^2 = 16/12 * (9 - (24 + 24) / 56); z = (|3 - 8| - 0.5) / sigma
+    z = 4.5 / math.sqrt(16 / 12 * (9 - 48 / 56))
+    assert t.p == pytest.approx(math.erfc(z / math.sqrt(2)))
+    assert t.p == pytest.approx(0.17203, abs=1e-5)
+    assert t.hl_shift == -1.0
+
+
+def test_large_factor_verdict_uses_the_ratio_range():
+    gpu = [9.6, 9.8, 9.9, 10.0, 10.1, 10.2, 10.4]
+    ane = [1.55, 1.57, 1.58, 1.59, 1.6, 1.61, 1.62]
+    c = compare("energy", "J", "gpu", gpu, "ane", ane)
+    lo, hi = c.ratio_range  # ane's p10-p90 over gpu's: [1.562 / 10.28, 1.614 / 9.72]
+    assert (lo, hi) == pytest.approx((1.562 / 10.28, 1.614 / 9.72))
+    assert c.verdict.startswith(f"{10 / 1.59:.2f}x ({1 / hi:.2f}-{1 / lo:.2f}x) lower energy; intervals disjoint; p = ")
+    assert c.test.p == pytest.approx(2 / math.comb(14, 7))
+
+
+def test_too_few_runs_and_non_positive_energy():
+    c = compare("latency", "ms", "a", [1.0], "b", [2.0, 3.0])
+    assert c.test is None and c.verdict.startswith("too few runs for a test (n = 2 vs 1)")
+    c = compare("energy", "J", "a", [-0.1, 0.2, 0.3, 0.25], "b", [5.0, 6.0, 7.0, 8.0])
+    assert c.ratio_of_medians is None and c.ratio_range is None  # no ratio across zero
+    assert c.verdict == f"shift +{c.test.hl_shift:.4g} J; intervals disjoint; p = 0.029"  # 2 / C(8, 4)
+
+
+def test_too_few_runs_to_decide_is_not_called_indistinguishable():
+    c = compare("latency", "ms", "a", [1.0, 2.0, 3.0], "b", [4.0, 5.0, 6.0])
+    assert c.test.p == pytest.approx(0.1)  # the smallest p 3 vs 3 runs can give: 2 / C(6, 3)
+    assert c.verdict == "undecided: 3 vs 3 runs cannot reach p < 0.05 (smallest p 0.1); 2.50x (1.50-4.83x) slower; intervals disjoint"  # [4.2, 5.8] / [1.2, 2.8]
