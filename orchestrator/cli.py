@@ -96,10 +96,20 @@ def envs_sync(names: tuple[str, ...]) -> None:
         raise UserError(f"unknown env(s): {', '.join(unknown)} (known: {', '.join(known)})")
     chosen = [known[n] for n in names] if names else list(known.values())
     display = Display()
+    failed = []
     for i, env in enumerate(chosen, 1):
         display.log(f"[{i}/{len(chosen)}] syncing {env.name}")
-        seconds = envs_mod.sync(env, display.log)
+        try:
+            seconds = envs_mod.sync(env, display.log)
+        except UserError as e:
+            if names:  # asked for by name: its failure is the command's
+                raise
+            display.warn(f"[{i}/{len(chosen)}] {env.name}: not synced: {e}")
+            failed.append(env.name)
+            continue
         display.log(f"[{i}/{len(chosen)}] {env.name}: synced in {seconds:.1f} s ({env.python})")
+    if failed:  # syncing all: the others are synced, and the ones that could not be are named
+        raise UserError(f"not synced: {', '.join(failed)} (see above)")
 
 
 @envs.command("list")
@@ -167,12 +177,20 @@ def doctor(as_json: bool) -> None:
         click.echo(f"  {name:13s} {'yes' if m['available'] else 'no '}  {m['detail']}")
     click.echo("backends:")
     for name, b in r["backends"].items():
-        if "devices" in b:
-            d = b["devices"]
-            click.echo(f"  {name:13s} env {b['env']}: cpu ({d['cpu']}); cuda: {', '.join(d['cuda']) or 'no'}; "
-                       f"mps: {'yes' if d['mps'] else 'no'}; {', '.join(f'{k} {v}' for k, v in b['versions'].items())}")
-        else:
-            click.echo(f"  {name:13s} {b.get('error') or b['detail']}")
+        for entry in b["envs"].values() if "envs" in b else [b]:
+            click.echo(f"  {name:13s} {_backend_line(entry)}")
+
+
+def _backend_line(b: dict) -> str:
+    if "devices" not in b:
+        return (f"env {b['env']}: " if "env" in b else "") + (b.get("error") or b["detail"])
+    d = b["devices"]
+    versions = ", ".join(f"{k} {v}" for k, v in b["versions"].items())
+    if "cuda" in d:
+        return (f"env {b['env']}: cpu ({d['cpu']}); cuda: {', '.join(d['cuda']) or 'no'}; "
+                f"mps: {'yes' if d['mps'] else 'no'}; {versions}")
+    return (f"env {b['env']}: converters {', '.join(d['converters']) or 'none'}; "
+            f"prediction: {'yes' if d['predict'] else 'no, ' + d['predict_detail']}; {versions}")
 
 
 def _interrupt(signum, frame) -> None:
