@@ -53,6 +53,30 @@ def describe_cell(c: dict[str, Any]) -> str:
     return f"{c.get('backend', '?')} {where} {c.get('precision', '?')}"
 
 
+def conversion_lines(cells: list[dict[str, Any]]) -> list[str]:
+    """Core ML conversions: what converted each cell's model and what each step took. A cache
+    hit took no conversion step: its step times are those recorded when it was converted."""
+    rows = [c for c in cells if c.get("conversion")]
+    if not rows:
+        return []
+    lines = ["", "## Core ML conversions", "",
+             "Conversion runs in the worker's load, before any timed window. Step times of a cache hit are those of",
+             "the session that converted it; `prepare s` is this session's time to get the verified model.",
+             "",
+             "| cell | converter | coremltools / torch | this session | trace s | convert s | palettize s | compile s | prepare s | package MB | bits/weight |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for c in rows:
+        v = c["conversion"]
+        st = v["steps"]
+        how = "cache hit" if v["cache_hit"] else f"converted (runs {', '.join(map(str, v['runs_that_converted']))})"
+        lines.append(
+            f"| {c['cell_id']} | {v['converter']} {v['converter_version']} | {v['coremltools']} / {v['torch']} | {how} | "
+            f"{fmt(st.get('trace_s'), '.1f')} | {fmt(st.get('convert_s'), '.1f')} | {fmt(st.get('palettize_s'), '.1f')} | "
+            f"{fmt(st.get('compile_s'), '.1f')} | {fmt(v['prepare_s'], '.3g')} | "
+            f"{fmt(v['package_bytes'] / 1e6 if v['package_bytes'] is not None else None, '.2f')} | {fmt(v['bits_per_weight'], '.2f')} |")
+    return lines
+
+
 def render_markdown(summary: dict[str, Any], session: dict[str, Any]) -> str:
     model = summary.get("model", {})
     eq = summary.get("equivalence", {})
@@ -85,6 +109,7 @@ def render_markdown(summary: dict[str, Any], session: dict[str, Any]) -> str:
             f"{fmt(c['latency_ms_iqr'])} | {energy_cell(c)} | {image_estimate_cell(c)} | {fmt(c['cosine_min'], '.7f')} | "
             f"{fmt(c['mse_max'])} | {divergence_cell(c)} | {flags(c)} |"
         )
+    lines += conversion_lines(summary["cells"])
     failures = [(c["cell_id"], f) for c in summary["cells"] for f in c["failures"]]
     if failures:
         lines += ["", "## Failed runs", ""]
