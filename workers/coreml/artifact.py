@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import platform
+import shutil
 import time
 from dataclasses import dataclass
 from importlib import metadata
@@ -34,18 +36,31 @@ class Source:
     model_sha256: str
 
 
-def toolchain() -> dict[str, str]:
-    return {name: metadata.version(name) for name in ("coremltools", "torch", "diffusers", "numpy", "scikit-learn")}
+PALETTIZERS = ("scikit-learn", "kmeans1d")  # coremltools' k-means: kmeans1d when installed
+
+
+def _version(name: str) -> str | None:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def toolchain() -> dict[str, str | None]:
+    return {name: _version(name) for name in ("coremltools", "torch", "diffusers", "numpy", *PALETTIZERS)}
 
 
 def key_fields(req: ConversionRequest, src: Source) -> dict[str, Any]:
     tools = toolchain()
-    return {
+    fields = {
         "model_sha256": src.model_sha256, "converter": req.converter,
         "converter_version": convert.converter_version(req.converter),
         "coremltools": tools["coremltools"], "torch": tools["torch"],
         **{k: v for k, v in req.as_dict().items() if k != "converter"},
     }
+    if req.palettization:  # the clustering library decides the palette
+        fields.update({name: tools[name] for name in PALETTIZERS})
+    return fields
 
 
 def _build(req: ConversionRequest, src: Source, cache: ConversionCache, out: Path) -> dict[str, Any]:
@@ -60,6 +75,8 @@ def _build(req: ConversionRequest, src: Source, cache: ConversionCache, out: Pat
 
 def prepare(req: ConversionRequest, src: Source, cache: ConversionCache) -> dict[str, Any]:
     """The cell's artifact, verified, and the conversion facts for the run record."""
+    import coremltools  # noqa: F401  imported before the clocks start: its import is no step's time
+
     fields = key_fields(req, src)
     key = cache_key(fields)
     t0 = time.perf_counter()
@@ -96,5 +113,8 @@ def compiled(facts: dict[str, Any], cache: ConversionCache) -> tuple[Path, float
         if target.is_dir():
             return target, None
         t0 = time.perf_counter()
-        ct.models.utils.compile_model(facts["package"], str(target))
+        tmp = target.with_name(f".{COMPILED}.{os.getpid()}.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        ct.models.utils.compile_model(facts["package"], str(tmp))
+        os.replace(tmp, target)  # a compile cut short never leaves a model a later run would trust
         return target, time.perf_counter() - t0

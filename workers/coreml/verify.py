@@ -34,7 +34,8 @@ def _dims(value_type) -> list[int]:
 
 
 def _weights(spec) -> dict[str, Any]:
-    """LUT ops, their palette sizes, and the dtype of every large dense constant."""
+    """LUT ops, their palette sizes, and the dtype of every large dense constant that an op
+    takes as its `weight` (conv and linear; palettization leaves biases and norm parameters)."""
     fn = spec.mlProgram.functions["main"]
     ops = fn.block_specializations[fn.opset].operations
     luts = [op for op in ops if op.type.startswith("constexpr_lut_to_dense")]
@@ -43,9 +44,10 @@ def _weights(spec) -> dict[str, Any]:
         lut = op.attributes.get("lut")
         if lut is not None:  # iOS16/17 form: the palette is an attribute of shape (2^bits,)
             palette.append(_dims(lut.type)[-1])
+    weights = {arg.name for op in ops if "weight" in op.inputs for arg in op.inputs["weight"].arguments}
     dense = Counter()
     for op in ops:
-        if op.type == "const":
+        if op.type == "const" and op.outputs[0].name in weights:
             value = op.attributes["val"].type
             if math.prod(_dims(value)) > WEIGHT_THRESHOLD:
                 dense[value.tensorType.dataType] += 1
