@@ -61,10 +61,11 @@ def conversion_lines(cells: list[dict[str, Any]]) -> list[str]:
         return []
     lines = ["", "## Core ML conversions", "",
              "Conversion runs in the worker's load, before any timed window. Step times of a cache hit are those of",
-             "the session that converted it; `prepare s` is this session's time to get the verified model.",
+             "the session that converted it; `prepare s` is this session's time to get the model (cache lookup, or",
+             "conversion), `verify s` its time to check the model's spec.",
              "",
-             "| cell | converter | coremltools / torch | this session | trace s | convert s | palettize s | compile s | prepare s | package MB | bits/weight |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| cell | converter | coremltools / torch | this session | trace s | convert s | palettize s | compile s | prepare s | verify s | package MB | bits/weight |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for c in rows:
         v = c["conversion"]
         st = v["steps"]
@@ -72,7 +73,7 @@ def conversion_lines(cells: list[dict[str, Any]]) -> list[str]:
         lines.append(
             f"| {c['cell_id']} | {v['converter']} {v['converter_version']} | {v['coremltools']} / {v['torch']} | {how} | "
             f"{fmt(st.get('trace_s'), '.1f')} | {fmt(st.get('convert_s'), '.1f')} | {fmt(st.get('palettize_s'), '.1f')} | "
-            f"{fmt(st.get('compile_s'), '.1f')} | {fmt(v['prepare_s'], '.3g')} | "
+            f"{fmt(st.get('compile_s'), '.1f')} | {fmt(v['prepare_s'], '.3g')} | {fmt(v['verify_s'], '.3g')} | "
             f"{fmt(v['package_bytes'] / 1e6 if v['package_bytes'] is not None else None, '.2f')} | {fmt(v['bits_per_weight'], '.2f')} |")
     return lines
 

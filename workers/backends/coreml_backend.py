@@ -25,7 +25,7 @@ def versions() -> dict[str, str]:
     from workers.coreml.artifact import toolchain
     from workers.coreml.convert import ConverterUnavailable, converter_version
 
-    out = toolchain()
+    out = {k: v for k, v in toolchain().items() if v is not None}
     for name in CONVERTERS:
         try:
             out[f"converter:{name}"] = converter_version(name)
