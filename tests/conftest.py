@@ -1,10 +1,11 @@
-"""Shared test helpers: the real CLI in subprocesses, and the real diffusers env."""
+"""Shared test helpers: the real CLI in subprocesses, and the real worker envs."""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -21,13 +22,26 @@ def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 900, cwd
 
 
 @pytest.fixture(scope="session")
-def diffusers_python() -> Path:
-    """The diffusers env, synced through the CLI exactly as the README says."""
-    p = cli("envs", "sync", "diffusers", timeout=1800)
-    assert p.returncode == 0, p.stderr
-    python = REPO / "envs" / "diffusers" / ".venv" / "bin" / "python"
-    assert python.exists()
-    return python
+def env_python() -> Callable[[str], Path]:
+    """A worker env by name, synced through the CLI exactly as the README says (once per test
+    session); its interpreter."""
+    synced: dict[str, Path] = {}
+
+    def get(name: str) -> Path:
+        if name not in synced:
+            p = cli("envs", "sync", name, timeout=1800)
+            assert p.returncode == 0, p.stderr
+            python = REPO / "envs" / name / ".venv" / "bin" / "python"
+            assert python.exists()
+            synced[name] = python
+        return synced[name]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def diffusers_python(env_python) -> Path:
+    return env_python("diffusers")
 
 
 @pytest.fixture(scope="session")
