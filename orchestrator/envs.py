@@ -167,10 +167,10 @@ def _uv(env: Env, *args: str, log=print) -> None:
     if proc.returncode != 0:
         tail = "\n".join(proc.stderr.strip().splitlines()[-5:])
         hint = ""
-        if "interpreter" in proc.stderr.lower() or "python" in proc.stderr.lower():
+        if args[0] == "lock" and (note := env.settings().get("lock-note")):
+            hint = f" {note}"
+        elif "interpreter" in proc.stderr.lower() or "python" in proc.stderr.lower():
             hint = " If no suitable Python was found, install one or set UV_PYTHON=/path/to/python."
-        if note := env.settings().get("lock-note"):
-            hint += f" Note: {note}"
         raise UserError(f"env {env.name}: uv {args[0]} failed (exit {proc.returncode}).{hint}", *tail.splitlines())
 
 
