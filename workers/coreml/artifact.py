@@ -21,12 +21,13 @@ from workers.coreml.request import ConversionRequest
 from workers.unet.layout import tensor_specs
 from workers.unet.presets import UNetArch
 
-CONVERTERS = {
+CONVERT = {  # converter name -> function writing its .mlpackage
     "harness": convert.convert_harness,
     "coreml-diffusion": convert.convert_coreml_diffusion,
     "apple": convert.convert_apple,
 }
 OWN_PALETTIZATION = frozenset({"coreml-diffusion", "apple"})  # they palettize while converting
+PALETTIZERS = ("scikit-learn", "kmeans1d")  # coremltools' k-means: kmeans1d when installed
 
 
 @dataclass(frozen=True)
@@ -35,8 +36,6 @@ class Source:
     model_path: str
     model_sha256: str
 
-
-PALETTIZERS = ("scikit-learn", "kmeans1d")  # coremltools' k-means: kmeans1d when installed
 
 
 def _version(name: str) -> str | None:
@@ -69,7 +68,7 @@ def _build(req: ConversionRequest, src: Source, cache: ConversionCache, out: Pat
         base = prepare(req.unpalettized, src, cache)
         timings = palettize.palettize(Path(base["package"]), out, req.palettization)
         return {"trace_s": None, "convert_s": None, **timings, "base_key": base["key"], "base_cache_hit": base["cache_hit"]}
-    timings = CONVERTERS[req.converter](req, src.arch, src.model_path, out)
+    timings = CONVERT[req.converter](req, src.arch, src.model_path, out)
     return {"trace_s": None, "convert_s": None, "palettize_s": None, **timings}
 
 
