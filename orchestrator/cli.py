@@ -186,11 +186,13 @@ def _backend_line(b: dict) -> str:
         return (f"env {b['env']}: " if "env" in b else "") + (b.get("error") or b["detail"])
     d = b["devices"]
     versions = ", ".join(f"{k} {v}" for k, v in b["versions"].items())
-    if "cuda" in d:
+    if "converters" in d:  # coreml
+        return (f"env {b['env']}: converters {', '.join(d['converters']) or 'none'}; "
+                f"prediction: {'yes' if d['predict'] else 'no, ' + d['predict_detail']}; {versions}")
+    if "cuda" in d:  # diffusers
         return (f"env {b['env']}: cpu ({d['cpu']}); cuda: {', '.join(d['cuda']) or 'no'}; "
                 f"mps: {'yes' if d['mps'] else 'no'}; {versions}")
-    return (f"env {b['env']}: converters {', '.join(d['converters']) or 'none'}; "
-            f"prediction: {'yes' if d['predict'] else 'no, ' + d['predict_detail']}; {versions}")
+    return f"env {b['env']}: {json.dumps(d)}; {versions}"  # a backend without its own line yet
 
 
 def _interrupt(signum, frame) -> None:
