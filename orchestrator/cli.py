@@ -101,10 +101,20 @@ def envs_sync(names: tuple[str, ...]) -> None:
         raise UserError(f"unknown env(s): {', '.join(unknown)} (known: {', '.join(known)})")
     chosen = [known[n] for n in names] if names else list(known.values())
     display = Display()
+    failed = []
     for i, env in enumerate(chosen, 1):
         display.log(f"[{i}/{len(chosen)}] syncing {env.name}")
-        seconds = envs_mod.sync(env, display.log)
+        try:
+            seconds = envs_mod.sync(env, display.log)
+        except UserError as e:
+            if names:  # asked for by name: its failure is the command's
+                raise
+            display.warn(f"[{i}/{len(chosen)}] {env.name}: not synced: {e}")
+            failed.append(env.name)
+            continue
         display.log(f"[{i}/{len(chosen)}] {env.name}: synced in {seconds:.1f} s ({env.python})")
+    if failed:  # syncing all: the others are synced, and the ones that could not be are named
+        raise UserError(f"not synced: {', '.join(failed)} (see above)")
 
 
 @envs.command("list")
@@ -221,11 +231,20 @@ def doctor(as_json: bool) -> None:
         click.echo(f"  {name:13s} {'yes' if m['available'] else 'no '}  {m['detail']}")
     click.echo("backends:")
     for name, b in r["backends"].items():
-        if "devices" in b:
-            devices = "; ".join(f"{k}: {_device_text(v)}" for k, v in b["devices"].items())
-            click.echo(f"  {name:13s} env {b['env']}: {devices}; {', '.join(f'{k} {v}' for k, v in b['versions'].items())}")
-        else:
-            click.echo(f"  {name:13s} {b.get('error') or b['detail']}")
+        for entry in b["envs"].values() if "envs" in b else [b]:
+            click.echo(f"  {name:13s} {_backend_line(entry)}")
+
+
+def _backend_line(b: dict) -> str:
+    if "devices" not in b:
+        return (f"env {b['env']}: " if "env" in b else "") + (b.get("error") or b["detail"])
+    d = b["devices"]
+    versions = ", ".join(f"{k} {v}" for k, v in b["versions"].items())
+    if "converters" in d:  # coreml: what converts here, and whether this host can predict
+        return (f"env {b['env']}: converters {', '.join(d['converters']) or 'none'}; "
+                f"prediction: {'yes' if d['predict'] else 'no, ' + d['predict_detail']}; {versions}")
+    devices = "; ".join(f"{k}: {_device_text(v)}" for k, v in d.items())
+    return f"env {b['env']}: {devices}; {versions}"
 
 
 def _device_text(value) -> str:

@@ -28,6 +28,14 @@ def probe_env(env, backend: str) -> dict[str, Any]:
     return json.loads(p.stdout.strip().splitlines()[-1])
 
 
+def env_report(env, name: str, backend: str) -> dict[str, Any]:
+    if env is None:
+        return {"env": name, "synced": False, "detail": f"env not synced: run `orchestrate envs sync {name}`"}
+    if not env.synced:
+        return {"env": name, "synced": False, "detail": env.unready_reason}
+    return {"env": name, "synced": True, **probe_env(env, backend)}
+
+
 def diagnose() -> dict[str, Any]:
     host = provenance.host()
     pmset = checks.pmset_executable(None)
@@ -47,13 +55,10 @@ def diagnose() -> dict[str, Any]:
         "backends": {},
     }
     envs = discover()
-    for backend in IMPLEMENTED:  # each implemented backend's env carries its name
-        env = envs.get(backend)
-        if env is None or not env.synced:
-            report["backends"][backend] = {"env": backend, "synced": False,
-                                           "detail": f"env not synced: run `orchestrate envs sync {backend}`"}
-            continue
-        report["backends"][backend] = {"env": backend, "synced": True, **probe_env(env, backend)}
+    for backend in IMPLEMENTED:  # a backend's envs are named after it: `coreml-ct8`, `coreml-ct9`, ...
+        names = sorted(n for n in envs if n == backend or n.startswith(backend + "-")) or [backend]
+        found = {n: env_report(envs.get(n), n, backend) for n in names}
+        report["backends"][backend] = found[backend] if names == [backend] else {"envs": found}
     for backend, why in PLANNED.items():
         report["backends"][backend] = {"detail": why}
     return report

@@ -70,6 +70,27 @@ class Env:
                 return value.strip()
         return None
 
+    def settings(self) -> dict:
+        """The project's `[tool.cdb]` table: `python` (an interpreter version the env needs, which
+        uv may not find by itself) and `lock-note` (why a lock may be missing, where one must be
+        created on first sync)."""
+        pyproject = self.project / "pyproject.toml" if self.project else None
+        if pyproject is None or not pyproject.is_file():
+            return {}
+        return tomllib.loads(pyproject.read_text()).get("tool", {}).get("cdb", {})
+
+    @property
+    def unready_reason(self) -> str | None:
+        """Why this env cannot be used as it stands (None when synced)."""
+        if self.synced:
+            return None
+        if self.external_python is not None:
+            return f"interpreter {self.python} does not exist"
+        if self.lock is None or not self.lock.is_file():
+            note = self.settings().get("lock-note")
+            return f"env {self.name} has no uv.lock yet" + (f": {note}" if note else "")
+        return f"env {self.name} is not synced with its lock: run `orchestrate envs sync {self.name}`"
+
     def worker_environ(self) -> dict[str, str]:
         """Environment for a worker: an external interpreter finds the harness in this checkout."""
         env = dict(os.environ)
@@ -114,26 +135,59 @@ def uv_executable() -> str:
     return uv
 
 
-def sync(env: Env, log=print) -> float:
-    """`uv sync --locked` in the env's project; uv's own progress goes to the terminal.
-    Returns seconds taken; raises UserError with uv's last words when it fails."""
-    if env.external_python is not None or env.project is None:
-        log(f"env {env.name}: uses {env.python} (--env), nothing to sync")
-        return 0.0
-    if env.lock is None or not env.lock.is_file():
-        raise UserError(f"env {env.name}: {env.project}/uv.lock is missing; create it with `uv lock --project {env.project}`")
-    cmd = [uv_executable(), "sync", "--locked", "--project", str(env.project)]
+def find_python(version: str) -> Path | None:
+    """An interpreter of `version` (e.g. "3.12"): uv's own discovery first, then pyenv's
+    installs, whose shims uv cannot query when the version is not pyenv's selected one."""
+    try:
+        p = subprocess.run([uv_executable(), "python", "find", version], capture_output=True, text=True, timeout=60)
+        if p.returncode == 0 and p.stdout.strip():
+            return Path(p.stdout.strip())
+    except (OSError, subprocess.TimeoutExpired):
+        pass
+    root = Path(os.environ.get("PYENV_ROOT") or Path.home() / ".pyenv") / "versions"
+    for candidate in sorted(root.glob(f"{version}*/bin/python{version}"), reverse=True):
+        if subprocess.run([str(candidate), "-c", ""], capture_output=True).returncode == 0:
+            return candidate
+    return None
+
+
+def _uv(env: Env, *args: str, log=print) -> None:
+    """Run uv in the env's project with its interpreter pinned; UserError with uv's last words."""
+    cmd = [uv_executable(), *args, "--project", str(env.project)]
+    if version := env.settings().get("python"):
+        python = find_python(version)
+        if python is None:
+            raise UserError(f"env {env.name} needs Python {version}, and neither uv nor pyenv has one here: "
+                            f"install it (`uv python install {version}` or `pyenv install {version}`)")
+        cmd += ["--python", str(python)]  # also overrides a UV_PYTHON meant for the other envs
     log(f"env {env.name}: {' '.join(cmd[1:])}")
-    t0 = time.monotonic()
     environ = {k: v for k, v in os.environ.items() if k != "VIRTUAL_ENV"}  # the env's own venv, not the caller's
     proc = subprocess.run(cmd, stderr=subprocess.PIPE, text=True, **child_kwargs(environ))
     sys.stderr.write(proc.stderr)
     if proc.returncode != 0:
         tail = "\n".join(proc.stderr.strip().splitlines()[-5:])
         hint = ""
-        if "interpreter" in proc.stderr.lower() or "python" in proc.stderr.lower():
+        if args[0] == "lock" and (note := env.settings().get("lock-note")):
+            hint = f" {note}"
+        elif "interpreter" in proc.stderr.lower() or "python" in proc.stderr.lower():
             hint = " If no suitable Python was found, install one or set UV_PYTHON=/path/to/python."
-        raise UserError(f"env {env.name}: uv sync failed (exit {proc.returncode}).{hint}", *tail.splitlines())
+        raise UserError(f"env {env.name}: uv {args[0]} failed (exit {proc.returncode}).{hint}", *tail.splitlines())
+
+
+def sync(env: Env, log=print) -> float:
+    """`uv sync --locked` in the env's project; uv's own progress goes to the terminal. An env
+    whose lock can only be made where its sources are reachable (see `lock-note`) is locked
+    first. Returns seconds taken; raises UserError with uv's last words when it fails."""
+    if env.external_python is not None or env.project is None:
+        log(f"env {env.name}: uses {env.python} (--env), nothing to sync")
+        return 0.0
+    t0 = time.monotonic()
+    if env.lock is None or not env.lock.is_file():
+        if not env.settings().get("lock-note"):
+            raise UserError(f"env {env.name}: {env.project}/uv.lock is missing; create it with `uv lock --project {env.project}`")
+        log(f"env {env.name}: no uv.lock yet; creating it ({env.settings()['lock-note']})")
+        _uv(env, "lock", log=log)
+    _uv(env, "sync", "--locked", log=log)
     (env.project / ".venv" / SYNC_STAMP).write_text(env.lock_sha256() + "\n")
     give_to_invoking_user(env.project / ".venv" / SYNC_STAMP)
     return time.monotonic() - t0

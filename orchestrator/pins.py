@@ -95,4 +95,5 @@ def setup_message(matrix: Matrix, cell: Cell, model: PinnedModel, inputs: Pinned
         "warmup": matrix.timing.warmup if warmup is None else warmup,
         "iterations": matrix.timing.iterations if iterations is None else iterations,
         "min_window_s": (matrix.timing.min_window_s or 0.0) if min_window_s is None else min_window_s,
+        "cache_dir": str(matrix.model.cache_dir),
     }

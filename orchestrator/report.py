@@ -67,6 +67,31 @@ def describe_cell(c: dict[str, Any]) -> str:
     return f"{c.get('backend', '?')} {where} {c.get('precision', '?')}"
 
 
+def conversion_lines(cells: list[dict[str, Any]]) -> list[str]:
+    """Core ML conversions: what converted each cell's model and what each step took. A cache
+    hit took no conversion step: its step times are those recorded when it was converted."""
+    rows = [c for c in cells if c.get("conversion")]
+    if not rows:
+        return []
+    lines = ["", "## Core ML conversions", "",
+             "Conversion runs in the worker's load, before any timed window. Step times of a cache hit are those of",
+             "the session that converted it; `prepare s` is this session's time to get the model (cache lookup, or",
+             "conversion), `verify s` its time to check the model's spec.",
+             "",
+             "| cell | converter | coremltools / torch | this session | trace s | convert s | palettize s | compile s | prepare s | verify s | package MB | bits/weight |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for c in rows:
+        v = c["conversion"]
+        st = v["steps"]
+        how = "cache hit" if v["cache_hit"] else f"converted (runs {', '.join(map(str, v['runs_that_converted']))})"
+        lines.append(
+            f"| {c['cell_id']} | {v['converter']} {v['converter_version']} | {v['coremltools']} / {v['torch']} | {how} | "
+            f"{fmt(st.get('trace_s'), '.1f')} | {fmt(st.get('convert_s'), '.1f')} | {fmt(st.get('palettize_s'), '.1f')} | "
+            f"{fmt(st.get('compile_s'), '.1f')} | {fmt(v['prepare_s'], '.3g')} | {fmt(v['verify_s'], '.3g')} | "
+            f"{fmt(v['package_bytes'] / 1e6 if v['package_bytes'] is not None else None, '.2f')} | {fmt(v['bits_per_weight'], '.2f')} |")
+    return lines
+
+
 @dataclass(frozen=True)
 class Table:
     headers: list[str]
@@ -160,6 +185,7 @@ def render_markdown(r: ReportInputs) -> str:
     summary = r.summary
     lines = [f"# Session {summary['session_id']}", "", *(f"- {h}" for h in header_lines(r)), "", EXPLANATION, ""]
     lines += markdown_table(cell_table(summary))
+    lines += conversion_lines(summary["cells"])
     lines += ["", "## Stability warnings", ""]
     lines += [f"- {w}" for w in r.warnings] or ["None."]
     lines += ["", "## Comparisons", "", r.baseline_note]

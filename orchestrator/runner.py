@@ -31,6 +31,7 @@ class RunOutcome:
     ready: dict[str, Any] = field(default_factory=dict)
     result: dict[str, Any] = field(default_factory=dict)
     unsupported_versions: dict[str, Any] = field(default_factory=dict)
+    unsupported_facts: dict[str, Any] = field(default_factory=dict)  # what the worker established first
     wait_s: float = 0.0  # time spent in `between` (cooldown), not counted against the timeout
     wall_s: float = 0.0
     exit_code: int | None = None
@@ -123,6 +124,7 @@ def run_worker(
             if msg["type"] == "unsupported":
                 outcome.status, outcome.reason = "unsupported", msg.get("reason")
                 outcome.unsupported_versions = msg.get("versions", {})
+                outcome.unsupported_facts = msg.get("facts") or {}
             else:
                 outcome.ready = msg
                 w0 = time.monotonic()

@@ -56,19 +56,34 @@ class Session:
         self.envs = envs
         self.display = display
         self.unsupported: dict[str, str] = {}  # cell id -> reason, once a worker said so
+        self.unsupported_facts: dict[str, dict[str, Any]] = {}  # cell id -> what its worker established first
         self.worker_versions: dict[str, dict[str, Any]] = {}
         self.meters: Meters = Meters(None, "not chosen yet")
         self.idle_w: dict[Meter, float | None] = {}
 
     # -- preparation -------------------------------------------------------------------------
     def _needed_envs(self) -> list[Env]:
-        names = {c.env for c in self.matrix.enabled_cells if c.unsupported_reason is None}
+        names = {c.env for c in self.matrix.enabled_cells if c.unsupported_reason is None and c.id not in self.unsupported}
         names.add(self.matrix.equivalence.env)
         return [self.envs[n] for n in sorted(names)]
+
+    def _unlocked_envs(self) -> None:
+        """Cells whose env has no lock yet, and can get one only where its sources are reachable
+        (Apple's converter from GitHub), are unsupported here, with that reason, not a failed
+        session."""
+        for cell in self.matrix.enabled_cells:
+            env = self.envs.get(cell.env)
+            if env is None or cell.unsupported_reason or env.lock is None or env.lock.is_file():
+                continue
+            if env.settings().get("lock-note"):
+                self.unsupported[cell.id] = env.unready_reason
+        for reason in sorted(set(self.unsupported.values())):
+            self.display.warn(f"{reason}; its cells are recorded unsupported")
 
     def prepare(self) -> tuple[PinnedModel, dict[int, PinnedInputs]]:
         m = self.matrix
         inputs = pin_inputs(m.inputs, m.resolutions, m.path)  # cheap, so its mistakes surface first
+        self._unlocked_envs()
         ensure_synced(self._needed_envs(), log=self.display.log)
         model = pin_model(m.model, m.path, log=self.display.log)
         return model, inputs
@@ -146,7 +161,8 @@ class Session:
         rec = base_record(sdir.id, cell, planned)
         reason = cell.unsupported_reason or self.unsupported.get(cell.id)
         if reason:
-            rec.update(status="unsupported", failure_reason=reason)
+            rec.update(status="unsupported", failure_reason=reason,
+                       conversion=self.unsupported_facts.get(cell.id, {}).get("conversion"))
             return rec
         rec["warmup_iterations"] = m.timing.warmup
         rec["meter"] = self.meters.name
@@ -191,6 +207,7 @@ class Session:
                        cooldown_settled_by=cooldown.settled_by, cooldown_mode=m.timing.cooldown)
         if outcome.status == "unsupported":
             self.unsupported[cell.id] = outcome.reason or "unsupported on this host"
+            self.unsupported_facts[cell.id] = outcome.unsupported_facts
         if outcome.status == "ok":
             self.worker_versions.setdefault(cell.env, outcome.ready.get("versions", {}))
             self._measurements(rec, sdir, cell, planned, outcome, reference)
@@ -375,7 +392,7 @@ def base_record(session_id: str, cell: Cell, planned: PlannedRun) -> dict[str, A
         "estimated_energy_per_50_step_image_j": None, "energy_by_channel": {}, "baseline_window_s": None,
         "meter_update_interval_s": None, "meter_intervals_in_window": None, "meter_intervals_in_baseline": None, "short_window": None,
         "energy_unavailable_reason": None, "throttled": None, "meter_stats": {}, "meter_samples_file": None,
-        "nvml_check": None,
+        "nvml_check": None, "conversion": None,
         "host_load_avg": None, "load_wait": None, "load_unsettled": None, "power_state": {}, "power_problems": [],
         "forced_power": None, "thermal_before_run": None, "gpu_throttle_before_run": None,
         "samples_file": None, "output_file": None, "log_file": None,
@@ -383,11 +400,14 @@ def base_record(session_id: str, cell: Cell, planned: PlannedRun) -> dict[str, A
 
 
 def fill_from_outcome(rec: dict[str, Any], o: RunOutcome) -> None:
+    realized = dict(o.ready.get("realized", {}))
     rec.update(
         status=o.status, failure_reason=o.reason, wall_s=o.wall_s,
         worker_pid=o.hello.get("pid"), worker_uid=o.hello.get("uid"), worker_exit_code=o.exit_code,
         python=o.hello.get("python"), versions=o.ready.get("versions") or o.unsupported_versions,
-        realized=o.ready.get("realized", {}), load_s=o.ready.get("load_s"), warmup_s=o.ready.get("warmup_s"),
+        realized=realized, load_s=o.ready.get("load_s"), warmup_s=o.ready.get("warmup_s"),
+        # a converting backend's facts (cache hit, step timings, sizes, spec checks), ok or not
+        conversion=realized.pop("conversion", None) or o.unsupported_facts.get("conversion"),
     )
 
 

@@ -60,6 +60,25 @@ def _cell_status(counts: Counter) -> str:
     return "unsupported"
 
 
+def _conversion(runs: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The cell's converted model as its first run with one recorded it (see coreml_backend)."""
+    recorded = [r for r in runs if r.get("conversion")]
+    if not recorded:
+        return None
+    c = recorded[0]["conversion"]
+    fields = c.get("key_fields", {})
+    return {
+        "converter": fields.get("converter"), "converter_version": fields.get("converter_version"),
+        "coremltools": fields.get("coremltools"), "torch": fields.get("torch"), "key": c.get("key"),
+        "cache_hit": c.get("cache_hit"), "steps": c.get("steps", {}), "prepare_s": c.get("prepare_s"),
+        "verify_s": c.get("verify_s"), "package_bytes": c.get("package_bytes"), "weight_bytes": c.get("weight_bytes"),
+        "bits_per_weight": c.get("bits_per_weight"), "spec": c.get("spec"),
+        # runs whose own worker converted (later runs of an unsupported cell start no worker)
+        "runs_that_converted": [r["run_index"] for r in recorded
+                                if r["conversion"].get("cache_hit") is False and r.get("worker_pid") is not None],
+    }
+
+
 def summarize_cell(cell_id: str, runs: list[dict[str, Any]], cell_info: dict[str, Any]) -> dict[str, Any]:
     counts = Counter(r["status"] for r in runs)
     ok = [r for r in runs if r["status"] == "ok"]
@@ -109,6 +128,7 @@ def summarize_cell(cell_id: str, runs: list[dict[str, Any]], cell_info: dict[str
                                  or r.get("gpu_throttle_before_run")],
         "energy_unavailable_reason": next((r.get("energy_unavailable_reason") for r in runs
                                            if r.get("energy_unavailable_reason")), None),
+        "conversion": _conversion(runs),
         "metrics": metrics,
     }
 

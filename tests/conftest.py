@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -22,13 +23,27 @@ def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 900, cwd
                           cwd=cwd, env={**os.environ, **(env or {})})
 
 
-def synced_env(name: str) -> Path:
-    """The interpreter of env `name`, synced through the CLI exactly as the README says."""
-    p = cli("envs", "sync", name, timeout=1800)
-    assert p.returncode == 0, p.stderr
-    python = REPO / "envs" / name / ".venv" / "bin" / "python"
-    assert python.exists()
-    return python
+@pytest.fixture(scope="session")
+def env_python() -> Callable[[str], Path]:
+    """A worker env by name, synced through the CLI exactly as the README says (once per test
+    session); its interpreter."""
+    synced: dict[str, Path] = {}
+
+    def get(name: str) -> Path:
+        if name not in synced:
+            p = cli("envs", "sync", name, timeout=1800)
+            assert p.returncode == 0, p.stderr
+            python = REPO / "envs" / name / ".venv" / "bin" / "python"
+            assert python.exists()
+            synced[name] = python
+        return synced[name]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def diffusers_python(env_python) -> Path:
+    return env_python("diffusers")
 
 
 def in_env(python: Path, script: Path, *args: str, timeout: float = 600) -> str:
@@ -39,13 +54,8 @@ def in_env(python: Path, script: Path, *args: str, timeout: float = 600) -> str:
 
 
 @pytest.fixture(scope="session")
-def diffusers_python() -> Path:
-    return synced_env("diffusers")
-
-
-@pytest.fixture(scope="session")
-def mlx_python() -> Path:
-    return synced_env("mlx")
+def mlx_python(env_python) -> Path:
+    return env_python("mlx")
 
 
 @pytest.fixture(scope="session")

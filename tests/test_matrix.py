@@ -10,7 +10,7 @@ from orchestrator.matrix import load_matrix
 
 from conftest import REPO, cli
 
-ENVS = {"diffusers", "mlx"}
+ENVS = {"diffusers", "mlx", "coreml-ct8", "coreml-ct9", "coreml-apple"}
 QUICK = (REPO / "examples" / "quick.toml").read_text()
 
 
@@ -52,8 +52,45 @@ def test_reference_study_matrix_holds_the_seven_cells(tmp_path, monkeypatch):
     coreml = [c for c in cells if c.backend == "coreml"]
     assert sorted(c.compute_unit for c in coreml) == ["CPU_AND_GPU", "CPU_AND_GPU", "CPU_AND_NE", "CPU_AND_NE", "CPU_AND_NE"]
     assert [c.options.get("palettization") for c in coreml].count("w4") == 1
+    # the study's two toolchains: Apple's converter on ct8, coreml-diffusion on ct9
+    assert {(c.id, c.env, c.options["converter"]) for c in coreml} == {
+        ("apple-ct8-ane-fp16", "coreml-apple", "apple"), ("apple-ct8-gpu-fp16", "coreml-apple", "apple"),
+        ("ours-ct9-ane-fp16", "coreml-ct9", "coreml-diffusion"), ("ours-ct9-ane-w4", "coreml-ct9", "coreml-diffusion"),
+        ("ours-ct9-gpu-fp16", "coreml-ct9", "coreml-diffusion")}
     assert {(c.backend, c.device, c.precision) for c in cells if c.backend != "coreml"} == {
         ("diffusers", "mps", "fp16"), ("mlx", "gpu", "fp16")}
+
+
+def test_coreml_toolchains_example_compares_ct8_and_ct9_with_one_converter(tmp_path, monkeypatch):
+    ckpt = tmp_path / "v1-5.safetensors"
+    ckpt.write_bytes(b"stand-in")
+    monkeypatch.setenv("SD15_CHECKPOINT", str(ckpt))
+    cells = load_matrix(REPO / "examples" / "coreml-toolchains.toml", ENVS).enabled_cells
+    assert {c.options["converter"] for c in cells} == {"harness"}
+    variants = {(c.compute_unit, c.attention, c.precision, c.options.get("palettization")) for c in cells}
+    assert variants == {("CPU_AND_NE", "split_einsum_v2", "fp16", None), ("CPU_AND_NE", "split_einsum_v2", "fp16", "w4"),
+                        ("CPU_AND_GPU", "original", "fp16", None)}
+    for v in variants:  # each variant in both toolchains
+        assert sorted(c.env for c in cells if (c.compute_unit, c.attention, c.precision,
+                                               c.options.get("palettization")) == v) == ["coreml-ct8", "coreml-ct9"]
+
+
+def test_coreml_options_are_checked(tmp_path):
+    cell = QUICK.split("[[cells]]")[0] + """
+[[cells]]
+id = "c"
+backend = "coreml"
+env = "coreml-ct9"
+compute_unit = "CPU_AND_NE"
+precision = "fp16"
+resolution = 256
+converter = "mine"
+palettization = "w3"
+"""
+    with pytest.raises(UserError) as e:
+        load_matrix(_write(tmp_path, cell), ENVS)
+    assert "field 'converter': 'mine' is not one of 'harness', 'coreml-diffusion', 'apple'" in str(e.value)
+    assert "field 'palettization': 'w3' is not one of 'w8', 'w6', 'w4'" in str(e.value)
 
 
 def test_missing_checkpoint_names_the_file(tmp_path, monkeypatch):

@@ -69,6 +69,8 @@ def verified_spec(setup: dict[str, Any]) -> LoadSpec:
         arch=UNetArch.from_dict(model["arch"]),
         model_path=model["path"],
         inputs=PinnedInputs(latent=np.array(latent), text_embedding=np.array(text), timestep=inputs["timestep"]),
+        model_sha256=model["sha256"],
+        cache_dir=setup.get("cache_dir"),
     )
 
 
@@ -120,7 +122,7 @@ def run(channel: Channel, env_name: str) -> int:
     try:
         model = backend.load(spec)
     except Unsupported as e:
-        channel.send({"type": "unsupported", "reason": str(e), "versions": backend.versions()})
+        channel.send({"type": "unsupported", "reason": str(e), "versions": backend.versions(), "facts": e.facts})
         return 0
     load_s = time.perf_counter() - t0
     t0 = time.perf_counter()

@@ -6,16 +6,17 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
+from workers.coreml.request import CONVERTERS
+
 # name -> module implementing `versions()` and `load(spec)` (see workers.backends.base)
 IMPLEMENTED: dict[str, str] = {
     "diffusers": "workers.backends.diffusers_backend",
     "mlx": "workers.backends.mlx_backend",
+    "coreml": "workers.backends.coreml_backend",
 }
 
-# Backends the matrix may name before they exist; their cells are recorded `unsupported`.
-PLANNED: dict[str, str] = {
-    "coreml": "the Core ML backend is not implemented yet",
-}
+# Backends the matrix may name before they exist (none now); their cells are recorded `unsupported`.
+PLANNED: dict[str, str] = {}
 
 # Cell keys each backend understands beyond the common ones.
 EXTRA_CELL_KEYS: dict[str, frozenset[str]] = {
@@ -28,7 +29,11 @@ EXTRA_CELL_KEYS: dict[str, frozenset[str]] = {
 OPTION_VALUES: dict[str, dict[str, tuple]] = {
     "diffusers": {"compile": ("default", "reduce-overhead", "max-autotune")},  # torch.compile modes
     "mlx": {"compile": (True, False)},
-    "coreml": {"palettization": ("w8", "w6", "w4")},
+    "coreml": {
+        "palettization": ("w8", "w6", "w4"),
+        "converter": CONVERTERS,
+        "deployment_target": ("macOS13", "macOS14", "macOS15"),
+    },
 }
 
 ATTENTION: dict[str, frozenset[str]] = {

@@ -18,7 +18,12 @@ from workers.unet.presets import UNetArch
 
 
 class Unsupported(Exception):
-    """This host cannot run the cell (no such device, backend not usable here)."""
+    """This host cannot run the cell (no such device, backend not usable here). `facts` is what
+    the backend established before it found out (a verified conversion, say), for the record."""
+
+    def __init__(self, reason: str, facts: dict[str, Any] | None = None):
+        super().__init__(reason)
+        self.facts = facts or {}
 
 
 @dataclass(frozen=True)
@@ -27,6 +32,8 @@ class LoadSpec:
     arch: UNetArch
     model_path: str
     inputs: PinnedInputs
+    model_sha256: str = ""
+    cache_dir: str | None = None  # the session's cache, for backends that convert the model first
 
 
 class LoadedModel(ABC):

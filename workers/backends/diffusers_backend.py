@@ -9,9 +9,7 @@ import numpy as np
 
 from workers.hostinfo import cpu_name
 from workers.backends.base import LoadedModel, LoadSpec, Unsupported
-from workers.unet.checkpoint import read_unet
-from workers.unet.layout import ldm_to_diffusers
-from workers.unet.presets import diffusers_config
+from workers.unet.torch_unet import build_unet
 
 DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 
@@ -46,18 +44,13 @@ def _device(name: str):
 class DiffusersUNet(LoadedModel):
     def __init__(self, spec: LoadSpec):
         import torch
-        from diffusers import UNet2DConditionModel
 
         cell = spec.cell
         self._torch = torch
         self._device = _device(cell["device"])
         dtype = getattr(torch, DTYPES[cell["precision"]])
-        with torch.device("meta"):
-            model = UNet2DConditionModel(**diffusers_config(spec.arch))
-        state = {k: torch.from_numpy(v) for k, v in ldm_to_diffusers(spec.arch, read_unet(spec.model_path)).items()}
-        model.load_state_dict(state, strict=True, assign=True)
         # Moved first, cast second: the cast then runs on the device, not on one CPU thread.
-        self._model = model.to(device=self._device).to(dtype=dtype).eval()
+        self._model = build_unet(spec.arch, spec.model_path).to(device=self._device).to(dtype=dtype)
         inp = spec.inputs
         # copy=True: the inputs live in torch's own (aligned) allocation whichever way the numpy
         # arrays arrived, so input placement is not a hidden difference between runs.
