@@ -100,7 +100,11 @@ def test_doctor_says_what_this_host_can_measure(diffusers_python, mlx_python):
     m = r["backends"]["mlx"]
     assert m["synced"] and m["devices"]["cpu"] and "mlx" in m["versions"]
     assert m["devices"]["gpu"] is False  # Linux mlx[cpu]: no Metal, no CUDA
-    assert "not implemented" in r["backends"]["coreml"]["detail"]
+    coreml = r["backends"]["coreml"]["envs"]
+    for name in ("coreml-ct8", "coreml-ct9"):
+        if coreml[name]["synced"]:  # the Core ML tests sync them; this host converts but cannot predict
+            assert coreml[name]["devices"]["converters"] and coreml[name]["devices"]["predict"] is False
+    assert "no uv.lock yet" in coreml["coreml-apple"]["detail"]
     text = cli("doctor")
     assert text.returncode == 0 and "power meters (auto would use:" in text.stdout
     assert "mlx           env mlx: cpu: " in text.stdout and "gpu: no" in text.stdout
