@@ -51,6 +51,9 @@ def _ok_runs(runs: list[dict[str, Any]], cell_id: str) -> list[dict[str, Any]]:
     return sorted((r for r in runs if r["cell_id"] == cell_id and r["status"] == "ok"), key=lambda r: r["run_index"])
 
 
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "h")
+
+
 def latency_vs_energy(summary: dict[str, Any], out_dir: Path) -> Figure:
     """One point per cell: median latency per step (x) and median estimated energy per image (y),
     p10-p90 error bars on both axes."""
@@ -67,11 +70,14 @@ def latency_vs_energy(summary: dict[str, Any], out_dir: Path) -> Figure:
         return f
     f.data = {"points": points, "x_label": "latency per UNet step, ms (median, p10-p90)",
               "y_label": f"energy per 50-step image, J\n({IMAGE_NOTE}; median, p10-p90)"}
-    fig, ax = _pyplot().subplots(figsize=(7, 5))
-    for p in points:
+    fig, ax = _pyplot().subplots(figsize=(9, 5))
+    # Cells are named in a legend, not beside their points: cells of one backend sit close
+    # together (the reference study's Neural Engine cells), and labels there overlap.
+    for i, p in enumerate(points):
         ax.errorbar(p["x"], p["y"], xerr=[[p["x"] - p["x_p10"]], [p["x_p90"] - p["x"]]],
-                    yerr=[[p["y"] - p["y_p10"]], [p["y_p90"] - p["y"]]], fmt="o", capsize=3)
-        ax.annotate(p["cell_id"], (p["x"], p["y"]), textcoords="offset points", xytext=(6, 6), fontsize=8)
+                    yerr=[[p["y"] - p["y_p10"]], [p["y_p90"] - p["y"]]], fmt=MARKERS[i % len(MARKERS)],
+                    capsize=3, label=p["cell_id"])
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     ax.set_xlabel(f.data["x_label"])
     ax.set_ylabel(f.data["y_label"])
     ax.set_title(f.title)
