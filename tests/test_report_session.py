@@ -39,7 +39,7 @@ def test_session_wrote_the_full_report(quick_session):
 def test_runs_figure_holds_every_run_and_the_median(quick_report):
     rep, runs, _ = quick_report
     panels = {p["cell_id"]: p for p in _figure(rep, "runs_latency_ms_median").data["panels"]}
-    assert set(panels) == {"diffusers-cpu-fp32", "diffusers-cpu-bf16"}
+    assert set(panels) == {"diffusers-cpu-fp32", "diffusers-cpu-bf16", "mlx-cpu-fp32"}
     for cell, panel in panels.items():
         mine = sorted((r["run_index"], r["latency_ms_median"]) for r in runs if r["cell_id"] == cell)
         assert panel["runs"] == mine
@@ -53,7 +53,7 @@ def test_energy_figures_follow_what_the_host_measured(quick_report):
         reason = rep.summary["energy_unavailable_reason"]
         assert f.skipped == f"no cell has energy ({reason})" and f.files == []
     else:
-        assert {p["cell_id"] for p in f.data["points"]} == {"diffusers-cpu-fp32", "diffusers-cpu-bf16"}
+        assert {p["cell_id"] for p in f.data["points"]} == {"diffusers-cpu-fp32", "diffusers-cpu-bf16", "mlx-cpu-fp32"}
 
 
 def test_equivalence_figure_and_the_baseline_comparison(quick_report):
@@ -63,8 +63,10 @@ def test_equivalence_figure_and_the_baseline_comparison(quick_report):
         assert sorted(c["cosine"]) == sorted((r["run_index"], r["cosine"]) for r in runs if r["cell_id"] == cell)
         assert sorted(c["mse"]) == sorted((r["run_index"], r["mse"]) for r in runs if r["cell_id"] == cell)
     # examples/quick.toml names the fp32 cell as the baseline
-    (lat,) = [c for c in rep.summary["comparisons"] if c["metric"] == "latency"]
-    assert (lat["baseline"], lat["other"]) == ("diffusers-cpu-fp32", "diffusers-cpu-bf16")
+    latency = {c["other"]: c for c in rep.summary["comparisons"] if c["metric"] == "latency"}
+    assert set(latency) == {"diffusers-cpu-bf16", "mlx-cpu-fp32"}  # every other cell against the baseline
+    lat = latency["diffusers-cpu-bf16"]
+    assert lat["baseline"] == "diffusers-cpu-fp32"
     fp32 = sorted(r["latency_ms_median"] for r in runs if r["cell_id"] == "diffusers-cpu-fp32")
     bf16 = sorted(r["latency_ms_median"] for r in runs if r["cell_id"] == "diffusers-cpu-bf16")
     assert lat["ratio_of_medians"] == pytest.approx(bf16[1] / fp32[1])
