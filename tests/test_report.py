@@ -10,11 +10,15 @@ from conftest import REPO, cli
 KNOWN = REPO / "tests" / "fixtures" / "known-session"
 
 
+def _copy(src, dest):
+    """A fixture session copied under its session-id-shaped name, so tests may write into it."""
+    shutil.copytree(src, dest)
+    return dest
+
+
 @pytest.fixture
 def known(tmp_path):
-    d = tmp_path / "20260101T000000Z-known"
-    shutil.copytree(KNOWN, d)
-    return d
+    return _copy(KNOWN, tmp_path / "20260101T000000Z-known")
 
 
 def _json_report(d):
@@ -96,9 +100,7 @@ ENERGY = REPO / "tests" / "fixtures" / "energy-session"
 
 @pytest.fixture
 def energy(tmp_path):
-    d = tmp_path / "20260102T000000Z-energy"
-    shutil.copytree(ENERGY, d)
-    return d
+    return _copy(ENERGY, tmp_path / "20260102T000000Z-energy")
 
 
 def _report(d, baseline=None):
