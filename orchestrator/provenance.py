@@ -38,8 +38,10 @@ def harness() -> dict[str, Any]:
 
 
 def gpus() -> list[str]:
+    """Model, driver and UUID of each NVIDIA GPU: the UUID tells two machines of one model apart
+    (a resumed session may continue on another)."""
     if shutil.which("nvidia-smi"):
-        out = _run(["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"])
+        out = _run(["nvidia-smi", "--query-gpu=name,driver_version,uuid", "--format=csv,noheader"])
         return [ln.strip() for ln in out.splitlines()] if out else []
     return []
 

@@ -167,13 +167,19 @@ def header_lines(r: ReportInputs) -> list[str]:
     model, eq = summary.get("model", {}), summary.get("equivalence", {})
     host = session.get("provenance", {}).get("host", {})
     synthetic = "synthetic weights (right compute, not real images)" if model.get("synthetic") else "checkpoint"
+    resumes = [f"Resumed {r.get('at')} on: {_host_line(r.get('host', {}))}" for r in session.get("resumes", [])]
     return [
         f"Status: {summary.get('status')}; {summary['n_runs']} runs recorded",
         f"Model: {model.get('preset')} — {synthetic}; sha256 {model.get('sha256')}",
-        f"Host: {host.get('cpu')} · {host.get('os')} · GPUs: {', '.join(host.get('gpus') or []) or 'none'}",
+        f"Host: {_host_line(host)}",
+        *resumes,
         f"Equivalence reference: fp32; divergent when MSE > {eq.get('mse_max')} or cosine < {eq.get('cosine_min')}",
         f"Energy: {summary.get('energy_unavailable_reason') or 'measured by ' + str(summary.get('meter'))}",
     ]
+
+
+def _host_line(host: dict[str, Any]) -> str:
+    return f"{host.get('cpu')} · {host.get('os')} · GPUs: {', '.join(host.get('gpus') or []) or 'none'}"
 
 
 EXPLANATION = ("Latency and energy are per UNet step: per run, the median over its iterations (latency) or the "

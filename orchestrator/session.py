@@ -306,8 +306,10 @@ class Session:
             session = sdir.read_session()
             seed = session["order_seed"]
             done = {(r["cell_id"], r["run_index"]) for r in sdir.read_runs().records}
-            session.setdefault("resumed_at", []).append(utc_now())
-            session.setdefault("preflight_on_resume", []).append(preflight)
+            # A resume may run on another machine: its host, harness and preflight go beside the
+            # original ones instead of over them.
+            session.setdefault("resumes", []).append({"at": utc_now(), "host": provenance.host(),
+                                                      "harness": provenance.harness(), "preflight": preflight})
         sdir.write_session(session)
         self.display.log(f"session {sdir.root}")
         plan = plan_runs([c.id for c in m.enabled_cells], m.timing.runs, m.timing.order, seed)
@@ -335,7 +337,8 @@ class Session:
             session["finished_at"] = utc_now()
             session["worker_versions"] = {**session.get("worker_versions", {}), **self.worker_versions}
             session["power"]["meter_versions"] = {str(k): v for k, v in self.meters.versions().items()}
-            session["power"]["idle_w"] = {meter.version(): w for meter, w in self.idle_w.items()}
+            idle_w = {meter.version(): w for meter, w in self.idle_w.items()}
+            (session["resumes"][-1] if resume is not None else session["power"])["idle_w"] = idle_w
             self.meters.close()
             session["references"] = {str(r): {"path": str(ref.path), "cached": ref.cached, "failure": ref.failure,
                                               "versions": ref.versions} for r, ref in refs.items()}

@@ -213,7 +213,8 @@ def test_sigterm_keeps_finished_runs_and_resume_completes_the_session(diffusers_
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130, stderr[-2000:]
     d = _session(out)
-    assert json.loads((d / "session.json").read_text())["status"] == "interrupted"
+    first = json.loads((d / "session.json").read_text())
+    assert first["status"] == "interrupted" and "resumes" not in first
     assert (d / "summary.json").is_file()
     done = _runs(d)
     assert 1 <= len(done) < 3
@@ -223,7 +224,14 @@ def test_sigterm_keeps_finished_runs_and_resume_completes_the_session(diffusers_
     runs = _runs(d)
     assert [(r["cell_id"], r["run_index"]) for r in runs] == [("cpu", i) for i in range(3)]
     assert runs[: len(done)] == done
-    assert json.loads((d / "session.json").read_text())["status"] == "complete"
+    session = json.loads((d / "session.json").read_text())
+    assert session["status"] == "complete"
+    # The resume keeps the original start's provenance and adds its own, as it may be another machine.
+    assert session["provenance"] == first["provenance"] and session["started_at"] == first["started_at"]
+    [resume] = session["resumes"]
+    assert resume["host"]["cpu_count_logical"] == os.cpu_count() and resume["harness"]["git_commit"]
+    assert resume["preflight"]["idle_load"] is not None
+    assert f"Resumed {resume['at']} on: " in (d / "report.md").read_text()
 
 
 @pytest.fixture
