@@ -56,14 +56,9 @@ def test_window_shorter_than_an_interval_falls_back_to_overlap():
 
 # -- powermetrics -----------------------------------------------------------------------------
 
-def _docs(path: Path) -> list[bytes]:
-    return [d for d in path.read_bytes().split(b"\x00") if d.strip()]
-
-
 def test_m4_capture_parses_to_its_energy_keys():
     stream = PlistStream()
-    stream.feed(M4.read_bytes(), 1)
-    stream.finish(2)  # a single document without a NUL counts when whole
+    stream.feed(M4.read_bytes(), 1)  # one document without a NUL: complete at its </plist>
     (s,) = stream.samples
     assert s.joules == {"cpu": 3.049, "gpu": 0.276, "ane": 0.0}
     assert s.elapsed_ns == 1023685416 and s.thermal_pressure == "Nominal"
@@ -73,7 +68,7 @@ def test_m4_capture_parses_to_its_energy_keys():
 def test_every_m1pro_document_parses_to_exactly_its_energy():
     stream = PlistStream()
     stream.feed(M1PRO.read_bytes(), 1)
-    stream.finish(2)
+    stream.finish()
     assert stream.counters() == {"documents": 4, "garbage": 0, "truncated": 0}
     for i, s in enumerate(stream.samples):
         assert s.joules == {ch: M1PRO_MJ[ch][i] / 1e3 for ch in M1PRO_MJ}
@@ -87,8 +82,22 @@ def test_garbage_and_a_truncated_last_document_are_skipped_and_counted():
     data = doc + b"\x00" + b"<?xml garbage \xff\xfe" + b"\x00" + doc + b"\x00" + doc[: len(doc) // 2]
     for i in range(0, len(data), 4096):  # arrives in pieces, as from a pipe
         stream.feed(data[i:i + 4096], i)
-    stream.finish(len(data))
+    stream.finish()
     assert stream.counters() == {"documents": 2, "garbage": 1, "truncated": 1}
+
+
+def test_documents_framed_by_newlines_alone_parse_as_they_arrive():
+    """A capture saved without powermetrics' NULs, with text before one document."""
+    doc = M4.read_bytes()
+    assert doc.endswith(b"</plist>\n") and b"\x00" not in doc
+    stream = PlistStream()
+    stream.feed(doc, 1)
+    assert len(stream.samples) == 1  # complete at its </plist>, before anything else arrives
+    stream.feed(b"powermetrics: some warning\n" + doc + doc, 2)
+    stream.finish()
+    assert [s.arrival_ns for s in stream.samples] == [1, 2, 2]
+    assert stream.counters() == {"documents": 3, "garbage": 1, "truncated": 0}
+    assert all(s.joules == {"cpu": 3.049, "gpu": 0.276, "ane": 0.0} for s in stream.samples)
 
 
 def test_power_keys_are_used_when_energy_keys_are_absent():

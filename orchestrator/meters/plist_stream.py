@@ -1,8 +1,11 @@
 """Splits powermetrics' `-f plist` output into samples as it streams in.
 
-powermetrics writes one XML plist document per sample and separates documents with a NUL byte.
-Chunks that do not parse are garbage (counted, skipped); a last document cut short when the
-stream ends is truncated (counted, skipped)."""
+powermetrics writes one XML plist document per sample, separated by a NUL byte. A document is
+taken as complete when its closing `</plist>` arrives, so documents separated by a newline alone
+(a capture saved without the NULs) parse too, each at its own arrival. Bytes before a document's
+start that are not blank are garbage (counted per NUL-separated piece, skipped); a document that
+does not parse is garbage; a last document cut short when the stream ends is truncated (counted,
+skipped)."""
 
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 CHANNELS = ("cpu", "gpu", "ane")
+END = b"</plist>"
 
 
 @dataclass
@@ -42,30 +46,41 @@ class PlistStream:
     truncated: int = 0
     _pending: bytes = b""
 
-    def _parse(self, chunk: bytes, arrival_ns: int) -> bool:
-        chunk = chunk.strip()
-        if not chunk:
-            return True
+    def _parse(self, doc: bytes, arrival_ns: int) -> bool:
         try:
-            doc = plistlib.loads(chunk)
-            sample = Sample(arrival_ns, int(doc["elapsed_ns"]), sample_joules(doc), doc.get("thermal_pressure"))
-        except Exception:  # any unparseable chunk: plistlib raises several unrelated types
+            d = plistlib.loads(doc)
+            sample = Sample(arrival_ns, int(d["elapsed_ns"]), sample_joules(d), d.get("thermal_pressure"))
+        except Exception:  # any unparseable document: plistlib raises several unrelated types
             return False
         self.samples.append(sample)
         self.documents += 1
         return True
 
+    def _count_garbage(self, data: bytes) -> None:
+        self.garbage += sum(1 for piece in data.split(b"\x00") if piece.strip())
+
     def feed(self, data: bytes, arrival_ns: int) -> None:
-        *complete, self._pending = (self._pending + data).split(b"\x00")
-        for chunk in complete:
-            if not self._parse(chunk, arrival_ns):
+        self._pending += data
+        while (end := self._pending.find(END)) >= 0:
+            chunk, self._pending = self._pending[:end + len(END)], self._pending[end + len(END):]
+            start = _document_start(chunk)
+            self._count_garbage(chunk[:max(start, 0)])
+            if start < 0 or not self._parse(chunk[start:], arrival_ns):
                 self.garbage += 1
 
-    def finish(self, arrival_ns: int) -> None:
-        """End of stream: a last document without its NUL counts if whole."""
-        if self._pending.strip() and not self._parse(self._pending, arrival_ns):
+    def finish(self) -> None:
+        """End of stream: what is left never saw its `</plist>`."""
+        start = _document_start(self._pending)
+        self._count_garbage(self._pending[:start] if start >= 0 else self._pending)
+        if start >= 0:
             self.truncated += 1
         self._pending = b""
 
     def counters(self) -> dict[str, int]:
         return {"documents": self.documents, "garbage": self.garbage, "truncated": self.truncated}
+
+
+def _document_start(data: bytes) -> int:
+    """Where the last document in `data` begins (its XML prolog, else its root tag), or -1."""
+    start = data.rfind(b"<?xml")
+    return start if start >= 0 else data.rfind(b"<plist")

@@ -80,7 +80,7 @@ class PowermetricsMeter(Meter):
         fd = self._proc.stdout.fileno()
         while chunk := os.read(fd, 1 << 16):
             self._stream.feed(chunk, time.monotonic_ns())
-        self._stream.finish(time.monotonic_ns())
+        self._stream.finish()
 
     def stop(self) -> MeterRecord:
         assert self._proc is not None and self._thread is not None

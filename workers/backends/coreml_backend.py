@@ -8,7 +8,6 @@ from __future__ import annotations
 import platform
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
