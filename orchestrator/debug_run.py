@@ -26,9 +26,6 @@ def debug_cell(matrix_path: str, cell_id: str, iterations: int | None, env_overr
         envs = discover(parse_overrides(env_overrides))
         matrix = load_matrix(Path(matrix_path), set(envs))
         cell = matrix.cell(cell_id)
-        if cell.unsupported_reason:
-            _say(f"{cell.id}: unsupported: {cell.unsupported_reason}")
-            return 0
         env = envs[cell.env]
         ensure_synced([env], log=_say)
         model = pin_model(matrix.model, matrix.path, log=_say)

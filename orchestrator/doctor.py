@@ -10,7 +10,7 @@ from orchestrator import meters, provenance
 from orchestrator.envs import discover
 from orchestrator.matrix import default_power
 from orchestrator.preflight import checks, load
-from workers.backends import IMPLEMENTED, PLANNED
+from workers.backends import IMPLEMENTED
 
 DEFAULT_POWER = default_power()
 PROBE_TIMEOUT_S = 120
@@ -59,6 +59,4 @@ def diagnose() -> dict[str, Any]:
         names = sorted(n for n in envs if n == backend or n.startswith(backend + "-")) or [backend]
         found = {n: env_report(envs.get(n), n, backend) for n in names}
         report["backends"][backend] = found[backend] if names == [backend] else {"envs": found}
-    for backend, why in PLANNED.items():
-        report["backends"][backend] = {"detail": why}
     return report

@@ -15,7 +15,7 @@ from typing import Any
 
 from orchestrator.errors import UserError
 from orchestrator.paths import cache_dir, expand
-from workers.backends import ATTENTION, EXTRA_CELL_KEYS, IMPLEMENTED, KNOWN, OPTION_VALUES, PLANNED
+from workers.backends import ATTENTION, EXTRA_CELL_KEYS, IMPLEMENTED, OPTION_VALUES
 from workers.unet.presets import PRESETS
 
 PRECISIONS = ("fp32", "fp16", "bf16")
@@ -120,11 +120,6 @@ class Cell:
     enabled: bool
     notes: str
     options: dict[str, Any] = field(default_factory=dict)  # backend-specific keys
-
-    @property
-    def unsupported_reason(self) -> str | None:
-        """Why no worker can run this cell on any host yet (None when one can)."""
-        return PLANNED.get(self.backend)
 
     def as_setup(self) -> dict[str, Any]:
         """The cell as the worker receives it."""
@@ -318,8 +313,8 @@ def _cell(raw: Any, index: int, known_envs: set[str], errors: _Errors) -> Cell |
     c = _fields(raw, schema, where, errors)
     if c["id"] is not None and not CELL_ID.fullmatch(c["id"]):
         errors.add(where, "field 'id': use letters, digits, '.', '_' and '-' (it names files)")
-    if c["backend"] is not None and c["backend"] not in KNOWN:
-        errors.add(where, f"field 'backend': unknown backend {c['backend']!r} (known: {', '.join(sorted(KNOWN))})")
+    if c["backend"] is not None and c["backend"] not in IMPLEMENTED:
+        errors.add(where, f"field 'backend': unknown backend {c['backend']!r} (known: {', '.join(sorted(IMPLEMENTED))})")
         return None
     _choice(c["precision"], PRECISIONS, where, "precision", errors)
     if c["resolution"] is not None and (c["resolution"] <= 0 or c["resolution"] % 8):

@@ -63,7 +63,7 @@ class Session:
 
     # -- preparation -------------------------------------------------------------------------
     def _needed_envs(self) -> list[Env]:
-        names = {c.env for c in self.matrix.enabled_cells if c.unsupported_reason is None and c.id not in self.unsupported}
+        names = {c.env for c in self.matrix.enabled_cells if c.id not in self.unsupported}
         names.add(self.matrix.equivalence.env)
         return [self.envs[n] for n in sorted(names)]
 
@@ -73,7 +73,7 @@ class Session:
         session."""
         for cell in self.matrix.enabled_cells:
             env = self.envs.get(cell.env)
-            if env is None or cell.unsupported_reason or env.lock is None or env.lock.is_file():
+            if env is None or env.lock is None or env.lock.is_file():
                 continue
             if env.settings().get("lock-note"):
                 self.unsupported[cell.id] = env.unready_reason
@@ -159,7 +159,7 @@ class Session:
                 inputs: PinnedInputs, reference: Reference) -> dict[str, Any]:
         m = self.matrix
         rec = base_record(sdir.id, cell, planned)
-        reason = cell.unsupported_reason or self.unsupported.get(cell.id)
+        reason = self.unsupported.get(cell.id)
         if reason:
             rec.update(status="unsupported", failure_reason=reason,
                        conversion=self.unsupported_facts.get(cell.id, {}).get("conversion"))
@@ -314,7 +314,7 @@ class Session:
         self.display.log(f"session {sdir.root}")
         plan = plan_runs([c.id for c in m.enabled_cells], m.timing.runs, m.timing.order, seed)
         todo = [p for p in plan if (p.cell_id, p.run_index) not in done]
-        if m.timing.cooldown == "adaptive" and (first := next((c for c in m.enabled_cells if not c.unsupported_reason), None)):
+        if m.timing.cooldown == "adaptive" and (first := next((c for c in m.enabled_cells if c.id not in self.unsupported), None)):
             self._meter(first, {})  # the host's idle power, before the reference or any worker runs
         refs = self.references(sdir, model, inputs)
         result = SessionResult(sdir)

@@ -15,9 +15,6 @@ IMPLEMENTED: dict[str, str] = {
     "coreml": "workers.backends.coreml_backend",
 }
 
-# Backends the matrix may name before they exist (none now); their cells are recorded `unsupported`.
-PLANNED: dict[str, str] = {}
-
 # Cell keys each backend understands beyond the common ones.
 EXTRA_CELL_KEYS: dict[str, frozenset[str]] = {
     "diffusers": frozenset({"compile"}),
@@ -42,10 +39,7 @@ ATTENTION: dict[str, frozenset[str]] = {
     "coreml": frozenset({"original", "split_einsum", "split_einsum_v2"}),
 }
 
-KNOWN = frozenset(IMPLEMENTED) | frozenset(PLANNED)
-
-
 def backend_module(name: str) -> ModuleType:
     if name not in IMPLEMENTED:
-        raise KeyError(PLANNED.get(name, f"unknown backend {name!r}"))
+        raise KeyError(f"unknown backend {name!r}")
     return importlib.import_module(IMPLEMENTED[name])
