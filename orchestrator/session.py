@@ -338,10 +338,13 @@ class Session:
             session["worker_versions"] = {**session.get("worker_versions", {}), **self.worker_versions}
             session["power"]["meter_versions"] = {str(k): v for k, v in self.meters.versions().items()}
             idle_w = {meter.version(): w for meter, w in self.idle_w.items()}
-            (session["resumes"][-1] if resume is not None else session["power"])["idle_w"] = idle_w
             self.meters.close()
-            session["references"] = {str(r): {"path": str(ref.path), "cached": ref.cached, "failure": ref.failure,
-                                              "versions": ref.versions} for r, ref in refs.items()}
+            references = {str(r): {"path": str(ref.path), "cached": ref.cached, "failure": ref.failure,
+                                   "versions": ref.versions} for r, ref in refs.items()}
+            if resume is None:
+                session["power"]["idle_w"], session["references"] = idle_w, references
+            else:
+                session["resumes"][-1].update(idle_w=idle_w, references=references)
             sdir.write_session(session)
             result.summary = write_report(sdir).summary
             give_to_invoking_user(sdir.root, m.model.cache_dir)

@@ -231,6 +231,7 @@ def test_sigterm_keeps_finished_runs_and_resume_completes_the_session(diffusers_
     [resume] = session["resumes"]
     assert resume["host"]["cpu_count_logical"] == os.cpu_count() and resume["harness"]["git_commit"]
     assert resume["preflight"]["idle_load"] is not None
+    assert resume["references"]["64"]["cached"] and session["references"] == first["references"]
     assert f"Resumed {resume['at']} on: " in (d / "report.md").read_text()
 
 
