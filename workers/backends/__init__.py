@@ -39,6 +39,7 @@ ATTENTION: dict[str, frozenset[str]] = {
     "coreml": frozenset({"original", "split_einsum", "split_einsum_v2"}),
 }
 
+
 def backend_module(name: str) -> ModuleType:
     if name not in IMPLEMENTED:
         raise KeyError(f"unknown backend {name!r}")
