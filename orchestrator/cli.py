@@ -176,6 +176,36 @@ def report(dirs: tuple[Path, ...], out: Path | None, baseline: str | None, fmt: 
         click.echo(json.dumps(summaries[0] if len(summaries) == 1 else summaries, indent=2))
 
 
+@cli.command("recompute-energy")
+@click.argument("dirs", nargs=-1, required=True, type=click.Path(path_type=Path, exists=True, file_okay=False))
+def recompute_energy_cmd(dirs: tuple[Path, ...]) -> None:
+    """Recompute each run's energy from the meter samples the session saved, with this harness's
+    arithmetic (rewrites runs.jsonl; session.json records it), then regenerate the report."""
+    from orchestrator.derived import write_report
+    from orchestrator.recompute import recompute_energy
+    from orchestrator.results import RUNS, SessionDir
+
+    display = Display()
+    missing = [d for d in dirs if not (d / RUNS).is_file()]
+    if missing:
+        raise UserError(*(f"{d}: no {RUNS}; not a session folder" for d in missing))
+    for d in dirs:
+        sdir = SessionDir(d)
+        done = recompute_energy(sdir)
+        if not done.runs:
+            display.warn(f"{d}: no run has saved meter samples (samples/<cell>/run-NNN.meter.json); nothing changed")
+            continue
+        display.log(f"{d}: energy recomputed for {done.runs} run(s), {len(done.changed)} changed")
+        for cell, run_index, before, after in done.changed:
+            display.log(f"  {cell} run {run_index}: {_joules(before)} -> {_joules(after)} J/step net")
+        rep = write_report(sdir, None, None)
+        display.log(f"report: {rep.out / 'report.html'} (report.md, summary.json, runs.csv, figures/)")
+
+
+def _joules(value: float | None) -> str:
+    return "–" if value is None else f"{value:.4g}"
+
+
 @cli.command()
 @click.argument("a")
 @click.argument("b")

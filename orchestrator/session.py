@@ -19,7 +19,7 @@ from orchestrator.display import Display
 from orchestrator.envs import Env, ensure_synced
 from orchestrator.equivalence import Reference, compare, reference_output
 from orchestrator.errors import UserError
-from orchestrator.energy import run_energy
+from orchestrator.energy import record_fields, run_energy
 from orchestrator.matrix import Cell, Matrix
 from orchestrator.meters import Meters, choose
 from orchestrator.meters.base import Meter, MeterRecord
@@ -226,34 +226,18 @@ class Session:
             "intervals": [[iv.start_ns, iv.end_ns, iv.joules] for iv in record.intervals],
             "readings": [[r.t_ns, r.values] for r in record.readings],
         }))
-        channels = sorted(e.active_w)
         rec.update(
             energy_unavailable_reason=None if e.energy_per_step_j else (
                 "the meter recorded no samples" if not record.intervals else
                 "no baseline window (power.baseline_s = 0)" if baseline is None else
                 "no meter samples in the baseline or timed window"),
-            baseline_w=e.baseline_w.get("total"), active_w=e.active_w.get("total"),
-            energy_per_step_j=e.energy_per_step_j.get("total"),
-            gross_energy_per_step_j=e.gross_energy_per_step_j.get("total"),
-            estimated_energy_per_50_step_image_j=e.estimated_energy_per_50_step_image_j.get("total"),
-            energy_by_channel={ch: {
-                "baseline_w": e.baseline_w.get(ch), "active_w": e.active_w[ch],
-                "energy_per_step_j": e.energy_per_step_j.get(ch),
-                "gross_energy_per_step_j": e.gross_energy_per_step_j[ch],
-                "estimated_energy_per_50_step_image_j": e.estimated_energy_per_50_step_image_j.get(ch),
-                "window_energy_j": e.window_energy_j.get(ch),
-            } for ch in channels},
+            **record_fields(e, outcome.result.get("nvml_check")),
             baseline_window_s=(baseline[1] - baseline[0]) / 1e9 if baseline else None,
-            meter_update_interval_s=update_s, meter_intervals_in_window=e.intervals_in_window,
-            meter_intervals_in_baseline=e.intervals_in_baseline,
+            meter_update_interval_s=update_s,
             short_window=rec["window_s"] < SHORT_WINDOW_UPDATES * update_s,
             throttled=meter.throttled(record, baseline[0] if baseline else window[0], window[1]),
             meter_stats=record.stats, meter_samples_file=sdir.rel(samples),
         )
-        if check := outcome.result.get("nvml_check"):
-            harness_j = e.window_energy_j.get("gpu")
-            rec["nvml_check"] = {**check, "harness_window_j": harness_j,
-                                 "ratio": harness_j / check["joules"] if harness_j and check["joules"] else None}
 
     def _measurements(self, rec: dict[str, Any], sdir: SessionDir, cell: Cell, planned: PlannedRun,
                       outcome: RunOutcome, reference: Reference) -> None:

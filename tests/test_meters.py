@@ -35,18 +35,57 @@ def test_overlap_energy_weights_partial_intervals():
     assert overlap_energy(ivs, 200, 300) == {}
 
 
-def test_run_energy_subtracts_the_baseline_median():
+def test_run_energy_subtracts_the_baseline_median_from_the_counted_energy():
     s = 10**9  # 1 s intervals: joules read as watts
     ivs = [Interval(i * s, (i + 1) * s, {"gpu": w, "cpu": 1.0}) for i, w in enumerate([50, 52, 500, 50, 300, 310, 305, 900])]
     e = run_energy(ivs, baseline=(0, 4 * s), window=(4 * s, 8 * s), iterations=8)
     assert e.baseline_w["gpu"] == pytest.approx(51.0)  # median of 50 52 500 50: one spike does not move it
-    assert e.active_w["gpu"] == pytest.approx(307.5)  # median of 300 310 305 900
-    assert e.energy_per_step_j["gpu"] == pytest.approx((307.5 - 51.0) * 4 / 8)
-    assert e.gross_energy_per_step_j["gpu"] == pytest.approx(307.5 * 4 / 8)
-    assert e.energy_per_step_j["total"] == pytest.approx((308.5 - 52.0) * 4 / 8)
-    assert e.estimated_energy_per_50_step_image_j["gpu"] == pytest.approx(50 * e.energy_per_step_j["gpu"])
+    # the window is a quantity: its 900 J interval was spent, so it counts
     assert e.window_energy_j["gpu"] == pytest.approx(300 + 310 + 305 + 900)
+    assert e.active_w["gpu"] == pytest.approx(1815 / 4)
+    assert e.energy_per_step_j["gpu"] == pytest.approx((1815 - 51.0 * 4) / 8)
+    assert e.gross_energy_per_step_j["gpu"] == pytest.approx(1815 / 8)
+    assert e.energy_per_step_j["total"] == pytest.approx((1815 + 4 - 52.0 * 4) / 8)
+    assert e.estimated_energy_per_50_step_image_j["gpu"] == pytest.approx(50 * e.energy_per_step_j["gpu"])
     assert (e.intervals_in_window, e.intervals_in_baseline) == (4, 4)
+
+
+def test_run_energy_follows_power_that_changes_inside_the_window():
+    """A launch-bound run: the GPU's power halves for the last 0.6 s of the window. A median of
+    interval powers would report the higher level for the whole window; the counted energy does not."""
+    s = 10**8  # 100 ms intervals, like NVML's counter
+    watts = [120] * 20 + [400] * 14 + [200] * 6
+    ivs = [Interval(i * s, (i + 1) * s, {"gpu": w * 0.1}) for i, w in enumerate(watts)]
+    e = run_energy(ivs, baseline=(0, 20 * s), window=(20 * s, 40 * s), iterations=40)
+    assert e.energy_per_step_j["gpu"] == pytest.approx(((400 - 120) * 1.4 + (200 - 120) * 0.6) / 40)
+
+
+def test_window_edges_give_the_outside_part_of_an_interval_the_baseline_power():
+    """The window starts 30 ms into a 100 ms counter step and ends 40 ms into another: the
+    parts outside ran idle (baseline), so the window keeps the rest of each step's energy."""
+    ms = 10**6
+    base_w, loop_w = 120.0, 400.0
+    ivs = [Interval(i * 100 * ms, (i + 1) * 100 * ms, {"gpu": base_w * 0.1}) for i in range(10)]
+    ivs.append(Interval(1000 * ms, 1100 * ms, {"gpu": base_w * 0.03 + loop_w * 0.07}))
+    ivs += [Interval(i * 100 * ms, (i + 1) * 100 * ms, {"gpu": loop_w * 0.1}) for i in range(11, 30)]
+    ivs.append(Interval(3000 * ms, 3100 * ms, {"gpu": loop_w * 0.04 + base_w * 0.06}))
+    e = run_energy(ivs, baseline=(0, 1000 * ms), window=(1030 * ms, 3040 * ms), iterations=10)
+    assert e.window_energy_j["gpu"] == pytest.approx(loop_w * 2.01)
+    assert e.energy_per_step_j["gpu"] == pytest.approx((loop_w - base_w) * 2.01 / 10)
+    # without a baseline, edges split in proportion to time, which hands loop energy to the idle side
+    assert overlap_energy(ivs, 1030 * ms, 3040 * ms)["gpu"] < loop_w * 2.01 - 5
+
+
+def test_a_sample_keeps_its_own_power_wherever_it_is_placed():
+    """powermetrics samples carry their own elapsed time; placed on our axis (arrival minus
+    elapsed, moved past the previous one) a sample may cover less than that, as when a replay
+    sends 1 s samples every 50 ms. Its power stays its energy over its own elapsed time."""
+    ms = 10**6
+    ivs = [Interval(i * 50 * ms, (i + 1) * 50 * ms, {"cpu": 3.049}, duration_ns=1023685416) for i in range(40)]
+    e = run_energy(ivs, baseline=(0, 1000 * ms), window=(1000 * ms, 2000 * ms), iterations=4)
+    assert e.active_w["cpu"] == pytest.approx(3.049 / 1.023685416)
+    assert e.window_energy_j["cpu"] == pytest.approx(3.049 / 1.023685416 * 1.0)
+    assert e.energy_per_step_j["cpu"] == pytest.approx(0.0, abs=1e-9)
 
 
 def test_window_shorter_than_an_interval_falls_back_to_overlap():
