@@ -23,6 +23,7 @@ class Recomputed:
 
 
 def recompute_energy(sdir: SessionDir) -> Recomputed:
+    provenance = harness()  # before writing: the session folder may be part of the checkout
     path = sdir.root / RUNS
     lines = path.read_text().splitlines()
     out: list[str] = []
@@ -54,6 +55,6 @@ def recompute_energy(sdir: SessionDir) -> Recomputed:
     os.replace(tmp, path)
     if sdir.has_session():
         session = sdir.read_session()
-        session.setdefault("energy_recomputed", []).append({"at": utc_now(), "harness": harness(), "runs": runs})
+        session.setdefault("energy_recomputed", []).append({"at": utc_now(), "harness": provenance, "runs": runs})
         sdir.write_session(session)
     return Recomputed(runs, changed)
