@@ -17,7 +17,7 @@ from orchestrator.display import Display
 from orchestrator.errors import UserError
 from orchestrator.matrix import load_matrix
 from orchestrator.compare import Comparison
-from orchestrator.report import comparison_table
+from orchestrator.report import comparison_table, fmt as fmt_number
 
 
 class _DefaultToRun(click.Group):
@@ -197,13 +197,9 @@ def recompute_energy_cmd(dirs: tuple[Path, ...]) -> None:
             continue
         display.log(f"{d}: energy recomputed for {done.runs} run(s), {len(done.changed)} changed")
         for cell, run_index, before, after in done.changed:
-            display.log(f"  {cell} run {run_index}: {_joules(before)} -> {_joules(after)} J/step net")
+            display.log(f"  {cell} run {run_index}: {fmt_number(before)} -> {fmt_number(after)} J/step net")
         rep = write_report(sdir, None, None)
         display.log(f"report: {rep.out / 'report.html'} (report.md, summary.json, runs.csv, figures/)")
-
-
-def _joules(value: float | None) -> str:
-    return "–" if value is None else f"{value:.4g}"
 
 
 @cli.command()
