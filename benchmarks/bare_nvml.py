@@ -25,8 +25,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from workers.inputs import pinned_inputs  # noqa: E402
-from workers.unet.presets import preset  # noqa: E402
+from workers.contract.inputs import pinned_inputs  # noqa: E402
+from workers.contract.presets import preset  # noqa: E402
 from workers.unet.torch_unet import build_unet  # noqa: E402
 
 DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}

@@ -34,10 +34,10 @@ def main(path: str, preset_name: str, device: str, precision: str) -> None:
     torch.empty(1, device=dev)
     stage(f"init {device}")
     from workers.backends.diffusers_backend import DTYPES
-    from workers.digest import sha256_file
-    from workers.unet.checkpoint import read_unet
-    from workers.unet.layout import ldm_to_diffusers
-    from workers.unet.presets import diffusers_config, preset
+    from workers.contract.checkpoint import read_unet
+    from workers.contract.digest import sha256_file
+    from workers.contract.layout import ldm_to_diffusers
+    from workers.contract.presets import diffusers_config, preset
 
     sha256_file(path)
     stage("sha256 of checkpoint")

@@ -22,18 +22,18 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from orchestrator.envs import discover, ensure_synced, parse_overrides  # noqa: E402
-from orchestrator.matrix import load_matrix  # noqa: E402
-from orchestrator.pins import pin_inputs, pin_model, setup_message  # noqa: E402
-from orchestrator.runner import run_worker  # noqa: E402
+from orchestrator.config.envs import discover, ensure_synced, parse_overrides  # noqa: E402
+from orchestrator.config.matrix import load_matrix  # noqa: E402
+from orchestrator.run.pins import pin_inputs, pin_model, setup_message  # noqa: E402
+from orchestrator.run.worker_client import run_worker  # noqa: E402
 
 BARE = """
 import json, sys, time
 import numpy as np
 from workers.backends import backend_module
 from workers.backends.base import LoadSpec
-from workers.inputs import pinned_inputs
-from workers.unet.presets import UNetArch
+from workers.contract.inputs import pinned_inputs
+from workers.contract.presets import UNetArch
 a = json.loads(sys.argv[1])
 inp = pinned_inputs(a["resolution"], batch=a["batch"], seed=a["seed"], timestep=a["timestep"])
 model = backend_module(a["cell"]["backend"]).load(

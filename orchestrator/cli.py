@@ -12,12 +12,13 @@ from pathlib import Path
 
 import click
 
-from orchestrator import envs as envs_mod
-from orchestrator.display import Display
+from orchestrator.config import envs as envs_mod
+from orchestrator.config.matrix import load_matrix
+from orchestrator.console import Display
 from orchestrator.errors import UserError
-from orchestrator.matrix import load_matrix
-from orchestrator.compare import Comparison
-from orchestrator.report import comparison_table, fmt as fmt_number
+from orchestrator.report.tables import comparison_table
+from orchestrator.report.tables import fmt as fmt_number
+from orchestrator.results.compare import Comparison
 
 
 class _DefaultToRun(click.Group):
@@ -63,8 +64,8 @@ def run(matrix: Path, out: Path, resume: Path | None, runs: int | None, quiet: b
     """Run every enabled cell of MATRIX, a fresh worker per run."""
     from dataclasses import replace
 
-    from orchestrator.results import SessionDir
-    from orchestrator.session import Session, check_resume
+    from orchestrator.results.store import SessionDir
+    from orchestrator.run.session import Session, check_resume
 
     display = Display(quiet=quiet)
     envs = envs_mod.discover(envs_mod.parse_overrides(env_overrides))
@@ -148,8 +149,8 @@ def envs_list(env_overrides: tuple[str, ...], as_json: bool) -> None:
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
 def report(dirs: tuple[Path, ...], out: Path | None, baseline: str | None, fmt: str) -> None:
     """Regenerate summary.json, runs.csv, figures/, report.md and report.html of session folder(s)."""
-    from orchestrator.derived import write_report
-    from orchestrator.results import SessionDir
+    from orchestrator.report.write import write_report
+    from orchestrator.results.store import SessionDir
 
     display = Display()
     not_sessions = [d for d in dirs if not SessionDir(d).has_session() and not (d / "runs.jsonl").is_file()]
@@ -181,9 +182,9 @@ def report(dirs: tuple[Path, ...], out: Path | None, baseline: str | None, fmt: 
 def recompute_energy_cmd(dirs: tuple[Path, ...]) -> None:
     """Recompute each run's energy from the meter samples the session saved, with this harness's
     arithmetic (rewrites runs.jsonl; session.json records it), then regenerate the report."""
-    from orchestrator.derived import write_report
-    from orchestrator.recompute import recompute_energy
-    from orchestrator.results import RUNS, SessionDir
+    from orchestrator.report.write import write_report
+    from orchestrator.results.recompute import recompute_energy
+    from orchestrator.results.store import RUNS, SessionDir
 
     display = Display()
     missing = [d for d in dirs if not (d / RUNS).is_file()]
@@ -209,7 +210,7 @@ def recompute_energy_cmd(dirs: tuple[Path, ...]) -> None:
 def compare(a: str, b: str, fmt: str) -> None:
     """B against A: two cells of a session (DIR:CELL_A DIR:CELL_B) or the same cell in two
     sessions (DIR_A DIR_B:CELL, or DIR_A DIR_B for every common cell)."""
-    from orchestrator.compare_sessions import compare_sides, parse_side
+    from orchestrator.report.compare_sessions import compare_sides, parse_side
 
     side_a, side_b = parse_side(a), parse_side(b)
     display = Display()

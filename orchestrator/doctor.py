@@ -6,11 +6,12 @@ import json
 import subprocess
 from typing import Any
 
-from orchestrator import meters, provenance
-from orchestrator.envs import discover
-from orchestrator.matrix import default_power
-from orchestrator.preflight import checks, load
-from workers.backends import IMPLEMENTED
+from orchestrator.config.envs import discover
+from orchestrator.config.matrix import default_power
+from orchestrator.energy import meters
+from orchestrator.energy.preflight import checks, load
+from orchestrator.results import provenance
+from workers.contract.backends import BACKENDS
 
 DEFAULT_POWER = default_power()
 PROBE_TIMEOUT_S = 120
@@ -24,7 +25,7 @@ def probe_env(env, backend: str) -> dict[str, Any]:
     except (OSError, subprocess.TimeoutExpired) as e:
         return {"error": str(e)}
     if p.returncode != 0:
-        return {"error": (p.stderr.strip().splitlines() or ["exit %d" % p.returncode])[-1]}
+        return {"error": (p.stderr.strip().splitlines() or [f"exit {p.returncode}"])[-1]}
     return json.loads(p.stdout.strip().splitlines()[-1])
 
 
@@ -55,8 +56,8 @@ def diagnose() -> dict[str, Any]:
         "backends": {},
     }
     envs = discover()
-    for backend in IMPLEMENTED:  # a backend's envs are named after it: `coreml-ct8`, `coreml-ct9`, ...
-        names = sorted(n for n in envs if n == backend or n.startswith(backend + "-")) or [backend]
+    for backend, spec in BACKENDS.items():
+        names = spec.env_names(set(envs)) or [backend]
         found = {n: env_report(envs.get(n), n, backend) for n in names}
         report["backends"][backend] = found[backend] if names == [backend] else {"envs": found}
     return report

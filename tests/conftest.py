@@ -95,3 +95,15 @@ def quick_session(diffusers_python, mlx_python, cache_dir, tmp_path_factory):
     t0 = time.monotonic()
     p = cli(str(REPO / "examples" / "quick.toml"), "--out", str(out), env={"CDB_CACHE_DIR": str(cache_dir)})
     return p, only_session(out), time.monotonic() - t0
+
+
+ENV_FIXTURES = {"env_python", "diffusers_python", "mlx_python", "quick_session"}
+
+
+def pytest_collection_modifyitems(items) -> None:
+    """Each test's tier follows from what it needs: a worker env fixture makes it `env` (or
+    `coreml`, marked in its module); anything else is `unit`."""
+    for item in items:
+        if item.get_closest_marker("coreml"):
+            continue
+        item.add_marker(pytest.mark.env if ENV_FIXTURES & set(item.fixturenames) else pytest.mark.unit)

@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from orchestrator.compare import _u_counts, compare, rank_test
+from orchestrator.results.compare import _u_counts, compare, rank_test
 
 BASE = [100.0, 101.0, 102.0, 103.0, 104.0]
 

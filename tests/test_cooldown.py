@@ -2,8 +2,8 @@
 
 import pytest
 
-from orchestrator.cooldown import adaptive, cooled, temperature_falling
-from orchestrator.meters.base import Interval, MeterRecord, Reading
+from orchestrator.energy.meters.base import Interval, MeterRecord, Reading
+from orchestrator.run.cooldown import adaptive, cooled, temperature_falling
 
 S = 10**9
 

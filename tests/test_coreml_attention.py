@@ -4,8 +4,9 @@ import json
 import subprocess
 
 import pytest
-
 from conftest import REPO
+
+pytestmark = pytest.mark.coreml
 
 PROBE = REPO / "tests" / "fakes" / "coreml_probe.py"
 COSINE_MIN = 0.99999

@@ -8,8 +8,9 @@ import subprocess
 import time
 
 import pytest
-
 from conftest import REPO, cli
+
+pytestmark = pytest.mark.coreml
 
 MATRIX = REPO / "tests" / "fixtures" / "matrices" / "coreml-tiny.toml"
 PROBE = REPO / "tests" / "fakes" / "coreml_probe.py"

@@ -6,11 +6,10 @@ import subprocess
 import tomllib
 
 import pytest
-
-from orchestrator.envs import Env, discover, ensure_synced, parse_overrides, sync
-from orchestrator.errors import UserError
-
 from conftest import BIN, REPO, cli
+
+from orchestrator.config.envs import Env, discover, ensure_synced, parse_overrides, sync
+from orchestrator.errors import UserError
 
 
 def test_diffusers_env_is_discovered_with_its_lock():

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from orchestrator.equivalence import compare
-from orchestrator.matrix import Equivalence
+from orchestrator.config.matrix import Equivalence
+from orchestrator.run.equivalence import compare
 
 SPEC = Equivalence(backend="diffusers", env="diffusers", device="cpu", precision="fp32", mse_max=1e-3, cosine_min=0.999)
 REF = np.array([[1.0, -2.0], [3.0, 0.5]], dtype=np.float32)

@@ -4,11 +4,10 @@ import tomllib
 from pathlib import Path
 
 import pytest
-
-from orchestrator.errors import UserError
-from orchestrator.matrix import load_matrix
-
 from conftest import REPO, cli
+
+from orchestrator.config.matrix import load_matrix
+from orchestrator.errors import UserError
 
 ENVS = {"diffusers", "mlx", "coreml-ct8", "coreml-ct9", "coreml-apple"}
 QUICK = (REPO / "examples" / "quick.toml").read_text()

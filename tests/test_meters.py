@@ -9,14 +9,13 @@ import time
 from pathlib import Path
 
 import pytest
-
-from orchestrator.energy import median_power, overlap_energy, run_energy
-from orchestrator.meters import nvml, rapl
-from orchestrator.meters.base import Interval
-from orchestrator.meters.plist_stream import PlistStream
-from orchestrator.meters.powermetrics import PowermetricsMeter, intervals
-
 from conftest import REPO
+
+from orchestrator.energy.arithmetic import median_power, overlap_energy, run_energy
+from orchestrator.energy.meters import nvml, rapl
+from orchestrator.energy.meters.base import Interval
+from orchestrator.energy.meters.plist_stream import PlistStream
+from orchestrator.energy.meters.powermetrics import PowermetricsMeter, intervals
 
 HERE = Path(__file__).parent
 M4 = HERE / "fixtures" / "powermetrics" / "m4-plist-1sample-thermal.plist"
@@ -152,7 +151,7 @@ def test_power_keys_are_used_when_energy_keys_are_absent():
 
 
 def test_samples_are_anchored_by_arrival_and_their_own_duration():
-    from orchestrator.meters.plist_stream import Sample
+    from orchestrator.energy.meters.plist_stream import Sample
 
     ivs = intervals([Sample(1_000, 400, {"cpu": 1.0}, None), Sample(1_390, 400, {"cpu": 1.0}, None)])
     assert [(iv.start_ns, iv.end_ns) for iv in ivs] == [(600, 1_000), (1_000, 1_390)]
@@ -206,7 +205,7 @@ def test_meter_reports_thermal_pressure(replay, monkeypatch):
 def test_meter_process_dies_with_a_sigkilled_parent(replay, monkeypatch):
     """Run a meter inside a child process, SIGKILL that child, and the replay must be gone in 2 s."""
     monkeypatch.setenv("CDB_REPLAY_FILE", str(M4))
-    code = ("import time; from orchestrator.meters.powermetrics import PowermetricsMeter as M; "
+    code = ("import time; from orchestrator.energy.meters.powermetrics import PowermetricsMeter as M; "
             "m = M(interval_ms=50); m.start(); time.sleep(60)")
     parent = subprocess.Popen([sys.executable, "-c", code], cwd=REPO)
     pidfile = replay / "pid"
@@ -293,13 +292,13 @@ def test_nvml_absent_here_says_why():
 def _power(**kw):
     from dataclasses import replace
 
-    from orchestrator.matrix import default_power
+    from orchestrator.config.matrix import default_power
 
     return replace(default_power(), **kw)
 
 
 def test_auto_records_why_each_meter_was_skipped(monkeypatch, tmp_path):
-    from orchestrator import meters
+    from orchestrator.energy import meters
 
     monkeypatch.delenv("CDB_POWERMETRICS", raising=False)
     monkeypatch.setattr(meters.rapl, "SYSFS", tmp_path / "no-powercap")
@@ -314,8 +313,8 @@ def test_auto_records_why_each_meter_was_skipped(monkeypatch, tmp_path):
 
 
 def test_named_meter_that_is_missing_is_an_error(tmp_path):
+    from orchestrator.energy.meters import choose
     from orchestrator.errors import UserError
-    from orchestrator.meters import choose
 
     with pytest.raises(UserError, match='meter = "powermetrics" is not available'):
         choose(_power(meter="powermetrics", powermetrics=str(tmp_path / "absent")))
@@ -323,6 +322,6 @@ def test_named_meter_that_is_missing_is_an_error(tmp_path):
 
 
 def test_auto_takes_the_replay_when_pointed_at_it(replay):
-    from orchestrator.meters import choose
+    from orchestrator.energy.meters import choose
 
     assert choose(_power()).name == "powermetrics"

@@ -10,13 +10,12 @@ import json
 
 import numpy as np
 import pytest
-
-from orchestrator.equivalence import compare
-from orchestrator.matrix import Equivalence
-from workers.unet.checkpoint import write_synthetic
-from workers.unet.presets import PRESETS
-
 from conftest import REPO, cli, in_env
+
+from orchestrator.config.matrix import Equivalence
+from orchestrator.run.equivalence import compare
+from workers.contract.checkpoint import write_synthetic
+from workers.contract.presets import PRESETS
 
 FAKES = REPO / "tests" / "fakes"
 BLOCKS = ["resnet", "resnet_shortcut", "transformer_block", "spatial_transformer", "downsample", "upsample",
@@ -155,7 +154,7 @@ resolution = 64
 @pytest.mark.slow
 def test_mlx_cells_run_through_the_orchestrator(diffusers_python, mlx_python, cache_dir, tmp_path):
     """Cells as a study names them: fresh workers, compared with the diffusers fp32 reference."""
-    from workers.inputs import pinned_inputs
+    from workers.contract.inputs import pinned_inputs
 
     dig = pinned_inputs(64).digests()
     matrix = tmp_path / "m.toml"

@@ -8,13 +8,12 @@ import itertools
 from collections import namedtuple
 
 import pytest
-
-from orchestrator.errors import UserError
-from orchestrator.matrix import Cell, Preflight
-from orchestrator.preflight import checks, load, pmset
-from orchestrator.preflight.gate import PreflightGate
-
 from conftest import PMSET_CAPTURES as PMSET
+
+from orchestrator.config.matrix import Cell, Preflight
+from orchestrator.energy.preflight import checks, load, pmset
+from orchestrator.energy.preflight.gate import PreflightGate
+from orchestrator.errors import UserError
 
 Battery = namedtuple("sbattery", "percent secsleft power_plugged")  # psutil's own field names
 

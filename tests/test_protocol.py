@@ -5,7 +5,7 @@ import msgpack
 import numpy as np
 import pytest
 
-from workers.protocol import Channel, FrameReader, PeerClosed, ProtocolError, encode
+from workers.contract.protocol import Channel, FrameReader, PeerClosed, ProtocolError, encode
 
 
 def _pipe_with(data: bytes, close: bool = True):

@@ -6,11 +6,10 @@ import shutil
 from pathlib import Path
 
 import pytest
-
-from orchestrator.energy import run_energy
-from orchestrator.meters.base import Interval
-
 from conftest import REPO, cli
+
+from orchestrator.energy.arithmetic import run_energy
+from orchestrator.energy.meters.base import Interval
 
 STUDY = REPO / "docs" / "results" / "2026-11-27-h100-sd15-cuda"
 # the run fields the energy arithmetic yields; recomputing leaves every other field alone

@@ -4,7 +4,6 @@ import json
 import shutil
 
 import pytest
-
 from conftest import REPO, cli
 
 KNOWN = REPO / "tests" / "fixtures" / "known-session"
@@ -104,8 +103,8 @@ def energy(tmp_path):
 
 
 def _report(d, baseline=None):
-    from orchestrator.derived import write_report
-    from orchestrator.results import SessionDir
+    from orchestrator.report.write import write_report
+    from orchestrator.results.store import SessionDir
 
     return write_report(SessionDir(d), baseline=baseline)
 

@@ -6,7 +6,6 @@ import os
 import shutil
 
 import pytest
-
 from conftest import REPO, cli
 
 ENERGY = REPO / "tests" / "fixtures" / "energy-session"

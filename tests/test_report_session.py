@@ -5,7 +5,6 @@ import json
 import shutil
 
 import pytest
-
 from conftest import cli
 
 pytestmark = pytest.mark.slow
@@ -14,8 +13,8 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def quick_report(quick_session, tmp_path_factory):
     """A copy of the quick session, reported in this process so the figures' data can be read."""
-    from orchestrator.derived import write_report
-    from orchestrator.results import SessionDir
+    from orchestrator.report.write import write_report
+    from orchestrator.results.store import SessionDir
 
     p, d, _ = quick_session
     assert p.returncode == 0, p.stderr[-3000:]

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.envs import Env
-from orchestrator.runner import run_worker
+from orchestrator.config.envs import Env
+from orchestrator.run.worker_client import run_worker
 
 FAKE = Path(__file__).parent / "fakes" / "fake_worker.py"
 
@@ -83,7 +83,7 @@ def test_under_sudo_the_worker_runs_as_the_invoking_user(tmp_path, monkeypatch):
     import subprocess
     import tempfile
 
-    from orchestrator.privileges import give_to_invoking_user
+    from orchestrator.config.privileges import give_to_invoking_user
 
     name = "cdb-bench-test"
     try:

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import psutil
 import pytest
-
-from conftest import BIN, REPO, cli, only_session as _session
+from conftest import BIN, REPO, cli
+from conftest import only_session as _session
 
 pytestmark = pytest.mark.slow
 
@@ -147,7 +147,7 @@ def _workers_of(cache_dir: Path, label: str = "cpu/run-") -> list[psutil.Process
 @pytest.fixture(scope="module")
 def resilience_session(diffusers_python, cache_dir, tmp_path_factory):
     """Kill one worker mid-run (SIGKILL while it waits in cooldown); the session goes on."""
-    from workers.inputs import pinned_inputs
+    from workers.contract.inputs import pinned_inputs
 
     tmp = tmp_path_factory.mktemp("resilience")
     dig = pinned_inputs(64).digests()
@@ -195,7 +195,7 @@ def test_unavailable_devices_are_unsupported(resilience_session):
 
 
 def test_sigterm_keeps_finished_runs_and_resume_completes_the_session(diffusers_python, cache_dir, tmp_path):
-    from workers.inputs import pinned_inputs
+    from workers.contract.inputs import pinned_inputs
 
     dig = pinned_inputs(64).digests()
     matrix = tmp_path / "m.toml"
@@ -246,7 +246,7 @@ def replay_meter(tmp_path):
 
 
 def _energy_matrix(tmp_path, exe) -> Path:
-    from workers.inputs import pinned_inputs
+    from workers.contract.inputs import pinned_inputs
 
     dig = pinned_inputs(64).digests()
     text = RESILIENCE.format(latent=dig["latent"], text=dig["text_embedding"])
@@ -335,7 +335,7 @@ def test_sigkill_of_the_orchestrator_takes_the_meter_with_it(diffusers_python, c
 
 
 def test_torch_compile_cell_compiles_outside_the_window(diffusers_python, cache_dir, tmp_path):
-    from workers.inputs import pinned_inputs
+    from workers.contract.inputs import pinned_inputs
 
     dig = pinned_inputs(64).digests()
     matrix = tmp_path / "compile.toml"

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from orchestrator.stats import across_runs, outliers, within_run
+from orchestrator.results.stats import across_runs, outliers, within_run
 
 
 def test_within_run_hand_computed():

@@ -5,16 +5,15 @@ import tomllib
 
 import numpy as np
 import pytest
+from conftest import REPO, in_env
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
-from workers.digest import sha256_array, sha256_file
-from workers.inputs import pinned_inputs
-from workers.unet.checkpoint import read_unet, write_synthetic
-from workers.unet.layout import LDM_PREFIX, ldm_to_diffusers, tensor_specs
-from workers.unet.presets import PRESETS
-
-from conftest import REPO, in_env
+from workers.contract.checkpoint import read_unet, write_synthetic
+from workers.contract.digest import sha256_array, sha256_file
+from workers.contract.inputs import pinned_inputs
+from workers.contract.layout import LDM_PREFIX, ldm_to_diffusers, tensor_specs
+from workers.contract.presets import PRESETS
 
 PROBE = REPO / "tests" / "fakes" / "diffusers_probe.py"
 QUICK = tomllib.loads((REPO / "examples" / "quick.toml").read_text())

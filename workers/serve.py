@@ -17,11 +17,11 @@ import numpy as np
 
 from workers.backends import backend_module
 from workers.backends.base import LoadedModel, LoadSpec, Unsupported
-from workers.digest import sha256_array, sha256_file
-from workers.inputs import PinnedInputs
-from workers.lifeline import exit_with_parent
-from workers.protocol import PROTOCOL_VERSION, Channel
-from workers.unet.presets import UNetArch
+from workers.contract.digest import sha256_array, sha256_file
+from workers.contract.inputs import PinnedInputs
+from workers.contract.lifeline import exit_with_parent
+from workers.contract.presets import UNetArch
+from workers.contract.protocol import PROTOCOL_VERSION, Channel
 
 
 class SetupError(Exception):

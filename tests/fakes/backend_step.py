@@ -10,8 +10,8 @@ import numpy as np
 
 from workers.backends import backend_module
 from workers.backends.base import LoadSpec
-from workers.inputs import pinned_inputs
-from workers.unet.presets import preset
+from workers.contract.inputs import pinned_inputs
+from workers.contract.presets import preset
 
 backend, name, path, resolution, precision, out = sys.argv[1:7]
 cell = {"backend": backend, "device": "cpu", "precision": precision}

@@ -19,9 +19,9 @@ def attention() -> dict:
     score tensors small)."""
     from diffusers.models.attention_processor import Attention
 
+    from workers.contract.checkpoint import write_synthetic
+    from workers.contract.presets import PRESETS
     from workers.coreml import attention as rewrites
-    from workers.unet.checkpoint import write_synthetic
-    from workers.unet.presets import PRESETS
     from workers.unet.torch_unet import build_unet
 
     torch.manual_seed(0)
@@ -53,7 +53,8 @@ def attention() -> dict:
 def check(package: str, request: str) -> dict:
     """verify.check on a package against a request given as JSON; a mismatch is reported."""
     from workers.coreml.request import ConversionRequest
-    from workers.coreml.verify import SpecMismatch, check as spec_check
+    from workers.coreml.verify import SpecMismatch
+    from workers.coreml.verify import check as spec_check
 
     try:
         return {"ok": True, "facts": spec_check(Path(package), ConversionRequest(**json.loads(request)))}
@@ -63,12 +64,12 @@ def check(package: str, request: str) -> dict:
 
 def sd15(cache_dir: str) -> dict:
     """Convert the synthetic sd15 UNet with the harness converter at 512x512, fp16 then w4."""
+    from workers.contract.checkpoint import write_synthetic
+    from workers.contract.digest import sha256_file
+    from workers.contract.presets import PRESETS
     from workers.coreml.artifact import Source, prepare
     from workers.coreml.cache import ConversionCache
     from workers.coreml.request import ConversionRequest
-    from workers.digest import sha256_file
-    from workers.unet.checkpoint import write_synthetic
-    from workers.unet.presets import PRESETS
 
     path = write_synthetic(PRESETS["sd15"], 0, Path(cache_dir) / "sd15-seed0.safetensors")
     src = Source(PRESETS["sd15"], str(path), sha256_file(path))

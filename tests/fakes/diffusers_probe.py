@@ -7,10 +7,10 @@ import numpy as np
 import torch
 from diffusers import UNet2DConditionModel
 
-from workers.inputs import pinned_inputs
-from workers.unet.checkpoint import read_unet
-from workers.unet.layout import ldm_to_diffusers
-from workers.unet.presets import PRESETS, diffusers_config
+from workers.contract.checkpoint import read_unet
+from workers.contract.inputs import pinned_inputs
+from workers.contract.layout import ldm_to_diffusers
+from workers.contract.presets import PRESETS, diffusers_config
 
 what = sys.argv[1]
 if what == "shapes":
@@ -32,7 +32,7 @@ elif what == "forward":
     for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16), ("fp16", torch.float16)):
         peak = [0.0]
 
-        def hook(mod, args, output):
+        def hook(mod, args, output, peak=peak):
             o = output[0] if isinstance(output, tuple) else output
             peak[0] = max(peak[0], float(o.float().abs().max()))
 

@@ -7,7 +7,7 @@ import time
 
 import numpy as np
 
-from workers.protocol import Channel
+from workers.contract.protocol import Channel
 
 mode = os.environ["FAKE_MODE"]
 out = os.fdopen(os.dup(1), "wb", buffering=0)

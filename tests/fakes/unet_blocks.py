@@ -12,7 +12,7 @@ import sys
 
 import numpy as np
 
-from workers.unet.presets import preset
+from workers.contract.presets import preset
 
 ARCH = preset("tiny")
 TEMB = ARCH.time_embed_dim
@@ -42,9 +42,9 @@ def diffusers_side(path: str) -> dict[str, np.ndarray]:
     import torch
     from diffusers import UNet2DConditionModel
 
-    from workers.unet.checkpoint import read_unet
-    from workers.unet.layout import ldm_to_diffusers
-    from workers.unet.presets import diffusers_config
+    from workers.contract.checkpoint import read_unet
+    from workers.contract.layout import ldm_to_diffusers
+    from workers.contract.presets import diffusers_config
 
     with torch.device("meta"):
         model = UNet2DConditionModel(**diffusers_config(ARCH))

@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from workers.inputs import PinnedInputs
-from workers.unet.presets import UNetArch
+from workers.contract.inputs import PinnedInputs
+from workers.contract.presets import UNetArch
 
 
 class Unsupported(Exception):

@@ -7,8 +7,8 @@ from typing import Any
 
 import numpy as np
 
-from workers.hostinfo import cpu_name
 from workers.backends.base import LoadedModel, LoadSpec, Unsupported
+from workers.contract.hostinfo import cpu_name
 from workers.unet.torch_unet import build_unet
 
 DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}

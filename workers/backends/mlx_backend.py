@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from workers.backends.base import LoadedModel, LoadSpec, Unsupported
-from workers.hostinfo import cpu_name
+from workers.contract.hostinfo import cpu_name
 
 DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 # The wheels that carry mlx's compute backends; which one is installed says where it can run.

@@ -15,11 +15,11 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from workers.contract.layout import tensor_specs
+from workers.contract.presets import UNetArch
 from workers.coreml import convert, palettize, verify
 from workers.coreml.cache import COMPILED, FACTS, PACKAGE, ConversionCache, cache_key
 from workers.coreml.request import ConversionRequest
-from workers.unet.layout import tensor_specs
-from workers.unet.presets import UNetArch
 
 CONVERT = {  # converter name -> function writing its .mlpackage
     "harness": convert.convert_harness,

@@ -8,9 +8,9 @@ import time
 from importlib import metadata
 from pathlib import Path
 
+from workers.contract.presets import UNetArch
 from workers.coreml import attention
 from workers.coreml.request import PALETTE_BITS, ConversionRequest
-from workers.unet.presets import UNetArch
 from workers.unet.torch_unet import build_unet
 
 # Bump when the harness converter's output changes for the same inputs: it is part of the cache key.

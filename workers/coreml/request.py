@@ -6,10 +6,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from workers.inputs import TEXT_DIM, TEXT_TOKENS
+from workers.contract.backends import CONVERTERS
+from workers.contract.inputs import TEXT_DIM, TEXT_TOKENS
 
-CONVERTERS = ("harness", "coreml-diffusion", "apple")
-DEFAULT_CONVERTER = "harness"
+DEFAULT_CONVERTER = CONVERTERS[0]
 DEFAULT_DEPLOYMENT_TARGET = "macOS13"  # the first target with palettized (LUT) weights
 PALETTE_BITS = {"w8": 8, "w6": 6, "w4": 4}
 BATCH = 2  # classifier-free guidance: the pinned input's batch

@@ -15,9 +15,9 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
-from workers.unet.checkpoint import read_unet
-from workers.unet.layout import ldm_to_diffusers
-from workers.unet.presets import UNetArch
+from workers.contract.checkpoint import read_unet
+from workers.contract.layout import ldm_to_diffusers
+from workers.contract.presets import UNetArch
 
 RESNET_EPS = 1e-5  # diffusers' norm_eps for SD1.x
 TRANSFORMER_NORM_EPS = 1e-6  # Transformer2DModel's GroupNorm

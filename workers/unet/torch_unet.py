@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from workers.unet.checkpoint import read_unet
-from workers.unet.layout import ldm_to_diffusers
-from workers.unet.presets import UNetArch, diffusers_config
+from workers.contract.checkpoint import read_unet
+from workers.contract.layout import ldm_to_diffusers
+from workers.contract.presets import UNetArch, diffusers_config
 
 
 def build_unet(arch: UNetArch, model_path: str | Path):

@@ -1,0 +1,39 @@
+"""Where the harness keeps things: its checkout, the envs, the cache; `${VAR:-default}` paths."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+ENVS_DIR = REPO_ROOT / "envs"
+
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def expand(value: str, base: Path) -> Path:
+    """`${VAR}` / `${VAR:-default}` from the environment, then `~`; relative to `base`.
+    An unset variable without a default raises KeyError naming it."""
+
+    def sub(m: re.Match) -> str:
+        name, default = m.group(1), m.group(2)
+        if name in os.environ and os.environ[name] != "":
+            return os.environ[name]
+        if default is None:
+            raise KeyError(name)
+        return default
+
+    p = Path(os.path.expanduser(_VAR.sub(sub, value)))
+    return p if p.is_absolute() else (base / p)
+
+
+def cache_dir() -> Path:
+    """`CDB_CACHE_DIR`, else the (invoking, under sudo) user's cache folder."""
+    from orchestrator.config.privileges import invoking_user
+
+    if env := os.environ.get("CDB_CACHE_DIR"):
+        return Path(env).expanduser()
+    user = invoking_user()
+    home = Path(user.home) if user else Path.home()
+    return Path(os.environ.get("XDG_CACHE_HOME") or home / ".cache") / "coreml-diffusion-benchmarks"

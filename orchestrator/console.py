@@ -1,0 +1,92 @@
+"""What a person sees while a session runs: a progress bar (run k of n, cell, ETA), one line per
+finished run, and the summary table at the end. Everything goes to stderr except the table."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table as RichTable
+from rich.text import Text
+
+from orchestrator.config.plan import PlannedRun
+from orchestrator.report.tables import Table, cell_table
+
+
+class RunProgress:
+    def __init__(self, progress: Progress, task: int, console: Console):
+        self._p, self._task, self._console = progress, task, console
+
+    def start_run(self, planned: PlannedRun, cell: Any, total: int) -> None:
+        self._p.update(self._task, description=f"{cell.id} run {planned.run_index}")
+
+    def end_run(self, rec: dict[str, Any], runs_per_cell: int) -> None:
+        head = f"{rec['cell_id']} run {rec['run_index']} ({rec['run_index'] + 1} of {runs_per_cell})"
+        if rec["status"] == "ok":
+            eq = "" if rec.get("cosine") is None else f"  cosine {rec['cosine']:.6f}{'  DIVERGENT' if rec['numerically_divergent'] else ''}"
+            if rec.get("energy_per_step_j") is not None:
+                eq += f"  {rec['energy_per_step_j']:.4g} J/step net ({rec['gross_energy_per_step_j']:.4g} gross)"
+            self._console.print(f"  {head}: ok  {rec['latency_ms_median']:.2f} ms/step (IQR {rec['latency_ms_iqr']:.2f}, "
+                                f"{rec['iterations']} it){eq}{run_flags(rec)}", highlight=False)
+        elif rec["status"] == "unsupported":
+            self._console.print(f"  {head}: [yellow]unsupported[/]: {rec['failure_reason']}", highlight=False)
+        else:
+            self._console.print(f"  {head}: [red]failed[/]: {rec['failure_reason']}", highlight=False)
+        self._p.advance(self._task)
+
+
+def run_flags(rec: dict[str, Any]) -> str:
+    """What a person should know about this run before trusting its numbers."""
+    flags = [what for key, what in (("throttled", "throttled"), ("short_window", "short window"),
+                                    ("forced_power", "forced power"), ("load_unsettled", "load unsettled"))
+             if rec.get(key)]
+    if rec.get("power_problems") and not rec.get("forced_power"):
+        flags.append("energy withheld")
+    return f"  [{', '.join(flags)}]" if flags else ""
+
+
+class Display:
+    def __init__(self, quiet: bool = False):
+        # Logs and CI output are not terminals: give them full lines instead of 80 columns.
+        self.err = Console(stderr=True, quiet=quiet)
+        self.out = Console()
+        for console in (self.err, self.out):
+            if not console.is_terminal:
+                console.width = 160
+
+    def log(self, message: str) -> None:
+        self.err.print(message, highlight=False, markup=False)
+
+    def warn(self, message: str) -> None:
+        self.err.print(f"[yellow]warning:[/] {escape(message)}", highlight=False)  # brackets in it are text
+
+    @contextmanager
+    def status(self, message: str) -> Iterator[None]:
+        with self.err.status(message):
+            yield
+
+    @contextmanager
+    def progress(self, total: int, completed: int = 0) -> Iterator[RunProgress]:
+        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                   TextColumn("ETA"), TimeRemainingColumn())
+        with Progress(*columns, console=self.err, transient=True) as p:
+            task = p.add_task("starting", total=total, completed=completed)
+            yield RunProgress(p, task, self.err)
+
+    def table(self, t: Table, title: str | None = None) -> None:
+        """Cells as plain text: brackets such as [p10–p90] are data, not rich markup."""
+        rt = RichTable(title=title, title_justify="left")
+        for col in t.headers:
+            rt.add_column(Text(col))
+        for row in t.rows:
+            rt.add_row(*map(Text, row))
+        self.out.print(rt)
+
+    def summary_table(self, summary: dict[str, Any]) -> None:
+        self.table(cell_table(summary), f"session {summary['session_id']}")
+        if reason := summary.get("energy_unavailable_reason"):
+            self.out.print(f"energy: {reason}", highlight=False)

@@ -1,0 +1,77 @@
+"""The interface every power source implements (one file per source beside this one).
+
+A meter runs in the background from `start()` to `stop()` and yields intervals
+`(start_ns, end_ns, {channel: joules})` on the `time.monotonic_ns()` axis, which workers also
+stamp their windows with, plus time-stamped extra readings (temperature, clocks, thermal
+pressure, throttle reasons)."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Interval:
+    start_ns: int
+    end_ns: int
+    joules: dict[str, float]
+    duration_ns: int | None = None  # the source's own measure of the interval, when it has one
+
+    @property
+    def seconds(self) -> float:
+        """Duration for power: the source's own where given (powermetrics' elapsed_ns), so that
+        where a sample is placed on our time axis never changes the power it reports."""
+        return (self.duration_ns if self.duration_ns is not None else self.end_ns - self.start_ns) / 1e9
+
+
+@dataclass(frozen=True)
+class Reading:
+    t_ns: int
+    values: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Availability:
+    ok: bool
+    reason: str  # why not, or what was found
+
+
+@dataclass
+class MeterRecord:
+    """What a run keeps of its meter: the raw data, for samples/."""
+
+    intervals: list[Interval] = field(default_factory=list)
+    readings: list[Reading] = field(default_factory=list)
+    stats: dict[str, Any] = field(default_factory=dict)  # parser counters, measured update interval
+
+
+class Meter(ABC):
+    name: str = ""
+
+    @abstractmethod
+    def version(self) -> str:
+        """For provenance."""
+
+    @abstractmethod
+    def update_interval_s(self) -> float:
+        """How often the source's numbers change: a timed window must span many of these."""
+
+    @abstractmethod
+    def start(self) -> None: ...
+
+    @abstractmethod
+    def stop(self) -> MeterRecord:
+        """Stop measuring; everything measured since start()."""
+
+    @abstractmethod
+    def peek(self) -> MeterRecord:
+        """Everything measured since start(), while measuring goes on (adaptive cooldown)."""
+
+    def throttled(self, record: MeterRecord, start_ns: int, end_ns: int) -> bool | None:
+        """Whether the source saw throttling in [start_ns, end_ns]; None when it cannot tell."""
+        return None
+
+    def close(self) -> None:  # noqa: B027  (a meter with nothing to release needs no override)
+        """Release the source for good (end of session)."""

@@ -1,0 +1,92 @@
+"""`orchestrate compare A B`: two cells of one session, or the same cell in two sessions (a
+driver update, a new OS). Sessions are compared only when they ran the same weights on the same
+inputs; otherwise a difference could be the model's, not the backend's."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from orchestrator.errors import UserError
+from orchestrator.results.compare import Comparison, compare_runs
+from orchestrator.results.store import SessionDir
+
+
+@dataclass(frozen=True)
+class Side:
+    sdir: SessionDir
+    cell: str | None
+    session: dict[str, Any]
+    runs: list[dict[str, Any]]
+    problems: list[str]
+
+
+def parse_side(arg: str) -> Side:
+    """`DIR` or `DIR:CELL`."""
+    path, cell = Path(arg), None
+    if not path.is_dir() and ":" in arg:
+        head, cell = arg.rsplit(":", 1)
+        path = Path(head)
+    if not path.is_dir():
+        raise UserError(f"{arg}: not a session folder (give DIR or DIR:CELL)")
+    sdir = SessionDir(path)
+    runs = sdir.read_runs()
+    if not runs.records:
+        raise UserError(f"{path}: no readable runs ({'; '.join(runs.problems) or 'runs.jsonl is empty'})")
+    session = sdir.read_session() if sdir.has_session() else {}
+    return Side(sdir, cell or None, session, runs.records, runs.problems)
+
+
+def _cells(side: Side) -> list[str]:
+    return list(dict.fromkeys(r["cell_id"] for r in side.runs))
+
+
+def _digests(side: Side, cell: str) -> dict[str, Any]:
+    if not side.session:
+        raise UserError(f"{side.sdir.root}: session.json missing: its model and input digests are unknown, "
+                        "so it cannot be compared with another session")
+    res = next((r.get("resolution") for r in side.runs if r["cell_id"] == cell), None)
+    inputs = (side.session.get("inputs") or {}).get(str(res), {}).get("sha256", {})
+    return {"model sha256": side.session.get("model", {}).get("sha256"),
+            "input latent sha256": inputs.get("latent"), "input text embedding sha256": inputs.get("text_embedding")}
+
+
+def check_same_inputs(a: Side, b: Side, cell_a: str, cell_b: str) -> None:
+    da, db = _digests(a, cell_a), _digests(b, cell_b)
+    differ = [f"{k} differs: {a.sdir.root} has {da[k]}, {b.sdir.root} has {db[k]}" for k in da if da[k] != db[k]]
+    if differ:
+        raise UserError("refusing to compare: the sessions did not run the same model on the same inputs", *differ)
+
+
+def pairs(a: Side, b: Side) -> list[tuple[str, str]]:
+    """Which cells to compare: as named, the same id on the side that names none, or every common cell."""
+    same = a.sdir.root.resolve() == b.sdir.root.resolve()
+    if a.cell and b.cell:
+        chosen = [(a.cell, b.cell)]
+    elif same:
+        raise UserError("name two cells of the session: orchestrate compare DIR:CELL_A DIR:CELL_B")
+    elif a.cell or b.cell:
+        chosen = [(a.cell or b.cell, a.cell or b.cell)]
+    else:
+        chosen = [(c, c) for c in _cells(a) if c in _cells(b)]
+        if not chosen:
+            raise UserError(f"{a.sdir.root} and {b.sdir.root} have no cell in common; name them as DIR:CELL")
+    if len(chosen) == 1:  # named cells must exist; common cells do by construction
+        for side, cell in ((a, chosen[0][0]), (b, chosen[0][1])):
+            if cell not in _cells(side):
+                raise UserError(f"{side.sdir.root}: no cell {cell!r} (cells: {', '.join(_cells(side))})")
+    if not same:
+        for ca, cb in chosen:
+            check_same_inputs(a, b, ca, cb)
+    return chosen
+
+
+def compare_sides(a: Side, b: Side) -> list[Comparison]:
+    """B against A (A is the baseline: ratios are B / A)."""
+    same = a.sdir.root.resolve() == b.sdir.root.resolve()
+    out = []
+    for ca, cb in pairs(a, b):
+        la, lb = (ca, cb) if same else (f"{a.sdir.id}:{ca}", f"{b.sdir.id}:{cb}")
+        out += compare_runs(la, [r for r in a.runs if r["cell_id"] == ca], lb, [r for r in b.runs if r["cell_id"] == cb])
+    return out

@@ -1,0 +1,211 @@
+"""report.md and the tables every report shares (markdown, HTML, terminal): what a person reads
+after a session. Derived from summary.json, session.json and the runs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from orchestrator.report.reproduce import panel
+from orchestrator.results.compare import Comparison
+
+
+def fmt(value: float | None, spec: str = ".4g") -> str:
+    return "–" if value is None else format(value, spec)
+
+
+def latency_cell(c: dict[str, Any]) -> str:
+    if c["latency_ms_median"] is None:
+        return "–"
+    return f"{c['latency_ms_median']:.2f} [{c['latency_ms_p10']:.2f}–{c['latency_ms_p90']:.2f}]"
+
+
+def energy_cell(c: dict[str, Any]) -> str:
+    if c.get("energy_per_step_j") is None:
+        return "–"
+    return f"{c['energy_per_step_j']:.4g} [{c['energy_per_step_j_p10']:.4g}–{c['energy_per_step_j_p90']:.4g}]"
+
+
+def metric_cell(c: dict[str, Any], key: str) -> str:
+    """median [p10–p90] of any per-run metric in the cell's `metrics`."""
+    m = c.get("metrics", {}).get(key)
+    return "–" if m is None else f"{m['median']:.4g} [{m['p10']:.4g}–{m['p90']:.4g}]"
+
+
+def image_estimate_cell(c: dict[str, Any]) -> str:
+    return metric_cell(c, "estimated_energy_per_50_step_image_j")
+
+
+def divergence_cell(c: dict[str, Any]) -> str:
+    if c["numerically_divergent"] is None:
+        return "not checked"
+    return f"DIVERGENT (runs {', '.join(map(str, c['divergent_runs']))})" if c["numerically_divergent"] else "ok"
+
+
+def flags(c: dict[str, Any]) -> str:
+    out = []
+    if c["outlier_runs"]:
+        out.append("outlier runs: " + ", ".join(f"run {o['run_index']} ({o['value']:.2f} ms)" for o in c["outlier_runs"]))
+    if c.get("energy_outlier_runs"):
+        out.append("energy outlier runs: " + ", ".join(f"run {o['run_index']} ({o['value']:.4g} J)" for o in c["energy_outlier_runs"]))
+    for key, what in (("throttled_runs", "throttled"), ("short_window_runs", "window < 10 meter updates"),
+                      ("forced_power_runs", "energy recorded under failing power preconditions (--force-power)"),
+                      ("energy_withheld_runs", "energy withheld: power preconditions failed"),
+                      ("load_unsettled_runs", "load average never settled before the run"),
+                      ("thermal_limited_runs", "thermal warning or GPU slowdown before the run")):
+        if c.get(key):
+            out.append(f"{what}: runs " + ", ".join(map(str, c[key])))
+    if c["n_ok"] and c["output_sha256_distinct"] > 1:
+        out.append(f"{c['output_sha256_distinct']} distinct outputs across runs")
+    if c["n_ok"] and c["n_ok"] < 3:
+        out.append(f"only {c['n_ok']} ok run(s)")
+    return "; ".join(out)
+
+
+def describe_cell(c: dict[str, Any]) -> str:
+    where = c.get("device") or c.get("compute_unit") or "?"
+    return f"{c.get('backend', '?')} {where} {c.get('precision', '?')}"
+
+
+def conversion_lines(cells: list[dict[str, Any]]) -> list[str]:
+    """Core ML conversions: what converted each cell's model and what each step took. A cache
+    hit took no conversion step: its step times are those recorded when it was converted."""
+    rows = [c for c in cells if c.get("conversion")]
+    if not rows:
+        return []
+    lines = ["", "## Core ML conversions", "",
+             "Conversion runs in the worker's load, before any timed window. Step times of a cache hit are those of",
+             "the session that converted it; `prepare s` is this session's time to get the model (cache lookup, or",
+             "conversion), `verify s` its time to check the model's spec.",
+             "",
+             "| cell | converter | coremltools / torch | this session | trace s | convert s | palettize s | compile s | prepare s | verify s | package MB | bits/weight |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for c in rows:
+        v = c["conversion"]
+        st = v["steps"]
+        how = "cache hit" if v["cache_hit"] else f"converted (runs {', '.join(map(str, v['runs_that_converted']))})"
+        lines.append(
+            f"| {c['cell_id']} | {v['converter']} {v['converter_version']} | {v['coremltools']} / {v['torch']} | {how} | "
+            f"{fmt(st.get('trace_s'), '.1f')} | {fmt(st.get('convert_s'), '.1f')} | {fmt(st.get('palettize_s'), '.1f')} | "
+            f"{fmt(st.get('compile_s'), '.1f')} | {fmt(v['prepare_s'], '.3g')} | {fmt(v['verify_s'], '.3g')} | "
+            f"{fmt(v['package_bytes'] / 1e6 if v['package_bytes'] is not None else None, '.2f')} | {fmt(v['bits_per_weight'], '.2f')} |")
+    return lines
+
+
+@dataclass(frozen=True)
+class Table:
+    headers: list[str]
+    rows: list[list[str]]
+
+
+def energy_channels(summary: dict[str, Any]) -> list[str]:
+    """Measured channels other than `total`, whose figure is the cell's energy_per_step_j."""
+    return sorted({ch for c in summary["cells"] for ch in c.get("channels") or [] if ch != "total"})
+
+
+def cell_table(summary: dict[str, Any]) -> Table:
+    """One row per cell; energy columns only when some cell has energy."""
+    channels = energy_channels(summary)
+    energy = any(c.get("energy_per_step_j") is not None for c in summary["cells"])
+    headers = ["cell", "backend device precision", "runs ok/failed", "latency ms median [p10–p90]", "IQR ms"]
+    if energy:
+        headers += [f"energy J/step {ch} [p10–p90]" for ch in channels]
+        headers += ["energy J/step total, median [p10–p90]", "est. J/image (50 x step) [p10–p90]"]
+    headers += ["cosine (min)", "MSE (max)", "divergence", "flags"]
+    rows = []
+    for c in summary["cells"]:
+        if c["status"] == "unsupported":
+            rows.append([c["cell_id"], describe_cell(c), "unsupported", *["–"] * (len(headers) - 4),
+                         c["unsupported_reason"] or ""])
+            continue
+        row = [c["cell_id"], describe_cell(c), f"{c['n_ok']}/{c['n_failed']}", latency_cell(c), fmt(c["latency_ms_iqr"])]
+        if energy:
+            row += [metric_cell(c, f"energy_per_step_j[{ch}]") for ch in channels]
+            row += [energy_cell(c), image_estimate_cell(c)]
+        row += [fmt(c["cosine_min"], ".7f"), fmt(c["mse_max"]), divergence_cell(c), flags(c)]
+        rows.append(row)
+    return Table(headers, rows)
+
+
+def comparison_table(comparisons: list[Comparison]) -> Table:
+    headers = ["metric", "cell", "vs", "medians", "ratio of medians", "ratio range (p10–p90 / p10–p90)",
+               "Hodges-Lehmann shift [CI]", "Mann-Whitney p", "verdict"]
+    rows = []
+    for c in comparisons:
+        t = c.test
+        shift = "–" if t is None else f"{t.hl_shift:+.4g} {c.unit} [{t.hl_ci[0]:+.4g}, {t.hl_ci[1]:+.4g}] ({t.hl_ci_level:.1%})"
+        p = "–" if t is None else f"{t.p:.3g} ({t.method}, U = {t.u:g})"
+        ratio = "–" if c.ratio_of_medians is None else f"{c.ratio_of_medians:.4g}x"
+        rng = "–" if c.ratio_range is None else f"{c.ratio_range[0]:.4g}–{c.ratio_range[1]:.4g}x"
+        rows.append([c.metric, c.other, c.baseline, f"{c.other_median:.4g} vs {c.baseline_median:.4g} {c.unit}",
+                     ratio, rng, shift, p, c.verdict])
+    return Table(headers, rows)
+
+
+def markdown_table(t: Table) -> list[str]:
+    def line(cells: list[str]) -> str:
+        return "| " + " | ".join(x.replace("|", "\\|") for x in cells) + " |"
+    return [line(t.headers), "|" + "---|" * len(t.headers), *(line(r) for r in t.rows)]
+
+
+@dataclass(frozen=True)
+class ReportInputs:
+    """What every rendering of a session's report shows."""
+
+    summary: dict[str, Any]
+    session: dict[str, Any]
+    runs: list[dict[str, Any]]
+    comparisons: list[Comparison]
+    baseline: str | None
+    baseline_note: str  # why there are no comparisons, or where the baseline came from
+    warnings: list[str]
+    figures: list[Any]  # figures.Figure: drawn (files) or left out (reason)
+
+
+def header_lines(r: ReportInputs) -> list[str]:
+    summary, session = r.summary, r.session
+    model, eq = summary.get("model", {}), summary.get("equivalence", {})
+    host = session.get("provenance", {}).get("host", {})
+    synthetic = "synthetic weights (right compute, not real images)" if model.get("synthetic") else "checkpoint"
+    resumes = [f"Resumed {r.get('at')} on: {_host_line(r.get('host', {}))}" for r in session.get("resumes", [])]
+    return [
+        f"Status: {summary.get('status')}; {summary['n_runs']} runs recorded",
+        f"Model: {model.get('preset')} — {synthetic}; sha256 {model.get('sha256')}",
+        f"Host: {_host_line(host)}",
+        *resumes,
+        f"Equivalence reference: fp32; divergent when MSE > {eq.get('mse_max')} or cosine < {eq.get('cosine_min')}",
+        f"Energy: {summary.get('energy_unavailable_reason') or 'measured by ' + str(summary.get('meter'))}",
+    ]
+
+
+def _host_line(host: dict[str, Any]) -> str:
+    return f"{host.get('cpu')} · {host.get('os')} · GPUs: {', '.join(host.get('gpus') or []) or 'none'}"
+
+
+EXPLANATION = ("Latency and energy are per UNet step: per run, the median over its iterations (latency) or the "
+               "baseline-subtracted energy of its timed window divided by its iterations; then the median and "
+               "p10–p90 across runs. Energy per image is an estimate: 50 x the energy per step, not a measured image.")
+
+
+def render_markdown(r: ReportInputs) -> str:
+    summary = r.summary
+    lines = [f"# Session {summary['session_id']}", "", *(f"- {h}" for h in header_lines(r)), "", EXPLANATION, ""]
+    lines += markdown_table(cell_table(summary))
+    lines += conversion_lines(summary["cells"])
+    lines += ["", "## Stability warnings", ""]
+    lines += [f"- {w}" for w in r.warnings] or ["None."]
+    lines += ["", "## Comparisons", "", r.baseline_note]
+    if r.comparisons:
+        lines += ["", *markdown_table(comparison_table(r.comparisons))]
+    lines += ["", "## Figures", ""]
+    for f in r.figures:
+        lines.append(f"![{f.title}]({f.files[0]})" if f.skipped is None else f"- {f.title}: left out: {f.skipped}")
+        lines.append("")
+    failures = [(c["cell_id"], f) for c in summary["cells"] for f in c["failures"]]
+    if failures:
+        lines += ["## Failed runs", ""]
+        lines += [f"- {cid} run {f['run_index']}: {f['reason']}" for cid, f in failures] + [""]
+    if summary.get("problems"):
+        lines += ["## Problems reading the results", ""] + [f"- {p}" for p in summary["problems"]] + [""]
+    lines += ["## Reproduce", ""] + [f"- **{label}**: {text}" for label, text in panel(r.session, r.runs)]
+    return "\n".join(lines) + "\n"

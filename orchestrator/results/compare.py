@@ -1,0 +1,167 @@
+"""Comparing two cells' per-run values (DESIGN section 4): ratio of medians, the ratio range from
+dividing their p10-p90 intervals, a Mann-Whitney U test with the Hodges-Lehmann shift and its
+confidence interval, and a one-line verdict.
+
+Written here rather than taken from scipy: the orchestrator needs only these few lines, exact for
+the small samples a study has (7 runs a cell), and scipy would be the largest dependency of the
+root project for them. Tests check them against hand-computed values."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+
+from orchestrator.results.stats import across_runs
+from orchestrator.results.summary import run_values
+
+ALPHA = 0.05
+EXACT_MAX_N = 50  # exact null distribution up to this many runs a side (and no ties)
+Z_975 = 1.959963984540054
+
+
+@dataclass(frozen=True)
+class RankTest:
+    u: float  # Mann-Whitney U of `other`: pairs where other > baseline, ties counted half
+    p: float  # two-sided
+    method: str  # "exact" | "normal approximation (tie-corrected)"
+    hl_shift: float  # Hodges-Lehmann: median of other_i - baseline_j
+    hl_ci: tuple[float, float]
+    hl_ci_level: float  # confidence the interval actually has (exact intervals are discrete)
+
+
+@dataclass(frozen=True)
+class Comparison:
+    metric: str
+    unit: str
+    baseline: str
+    other: str
+    n_baseline: int
+    n_other: int
+    baseline_median: float
+    other_median: float
+    ratio_of_medians: float | None  # other / baseline; None unless the baseline's values are all > 0
+    ratio_range: tuple[float, float] | None  # other's p10-p90 divided by baseline's p10-p90 (interval division)
+    intervals_disjoint: bool
+    test: RankTest | None  # None with fewer than 2 runs on a side
+    verdict: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@lru_cache(maxsize=256)
+def _u_counts(m: int, n: int) -> tuple[int, ...]:
+    """Number of orderings of m + n distinct values giving each U = 0..m*n (the null distribution)."""
+    if m == 0 or n == 0:
+        return (1,)
+    a, b = _u_counts(m - 1, n), _u_counts(m, n - 1)
+    out = [0] * (m * n + 1)
+    for u, c in enumerate(b):  # the largest value belongs to the baseline: U unchanged
+        out[u] += c
+    for u, c in enumerate(a):  # it belongs to `other`: it beats all n baseline values
+        out[u + n] += c
+    return tuple(out)
+
+
+def _cdf(m: int, n: int, k: int) -> float:
+    """P(U <= k) under the null, exact."""
+    counts = _u_counts(m, n)
+    return sum(counts[: max(k + 1, 0)]) / math.comb(m + n, m)
+
+
+def _tie_sigma(values: np.ndarray, m: int, n: int) -> float:
+    big_n = m + n
+    _, t = np.unique(values, return_counts=True)
+    ties = float(np.sum(t**3 - t))
+    return math.sqrt(m * n / 12.0 * ((big_n + 1) - ties / (big_n * (big_n - 1))))
+
+
+def rank_test(other: Sequence[float], baseline: Sequence[float]) -> RankTest:
+    x = np.asarray(other, dtype=np.float64)
+    y = np.asarray(baseline, dtype=np.float64)
+    m, n = x.size, y.size
+    u = float(np.sum(x[:, None] > y[None, :]) + 0.5 * np.sum(x[:, None] == y[None, :]))
+    diffs = np.sort((x[:, None] - y[None, :]).ravel())
+    pooled = np.concatenate([x, y])
+    exact = np.unique(pooled).size == pooled.size and max(m, n) <= EXACT_MAX_N
+    if exact:
+        lower = min(u, m * n - u)
+        p = min(1.0, 2.0 * _cdf(m, n, int(lower)))
+        # [D(k+1), D(mn-k)] misses the true shift with probability 2 P(U <= k): the largest k
+        # keeping that <= alpha; with too few runs for any, the full range at its own level.
+        k = 0
+        while _cdf(m, n, k + 1) <= ALPHA / 2:
+            k += 1
+        level = 1.0 - 2.0 * _cdf(m, n, k)
+        method = "exact"
+    else:
+        sigma = _tie_sigma(pooled, m, n)
+        z = (abs(u - m * n / 2.0) - 0.5) / sigma if sigma > 0 else 0.0
+        p = min(1.0, math.erfc(max(z, 0.0) / math.sqrt(2.0)))
+        k = max(0, math.floor(m * n / 2.0 - 0.5 - Z_975 * sigma))
+        level = 1.0 - math.erfc((m * n / 2.0 - k - 0.5) / sigma / math.sqrt(2.0)) if sigma > 0 else 0.0
+        method = "normal approximation (tie-corrected)"
+    ci = (float(diffs[k]), float(diffs[diffs.size - k - 1]))
+    return RankTest(u=u, p=p, method=method, hl_shift=float(np.median(diffs)), hl_ci=ci, hl_ci_level=level)
+
+
+_WORDS = {"latency": ("slower", "faster"), "energy": ("more energy", "less energy")}
+
+
+def _size(ratio: float, metric: str, ratio_range: tuple[float, float]) -> str:
+    """'2.8% slower', or for large factors '6.0-6.5x lower energy' (the range from the intervals)."""
+    up, down = _WORDS.get(metric, ("higher", "lower"))
+    if 1 / 1.5 < ratio < 1.5:
+        return f"{abs(ratio - 1) * 100:.1f}% {up if ratio >= 1 else down}"
+    lo, hi = ratio_range
+    if ratio >= 1:
+        return f"{ratio:.2f}x ({lo:.2f}-{hi:.2f}x) {up}"
+    return f"{1 / ratio:.2f}x ({1 / hi:.2f}-{1 / lo:.2f}x) {down.replace('less', 'lower')}"
+
+
+def compare(metric: str, unit: str, baseline_id: str, baseline: Sequence[float], other_id: str,
+            other: Sequence[float]) -> Comparison:
+    """`other` against `baseline`, one value per ok run each."""
+    b, o = across_runs(baseline), across_runs(other)
+    positive = b.min > 0 and o.min > 0  # net energy can come out <= 0 on a noisy host: no ratio then
+    ratio = o.median / b.median if positive else None
+    rng = (o.p10 / b.p90, o.p90 / b.p10) if positive else None
+    disjoint = o.p10 > b.p90 or o.p90 < b.p10
+    test = rank_test(other, baseline) if min(len(baseline), len(other)) >= 2 else None
+    overlap = "intervals disjoint" if disjoint else "intervals overlap"
+    if test is None:
+        verdict = f"too few runs for a test (n = {len(other)} vs {len(baseline)}); {overlap}"
+    else:
+        size = _size(ratio, metric, rng) if ratio is not None and rng is not None else \
+            f"shift {test.hl_shift:+.4g} {unit}"
+        smallest_p = 2 / math.comb(len(baseline) + len(other), len(other))
+        if test.p < ALPHA:
+            verdict = f"{size}; {overlap}; p = {test.p:.2g}"
+        elif smallest_p >= ALPHA:  # every ordering of so few runs gives p >= alpha: not evidence of sameness
+            verdict = (f"undecided: {len(other)} vs {len(baseline)} runs cannot reach p < {ALPHA:g} (smallest p "
+                       f"{smallest_p:.2g}); {size}; {overlap}")
+        else:
+            verdict = f"indistinguishable (p = {test.p:.2g}; {overlap})"
+    return Comparison(metric=metric, unit=unit, baseline=baseline_id, other=other_id, n_baseline=b.n, n_other=o.n,
+                      baseline_median=b.median, other_median=o.median, ratio_of_medians=ratio, ratio_range=rng,
+                      intervals_disjoint=disjoint, test=test, verdict=verdict)
+
+
+METRICS = (("latency", "latency_ms_median", "ms"), ("energy", "energy_per_step_j", "J"))
+
+
+def compare_runs(baseline_id: str, baseline_runs: list[dict[str, Any]], other_id: str,
+                 other_runs: list[dict[str, Any]]) -> list[Comparison]:
+    """Latency and (where both sides have it) energy per step, over each side's ok runs."""
+    out = []
+    for metric, key, unit in METRICS:
+        b = [v for _, v in run_values([r for r in baseline_runs if r["status"] == "ok"], key)]
+        o = [v for _, v in run_values([r for r in other_runs if r["status"] == "ok"], key)]
+        if b and o:
+            out.append(compare(metric, unit, baseline_id, b, other_id, o))
+    return out

@@ -1,0 +1,100 @@
+"""Numerical equivalence of each run's output with an fp32 reference output.
+
+The reference (by default diffusers fp32 on CPU) is computed once per model, input and
+reference spec, in its own env through the same worker protocol, and cached on disk; every run
+is compared with it and flagged, never dropped."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from orchestrator.config.envs import Env
+from orchestrator.config.matrix import Equivalence, Matrix
+from orchestrator.run.pins import PinnedModel, setup_message
+from orchestrator.run.worker_client import run_worker
+from workers.contract.inputs import PinnedInputs
+
+
+@dataclass(frozen=True)
+class Comparison:
+    mse: float | None
+    mse_relative: float | None  # mse / mean square of the reference
+    cosine: float | None
+    max_abs_diff: float | None
+    finite: bool
+    numerically_divergent: bool
+
+
+def compare(output: np.ndarray, reference: np.ndarray, spec: Equivalence) -> Comparison:
+    """Divergent when the output is not finite, its MSE exceeds `mse_max` or its cosine
+    similarity falls below `cosine_min`. Computed in float64."""
+    out = np.asarray(output, dtype=np.float64).ravel()
+    ref = np.asarray(reference, dtype=np.float64).ravel()
+    if out.shape != ref.shape:
+        raise ValueError(f"output has {out.size} values, reference {ref.size}")
+    if not np.all(np.isfinite(out)):
+        return Comparison(None, None, None, None, finite=False, numerically_divergent=True)
+    diff = out - ref
+    mse = float(np.mean(diff * diff))
+    norms = float(np.linalg.norm(out) * np.linalg.norm(ref))
+    cosine = float(np.dot(out, ref) / norms) if norms > 0 else 0.0
+    ref_ms = float(np.mean(ref * ref))
+    return Comparison(
+        mse=mse, mse_relative=mse / ref_ms if ref_ms > 0 else None, cosine=cosine,
+        max_abs_diff=float(np.max(np.abs(diff))), finite=True,
+        numerically_divergent=bool(mse > spec.mse_max or cosine < spec.cosine_min),
+    )
+
+
+def reference_key(spec: Equivalence, env: Env, model: PinnedModel, inputs: PinnedInputs) -> str:
+    """Model, input, reference spec and the reference env's lock: a toolchain upgrade makes a
+    new reference instead of silently comparing against the old one."""
+    ident = {"model": model.sha256, "inputs": inputs.digests(), "timestep": inputs.timestep,
+             "env": env.lock_sha256() or str(env.python),
+             "reference": {k: v for k, v in asdict(spec).items() if k in ("backend", "device", "precision")}}
+    return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:24]
+
+
+@dataclass(frozen=True)
+class Reference:
+    output: np.ndarray | None
+    path: Path
+    cached: bool
+    failure: str | None
+    versions: dict
+
+    @property
+    def ok(self) -> bool:
+        return self.output is not None
+
+
+def reference_output(matrix: Matrix, env: Env, model: PinnedModel, inputs: PinnedInputs, resolution: int,
+                     cache: Path, log_path: Path) -> Reference:
+    """Load the cached reference, or compute it with one worker run (no warmup, one iteration)."""
+    spec = matrix.equivalence
+    key = reference_key(spec, env, model, inputs)
+    path = cache / "references" / f"{key}.npy"
+    meta_path = path.with_suffix(".json")
+    if path.is_file() and meta_path.is_file():
+        return Reference(np.load(path), path, True, None, json.loads(meta_path.read_text()).get("versions", {}))
+    cell = spec.reference_cell(resolution)
+    setup = setup_message(matrix, cell, model, inputs, warmup=0, iterations=1)
+    outcome = run_worker(env, setup, label=f"{cell.id}", log_path=log_path, timeout_s=matrix.timing.run_timeout_s)
+    if outcome.status != "ok":
+        return Reference(None, path, False, f"reference run {outcome.status}: {outcome.reason}", {})
+    output = outcome.result["output"]
+    versions = outcome.ready.get("versions", {})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as f:
+        np.save(f, output)
+    tmp.replace(path)
+    meta_path.write_text(json.dumps({"model_sha256": model.sha256, "inputs": inputs.digests(),
+                                     "resolution": resolution, "spec": asdict(spec), "versions": versions,
+                                     "realized": outcome.ready.get("realized", {})}, indent=2))
+    return Reference(output, path, False, None, versions)
