@@ -1,0 +1,156 @@
+"""The run record (one line of runs.jsonl) and its schema version, defined once: the session
+fills it, the results store validates it when read, the field tables in docs/results-format.md
+are generated from it (tests/test_records.py fails when they drift).
+
+A record written by an older schema is upgraded on read by one small function per version
+(`UPGRADES`); a newer one is refused with a clear message."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from workers.contract.typed import Invalid, build, field
+
+SCHEMA_VERSION = 2
+RUN_STATUSES = ("ok", "failed", "unsupported")
+
+
+def _v1(data: dict[str, Any]) -> dict[str, Any]:
+    """Version 1 records may lack fields added while it was current (cooldown_settled_by,
+    meter_intervals_in_baseline, preflight fields...): they read as null, what a run that did not
+    produce them records. Nothing else changed."""
+    return {**data, "schema_version": 2}
+
+
+UPGRADES: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _v1}
+
+
+def upgrade(data: dict[str, Any], where: str) -> dict[str, Any]:
+    """`data` brought to SCHEMA_VERSION; Invalid for a version this harness does not know."""
+    version = data.get("schema_version", 1)
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise Invalid(f"{where}.schema_version: expected an integer, got {version!r}")
+    if version > SCHEMA_VERSION:
+        raise Invalid(f"{where}: written by a newer harness (schema_version {version}; this one reads up to "
+                      f"{SCHEMA_VERSION}): update the harness to read it")
+    while version < SCHEMA_VERSION:
+        if version not in UPGRADES:
+            raise Invalid(f"{where}: schema_version {version} is not one this harness can upgrade")
+        data = UPGRADES[version](data)
+        version = data["schema_version"]
+    return data
+
+
+@dataclass
+class RunRecord:
+    """Every record has every field; what a run did not produce is null."""
+
+    session_id: str = field(doc="the session folder's name")
+    cell_id: str = field(doc="the cell's id in the matrix")
+    run_index: int = field(doc="counts from 0 within the cell")
+    status: str | None = field(None, doc="`ok`, `failed` or `unsupported`")
+    schema_version: int = field(SCHEMA_VERSION, doc="of this record's layout")
+    order_index: int | None = field(None, doc="position in the session's run order")
+    started_at: str | None = field(None, unit="ISO 8601 UTC", doc="when the run began")
+    failure_reason: str | None = field(None, doc="one line: why it failed or is unsupported (worker error, exit code "
+                                                 "or signal, timeout, malformed frame; with the log's last line)")
+    backend: str | None = field(None, doc="as the cell asked")
+    env: str | None = field(None, doc="the env the worker ran in")
+    device: str | None = field(None, doc="as the cell asked (`compute_unit` for Core ML)")
+    precision: str | None = field(None, doc="as the cell asked")
+    resolution: int | None = field(None, unit="px", doc="image side; the latent is resolution/8")
+    wall_s: float | None = field(None, unit="s", doc="whole run, process start to exit")
+    cooldown_s: float | None = field(None, unit="s", doc="the cooldown actually spent between warmup and the "
+                                                         "baseline window")
+    cooldown_mode: str | None = field(None, doc="`fixed` or `adaptive`")
+    cooldown_settled: bool | None = field(None, doc="whether an adaptive cooldown settled before its maximum (null "
+                                                    "for a fixed wait, or adaptive without a meter)")
+    cooldown_settled_by: str | None = field(None, doc="`idle` (back near idle power) or `plateau` (power stopped "
+                                                      "falling)")
+    worker_pid: int | None = field(None, doc="the fresh process of this run")
+    worker_uid: int | None = field(None, doc="the user it ran as")
+    worker_exit_code: int | None = field(None, doc="its exit status (negative: the signal)")
+    python: str | None = field(None, doc="the worker's Python version")
+    versions: dict[str, Any] = field(factory=dict, doc="the worker's toolchain versions")
+    realized: dict[str, Any] = field(factory=dict, doc="what ran: device, device name, dtype, attention, "
+                                                       "attention processors, threads")
+    load_s: float | None = field(None, unit="s", doc="model load, imports included")
+    warmup_s: float | None = field(None, unit="s", doc="warmup iterations' time")
+    warmup_iterations: int | None = field(None, unit="count", doc="discarded before the timed window")
+    iterations: int | None = field(None, unit="count", doc="timed iterations actually run")
+    window_s: float | None = field(None, unit="s", doc="timed window: first start to last end")
+    latency_ms_median: float | None = field(None, unit="ms", doc="over the run's iterations")
+    latency_ms_iqr: float | None = field(None, unit="ms", doc="over the run's iterations")
+    latency_ms_min: float | None = field(None, unit="ms", doc="over the run's iterations")
+    latency_ms_mean: float | None = field(None, unit="ms", doc="over the run's iterations")
+    output_sha256: str | None = field(None, doc="of the output tensor (float32)")
+    output_shape: list[int] | None = field(None, doc="of the output tensor")
+    mse: float | None = field(None, finite=False, doc="vs the reference output")
+    mse_relative: float | None = field(None, finite=False, doc="MSE / mean square of the reference")
+    cosine: float | None = field(None, finite=False, doc="cosine similarity with the reference")
+    max_abs_diff: float | None = field(None, finite=False, doc="largest absolute difference from the reference")
+    finite: bool | None = field(None, doc="every output value is finite")
+    numerically_divergent: bool | None = field(None, doc="not finite, MSE > `mse_max` or cosine < `cosine_min`")
+    reference_file: str | None = field(None, doc="the cached reference output compared with")
+    equivalence_unavailable_reason: str | None = field(None, doc="why no reference was compared")
+    meter: str | None = field(None, doc="the session's meter")
+    min_window_s: float | None = field(None, unit="s", doc="the window the worker was asked to fill")
+    baseline_w: float | None = field(None, unit="W", doc="all channels: median interval power in the baseline "
+                                                         "window")
+    active_w: float | None = field(None, unit="W", doc="all channels: energy counted in the timed window / its "
+                                                       "length")
+    energy_per_step_j: float | None = field(None, unit="J", doc="(`active_w` - `baseline_w`) x `window_s` / "
+                                                                "`iterations`, all channels")
+    gross_energy_per_step_j: float | None = field(None, unit="J", doc="`active_w` x `window_s` / `iterations`, "
+                                                                      "nothing subtracted")
+    estimated_energy_per_50_step_image_j: float | None = field(None, unit="J", doc="50 x `energy_per_step_j`: an "
+                                                                                   "estimate, not a measured image")
+    energy_by_channel: dict[str, Any] = field(factory=dict, doc="per channel and `total`: `baseline_w`, `active_w`, "
+                                              "`energy_per_step_j`, `gross_energy_per_step_j`, "
+                                              "`estimated_energy_per_50_step_image_j`, `window_energy_j` (joules "
+                                              "counted in the timed window)")
+    baseline_window_s: float | None = field(None, unit="s", doc="length of the baseline window")
+    meter_update_interval_s: float | None = field(None, unit="s", doc="how often the meter's counter moves")
+    meter_intervals_in_window: int | None = field(None, unit="count", doc="meter intervals whose midpoint lies in "
+                                                                          "the timed window")
+    meter_intervals_in_baseline: int | None = field(None, unit="count", doc="likewise in the baseline window")
+    short_window: bool | None = field(None, doc="the timed window spanned fewer than 10 meter updates")
+    energy_unavailable_reason: str | None = field(None, doc="why energy is null (no meter and why, no baseline "
+                                                            "window, preflight)")
+    throttled: bool | None = field(None, doc="powermetrics: thermal pressure not Nominal; NVML: thermal or "
+                                             "power-brake clocks; null when the meter cannot tell")
+    meter_stats: dict[str, Any] = field(factory=dict, doc="parser counters, or polls and the measured counter step")
+    meter_samples_file: str | None = field(None, doc="raw intervals and readings (`samples/<cell>/run-NNN.meter.json`)")
+    nvml_check: dict[str, Any] | None = field(None, doc="with `--nvml-check`: the worker's own counter reads "
+                                                        "(`joules`), `harness_window_j` and their `ratio`")
+    conversion: dict[str, Any] | None = field(None, doc="Core ML cells: the conversion's key, cache hit, steps and "
+                                                        "their times, package size, bits per weight, spec")
+    host_load_avg: list[float] | None = field(None, doc="1, 5, 15-minute load average before the run's preflight "
+                                                        "wait")
+    load_wait: dict[str, Any] | None = field(None, doc="the wait for a quiet host: `limit`, load `before` and "
+                                                       "`after`, `waited_s`, `settled`")
+    load_unsettled: bool | None = field(None, doc="the run started without the load settling")
+    power_state: dict[str, Any] = field(factory=dict, doc="what the power probe saw (source, battery, Low Power "
+                                                          "Mode)")
+    power_problems: list[str] = field(factory=list, doc="why energy would not be trustworthy (empty when fine)")
+    forced_power: bool | None = field(None, doc="the run had power problems and `--force-power` recorded its "
+                                                "energy anyway")
+    thermal_before_run: dict[str, Any] | None = field(None, doc="macOS: `pmset -g therm`'s warnings (`reported`) "
+                                                                "and `limited`")
+    gpu_throttle_before_run: list[str] | None = field(None, doc="NVML: slowdown reasons active on the cell's GPU "
+                                                                "before the run")
+    samples_file: str | None = field(None, doc="per-iteration times, relative to the session folder")
+    output_file: str | None = field(None, doc="the output tensor (.npy), relative to the session folder")
+    log_file: str | None = field(None, doc="the worker's stderr, relative to the session folder")
+
+    @classmethod
+    def read(cls, data: Any, where: str) -> RunRecord:
+        """A record from runs.jsonl, upgraded and checked; Invalid naming the field otherwise."""
+        if not isinstance(data, dict):
+            raise Invalid(f"{where}: expected a JSON object, got {type(data).__name__}")
+        record = build(cls, upgrade(data, where), where)
+        if record.status is not None and record.status not in RUN_STATUSES:
+            raise Invalid(f"{where}.status: {record.status!r} is not one of {', '.join(RUN_STATUSES)}")
+        return record
