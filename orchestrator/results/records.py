@@ -24,10 +24,11 @@ def _v1(data: dict[str, Any]) -> dict[str, Any]:
     return {**data, "schema_version": 2}
 
 
-UPGRADES: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _v1}
+UPGRADES: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _v1}  # run records
 
 
-def upgrade(data: dict[str, Any], where: str) -> dict[str, Any]:
+def _upgrade(data: dict[str, Any], where: str,
+             upgrades: dict[int, Callable[[dict[str, Any]], dict[str, Any]]]) -> dict[str, Any]:
     """`data` brought to SCHEMA_VERSION; Invalid for a version this harness does not know."""
     version = data.get("schema_version", 1)
     if not isinstance(version, int) or isinstance(version, bool):
@@ -36,9 +37,9 @@ def upgrade(data: dict[str, Any], where: str) -> dict[str, Any]:
         raise Invalid(f"{where}: written by a newer harness (schema_version {version}; this one reads up to "
                       f"{SCHEMA_VERSION}): update the harness to read it")
     while version < SCHEMA_VERSION:
-        if version not in UPGRADES:
+        if version not in upgrades:
             raise Invalid(f"{where}: schema_version {version} is not one this harness can upgrade")
-        data = UPGRADES[version](data)
+        data = upgrades[version](data)
         version = data["schema_version"]
     return data
 
@@ -150,7 +151,57 @@ class RunRecord:
         """A record from runs.jsonl, upgraded and checked; Invalid naming the field otherwise."""
         if not isinstance(data, dict):
             raise Invalid(f"{where}: expected a JSON object, got {type(data).__name__}")
-        record = build(cls, upgrade(data, where), where)
+        record = build(cls, _upgrade(data, where, UPGRADES), where)
         if record.status is not None and record.status not in RUN_STATUSES:
             raise Invalid(f"{where}.status: {record.status!r} is not one of {', '.join(RUN_STATUSES)}")
         return record
+
+
+def _v1_session(data: dict[str, Any]) -> dict[str, Any]:
+    """Early version 1 sessions recorded a resume as `resumed_at` and `preflight_on_resume`
+    lists; later ones as `resumes` entries. Both become `resumes` entries, in time order."""
+    data = dict(data)
+    early = [{"at": at, "preflight": pre} for at, pre in
+             zip(data.pop("resumed_at", []) or [], data.pop("preflight_on_resume", []) or [])]
+    if early:
+        data["resumes"] = sorted(early + list(data.get("resumes") or []), key=lambda r: str(r.get("at")))
+    return {**data, "schema_version": 2}
+
+
+SESSION_UPGRADES: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _v1_session}
+
+
+@dataclass
+class SessionRecord:
+    """session.json: what the session ran, where, with what, and how it ended."""
+
+    session_id: str = field(doc="the session folder's name (`YYYYMMDDTHHMMSSZ-xxxx`, sorts by time)")
+    schema_version: int = field(SCHEMA_VERSION, doc="of this file's layout")
+    status: str = field("starting", doc="`starting`, `running`, `complete` or `interrupted`")
+    started_at: str | None = field(None, unit="ISO 8601 UTC", doc="when the session began")
+    finished_at: str | None = field(None, unit="ISO 8601 UTC", doc="when it last ended")
+    matrix: dict[str, Any] = field(factory=dict, doc="the matrix as run: `path`, `sha256`, `content` (parsed TOML)")
+    cells: list[dict[str, Any]] = field(factory=list, doc="the cells as resolved (defaults filled in)")
+    equivalence: dict[str, Any] = field(factory=dict, doc="the reference cell and thresholds")
+    timing: dict[str, Any] = field(factory=dict, doc="the [timing] section as resolved")
+    order: str | None = field(None, doc="`interleaved` or `sequential`")
+    order_seed: int | None = field(None, doc="the seed the run order was shuffled with")
+    model: dict[str, Any] = field(factory=dict, doc="the pinned weights: path, sha256, source, preset, seed")
+    inputs: dict[str, Any] = field(factory=dict, doc="per resolution: input shapes, timestep, sha256, seed")
+    power: dict[str, Any] = field(factory=dict, doc="[power] as resolved, the meter used and why, meters skipped, "
+                                                    "meter versions, the host's idle power (`idle_w`)")
+    provenance: dict[str, Any] = field(factory=dict, doc="harness commit and dirty flag, host, OS, CPU, GPUs, each "
+                                                         "env's python, lock sha256 and versions, command line")
+    preflight: dict[str, Any] = field(factory=dict, doc="the session's preflight: idle load, power state, problems")
+    worker_versions: dict[str, Any] = field(factory=dict, doc="per env: the versions its workers reported")
+    references: dict[str, Any] = field(factory=dict, doc="per resolution: the reference output used")
+    resumes: list[dict[str, Any]] = field(factory=list, doc="one per `--resume`: time, host, harness, preflight, "
+                                                            "idle power and references then")
+    energy_recomputed: list[dict[str, Any]] = field(factory=list, doc="one per `orchestrate recompute-energy`: "
+                                                                      "time, harness, runs")
+
+    @classmethod
+    def read(cls, data: Any, where: str) -> SessionRecord:
+        if not isinstance(data, dict):
+            raise Invalid(f"{where}: expected a JSON object, got {type(data).__name__}")
+        return build(cls, _upgrade(data, where, SESSION_UPGRADES), where)
