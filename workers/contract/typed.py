@@ -35,7 +35,7 @@ def field(default: Any = dataclasses.MISSING, *, factory: Any = dataclasses.MISS
 
 
 @cache
-def _hints(cls: type) -> dict[str, Any]:
+def _hints(cls: Any) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
@@ -96,7 +96,7 @@ def check(value: Any, tp: Any, where: str, finite: bool = True) -> Any:
                 if not isinstance(k, str):
                     raise Invalid(f"{where}: key {k!r} is not a string")
             return {k: check(v, item, f"{where}.{k}", finite) for k, v in value.items()}
-    elif dataclasses.is_dataclass(tp):
+    elif isinstance(tp, type) and dataclasses.is_dataclass(tp):
         if isinstance(value, dict):
             return _build(tp, value, where, "refuse")
     else:
@@ -121,9 +121,9 @@ def build(cls: type[T], data: Any, where: str, *, extra: str = "refuse") -> T:
         raise Invalid(f"{where}: field {e}") from None
 
 
-def _build(cls: type[T], data: dict[str, Any], path: str, extra: str) -> T:
+def _build(cls: Any, data: dict[str, Any], path: str, extra: str) -> Any:
     hints = _hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(fields))
     if unknown and extra == "refuse":
         raise Invalid(f"{path + '.' if path else ''}{unknown[0]}: unknown")
