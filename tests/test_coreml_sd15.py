@@ -1,6 +1,6 @@
 """The synthetic sd15 UNet (synthetic weights) converted once with the harness converter in the
 ct9 env at 512x512: fp16, then 4-bit palettized. About 5 minutes and 9 GB of memory here; the
-sizes it prints are the ones the README compares with the reference study (1.72 GB, 430 MB)."""
+sizes it prints are the ones docs/backends.md compares with the reference study (1.72 GB, 430 MB)."""
 
 import json
 import subprocess

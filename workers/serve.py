@@ -1,4 +1,5 @@
-"""The worker's side of one run (DESIGN section 2): hello, setup, ready, measure, result.
+"""The worker's side of one run (docs/design.md, "Protocol"): hello, setup, ready, measure,
+result.
 
 The timed loop does nothing but the step and two clock reads per iteration; everything else
 (digests, conversion of the output, messages) happens outside the window.

@@ -1,5 +1,5 @@
-"""Energy arithmetic (DESIGN section 3): from meter intervals and a run's windows to joules per
-UNet step, per channel and in total.
+"""Energy arithmetic (docs/methodology.md, "Energy"): from meter intervals and a run's windows
+to joules per UNet step, per channel and in total.
 
 The baseline is a level (the loaded, idle worker), so it is the median interval power: one odd
 sample does not move it. The timed window is a quantity: its energy is what the meter counted
@@ -108,8 +108,9 @@ def run_energy(intervals: Sequence[Interval], baseline: tuple[int, int] | None, 
 
 
 def record_fields(e: RunEnergy, nvml_check: dict[str, Any] | None = None) -> dict[str, Any]:
-    """A run record's energy fields (README, runs.jsonl) from its arithmetic; with the worker's
-    own NVML reads (`--nvml-check`), their comparison with the harness's window energy."""
+    """A run record's energy fields (docs/results-format.md, runs.jsonl) from its arithmetic;
+    with the worker's own NVML reads (`--nvml-check`), their comparison with the harness's
+    window energy."""
     fields: dict[str, Any] = dict(
         baseline_w=e.baseline_w.get(TOTAL), active_w=e.active_w.get(TOTAL),
         energy_per_step_j=e.energy_per_step_j.get(TOTAL),

@@ -1,6 +1,6 @@
-"""Comparing two cells' per-run values (DESIGN section 4): ratio of medians, the ratio range from
-dividing their p10-p90 intervals, a Mann-Whitney U test with the Hodges-Lehmann shift and its
-confidence interval, and a one-line verdict.
+"""Comparing two cells' per-run values (docs/reports.md, "Comparisons"): ratio of medians, the
+ratio range from dividing their p10-p90 intervals, a Mann-Whitney U test with the
+Hodges-Lehmann shift and its confidence interval, and a one-line verdict.
 
 Written here rather than taken from scipy: the orchestrator needs only these few lines, exact for
 the small samples a study has (7 runs a cell), and scipy would be the largest dependency of the

@@ -1,6 +1,6 @@
-"""The session folder (DESIGN section 5): session.json, runs.jsonl, samples/, logs/, and the
-derived summary.json and report.md. Runs are appended and fsync'd as each one ends, so a crash
-loses at most the run in flight."""
+"""The session folder (docs/results-format.md): session.json, runs.jsonl, samples/, logs/, and
+the derived summary.json and report.md. Runs are appended and fsync'd as each one ends, so a
+crash loses at most the run in flight."""
 
 from __future__ import annotations
 

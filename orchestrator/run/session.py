@@ -33,7 +33,7 @@ from orchestrator.run.pins import PinnedModel, pin_inputs, pin_model, setup_mess
 from orchestrator.run.worker_client import RunOutcome, run_worker
 from workers.contract.inputs import PinnedInputs
 
-WINDOW_UPDATES = 20  # a timed window spans at least this many meter updates (DESIGN section 3)
+WINDOW_UPDATES = 20  # a timed window spans at least this many meter updates (docs/methodology.md, "Energy")
 SHORT_WINDOW_UPDATES = 10  # fewer than this and the run is flagged
 
 

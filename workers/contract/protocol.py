@@ -1,4 +1,4 @@
-"""Length-safe msgpack messages between orchestrator and worker (DESIGN section 2).
+"""Length-safe msgpack messages between orchestrator and worker (docs/design.md, "Protocol").
 
 Every message is a map with a `type`. numpy arrays travel as msgpack ext type 1 holding
 `[dtype, shape, bytes]`, so they survive the trip bit for bit. The reading side always uses a

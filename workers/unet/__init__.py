@@ -1,4 +1,4 @@
-"""The SD1.5-family UNet as data: shipped architectures, the LDM checkpoint layout and its
-mapping to backend names, and synthetic weights. Pure numpy, so the orchestrator and every
-backend share one definition instead of each carrying its own; the one exception,
-`mlx_unet.py` (the model in MLX), is imported only by the MLX backend."""
+"""The SD1.5-family UNet as a model, one per toolchain: `torch_unet.py` (a diffusers module,
+shared by the diffusers backend and the Core ML converters) and `mlx_unet.py` (the UNet in MLX,
+imported only by the MLX backend). Both build from the same presets and read the same weights
+through the one key table in workers/contract/ (presets.py, layout.py, checkpoint.py)."""
