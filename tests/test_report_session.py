@@ -16,7 +16,7 @@ def quick_report(quick_session, tmp_path_factory):
     from orchestrator.report.write import write_report
     from orchestrator.results.store import SessionDir
 
-    p, d, _ = quick_session
+    p, d = quick_session
     assert p.returncode == 0, p.stderr[-3000:]
     copy = tmp_path_factory.mktemp("quick-report") / d.name
     shutil.copytree(d, copy)
@@ -29,7 +29,7 @@ def _figure(rep, name):
 
 
 def test_session_wrote_the_full_report(quick_session):
-    _, d, _ = quick_session
+    _, d = quick_session
     for name in ("report.md", "report.html", "summary.json", "runs.csv", "figures/runs_latency_ms_median.svg",
                  "figures/runs_latency_ms_median.png", "figures/equivalence.svg"):
         assert (d / name).is_file(), name

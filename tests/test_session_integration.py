@@ -22,7 +22,7 @@ def _runs(d: Path) -> list[dict]:
 
 
 def test_quick_example_runs_every_cell_every_run(quick_session):
-    p, d, seconds = quick_session
+    p, d = quick_session
     assert p.returncode == 0, p.stderr[-3000:]
     runs = _runs(d)
     assert len(runs) == 3 * 3
@@ -30,11 +30,10 @@ def test_quick_example_runs_every_cell_every_run(quick_session):
         (c, i) for c in ("diffusers-cpu-fp32", "diffusers-cpu-bf16", "mlx-cpu-fp32") for i in range(3)}
     assert all(r["status"] == "ok" for r in runs), [r["failure_reason"] for r in runs]
     assert len({r["worker_pid"] for r in runs}) == 9  # a fresh process per run
-    assert seconds < 180, f"quick example took {seconds:.0f} s"
 
 
 def test_per_iteration_latencies_are_saved(quick_session):
-    _, d, _ = quick_session
+    _, d = quick_session
     for r in _runs(d):
         s = json.loads((d / r["samples_file"]).read_text())
         assert len(s["latency_ms"]) == r["iterations"] == 20
@@ -45,7 +44,7 @@ def test_per_iteration_latencies_are_saved(quick_session):
 
 
 def test_equivalence_against_the_fp32_reference(quick_session):
-    _, d, _ = quick_session
+    _, d = quick_session
     eq = json.loads((d / "session.json").read_text())["equivalence"]
     for r in _runs(d):
         assert r["finite"] is True
@@ -56,7 +55,7 @@ def test_equivalence_against_the_fp32_reference(quick_session):
 
 
 def test_session_files_and_regenerated_report(quick_session):
-    _, d, _ = quick_session
+    _, d = quick_session
     session = json.loads((d / "session.json").read_text())
     assert session["status"] == "complete"
     assert session["model"]["synthetic"] is True and session["model"]["preset"] == "tiny"
