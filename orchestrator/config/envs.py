@@ -92,12 +92,12 @@ class Env:
         return f"env {self.name} is not synced with its lock: run `orchestrate envs sync {self.name}`"
 
     def worker_environ(self) -> dict[str, str]:
-        """Environment for a worker: an external interpreter finds the harness in this checkout."""
+        """Environment for a worker: every env finds the harness in this checkout, on PYTHONPATH
+        (envs install only their toolchain, numpy and msgpack, never the harness)."""
         env = dict(os.environ)
         env["HF_HUB_OFFLINE"] = "1"
         env.pop("VIRTUAL_ENV", None)
-        if self.external_python is not None:
-            env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
         return env
 
 
