@@ -91,7 +91,8 @@ class Env:
             return f"env {self.name} has no uv.lock yet" + (f": {note}" if note else "")
         return f"env {self.name} is not synced with its lock: run `orchestrate envs sync {self.name}`"
 
-    def worker_environ(self) -> dict[str, str]:
+    @staticmethod
+    def worker_environ() -> dict[str, str]:
         """Environment for a worker: every env finds the harness in this checkout, on PYTHONPATH
         (envs install only their toolchain, numpy and msgpack, never the harness)."""
         env = dict(os.environ)
