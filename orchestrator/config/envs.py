@@ -46,6 +46,7 @@ class Env:
     def synced(self) -> bool:
         if self.external_python is not None:
             return self.external_python.exists()
+        assert self.project is not None
         stamp = self.project / ".venv" / SYNC_STAMP
         return self.python.exists() and stamp.is_file() and stamp.read_text().strip() == self.lock_sha256()
 
@@ -189,7 +190,7 @@ def sync(env: Env, log=print) -> float:
         log(f"env {env.name}: no uv.lock yet; creating it ({env.settings()['lock-note']})")
         _uv(env, "lock", log=log)
     _uv(env, "sync", "--locked", log=log)
-    (env.project / ".venv" / SYNC_STAMP).write_text(env.lock_sha256() + "\n")
+    (env.project / ".venv" / SYNC_STAMP).write_text(f"{env.lock_sha256()}\n")
     give_to_invoking_user(env.project / ".venv" / SYNC_STAMP)
     return time.monotonic() - t0
 

@@ -1,7 +1,10 @@
 """Matrix files: a declarative study (model, inputs, timing, power, cells) read from TOML.
 
-Every problem found is reported at once, each as one line naming the file, the section or cell
-id, and the field, so a user fixes a matrix in one pass. Adding a cell is a config edit.
+Each field is declared once, in the section dataclasses below: type, default and rules, which
+the loader checks (orchestrator/config/fields.py) and `orchestrate schema` exports. Cells are
+checked against the backend registry (workers/contract/backends.py), so a new backend needs no
+edit here. Every problem found is reported at once, each as one line naming the file, the
+section or cell id, and the field, so a user fixes a matrix in one pass.
 """
 
 from __future__ import annotations
@@ -231,7 +234,7 @@ def _inputs(raw: Any, problems: Problems) -> InputsSpec:
             continue
         for name, digest in pin.items():
             if not (isinstance(digest, str) and SHA256.fullmatch(digest)):
-                problems.add(w, f"field {name!r}: expected 64 lowercase hex digits, got {digest!r}")
+                problems.add(w, f"field {name!r}: {HEX[1]}, got {digest!r}")
         pins[int(res)] = dict(pin)
     return InputsSpec(**{**v, "sha256": pins})
 
