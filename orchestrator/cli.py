@@ -39,6 +39,7 @@ def cli() -> None:
     orchestrate envs sync [NAME]   build the worker environments
     orchestrate report DIR...      regenerate a session's report (md, html, figures, csv)
     orchestrate compare A B        two cells, or one cell in two sessions, with a verdict
+    orchestrate schema             the matrix file's JSON Schema, for editors
     """
 
 
@@ -260,6 +261,14 @@ def doctor(as_json: bool) -> None:
     for name, b in r["backends"].items():
         for entry in b["envs"].values() if "envs" in b else [b]:
             click.echo(f"  {name:13s} {_backend_line(entry)}")
+
+
+@cli.command()
+def schema() -> None:
+    """Print the matrix file's JSON Schema (draft 2020-12), for editors that validate TOML."""
+    from orchestrator.config.schema import matrix_schema
+
+    click.echo(json.dumps(matrix_schema(), indent=2))
 
 
 def _backend_line(b: dict) -> str:

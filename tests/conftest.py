@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from orchestrator.config.envs import Env
+
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 PMSET_CAPTURES = REPO / "tests" / "fixtures" / "pmset"
@@ -46,8 +48,10 @@ def diffusers_python(env_python) -> Path:
 
 
 def in_env(python: Path, script: Path, *args: str, timeout: float = 600) -> str:
-    """Run a test script inside a worker env (where the toolchain lives); its stdout."""
-    p = subprocess.run([str(python), str(script), *args], capture_output=True, text=True, timeout=timeout, cwd=REPO)
+    """Run a test script inside a worker env (where the toolchain lives), the checkout on its
+    PYTHONPATH as a worker has it; its stdout."""
+    p = subprocess.run([str(python), str(script), *args], capture_output=True, text=True, timeout=timeout, cwd=REPO,
+                       env=Env.worker_environ())
     assert p.returncode == 0, p.stderr[-3000:]
     return p.stdout
 

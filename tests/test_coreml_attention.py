@@ -6,6 +6,8 @@ import subprocess
 import pytest
 from conftest import REPO
 
+from orchestrator.config.envs import Env
+
 pytestmark = pytest.mark.coreml
 
 PROBE = REPO / "tests" / "fakes" / "coreml_probe.py"
@@ -15,7 +17,7 @@ COSINE_MIN = 0.99999
 @pytest.fixture(scope="module")
 def cosines(env_python, tmp_path_factory):
     p = subprocess.run([str(env_python("coreml-ct8")), str(PROBE), "attention", str(tmp_path_factory.mktemp("att"))],
-                       capture_output=True, text=True, timeout=900, cwd=REPO)
+                       capture_output=True, text=True, timeout=900, cwd=REPO, env=Env.worker_environ())
     assert p.returncode == 0, p.stderr[-3000:]
     return json.loads(p.stdout.strip().splitlines()[-1])
 

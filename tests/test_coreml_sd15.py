@@ -8,6 +8,8 @@ import subprocess
 import pytest
 from conftest import REPO
 
+from orchestrator.config.envs import Env
+
 pytestmark = pytest.mark.coreml
 
 PROBE = REPO / "tests" / "fakes" / "coreml_probe.py"
@@ -16,7 +18,7 @@ PROBE = REPO / "tests" / "fakes" / "coreml_probe.py"
 @pytest.mark.slow
 def test_sd15_converts_and_palettizes_to_under_a_third(env_python, tmp_path):
     p = subprocess.run([str(env_python("coreml-ct9")), str(PROBE), "sd15", str(tmp_path)],
-                       capture_output=True, text=True, timeout=3600, cwd=REPO)
+                       capture_output=True, text=True, timeout=3600, cwd=REPO, env=Env.worker_environ())
     assert p.returncode == 0, p.stderr[-3000:]
     r = json.loads(p.stdout.strip().splitlines()[-1])
     fp16, w4 = r["fp16"], r["w4"]

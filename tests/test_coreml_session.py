@@ -10,6 +10,8 @@ import time
 import pytest
 from conftest import REPO, cli
 
+from orchestrator.config.envs import Env
+
 pytestmark = pytest.mark.coreml
 
 MATRIX = REPO / "tests" / "fixtures" / "matrices" / "coreml-tiny.toml"
@@ -158,7 +160,7 @@ def test_the_spec_check_rejects_a_model_that_is_not_the_one_asked_for(sessions, 
     facts = next(r["conversion"] for r in first["runs"] if r["cell_id"] == "harness-ct9-ane-fp16")
     request = json.dumps({**facts["request"], **change})
     p = subprocess.run([str(env_python("coreml-ct9")), str(PROBE), "check", facts["package"], request],
-                       capture_output=True, text=True, timeout=300, cwd=REPO)
+                       capture_output=True, text=True, timeout=300, cwd=REPO, env=Env.worker_environ())
     assert p.returncode == 0, p.stderr[-2000:]
     result = json.loads(p.stdout.strip().splitlines()[-1])
     if error is None:

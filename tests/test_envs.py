@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import tomllib
 
@@ -23,10 +24,55 @@ def test_diffusers_env_is_discovered_with_its_lock():
 def test_mlx_env_locks_the_cpu_build_for_linux_and_metal_for_macos():
     env = discover()["mlx"]
     packages = {p["name"]: p for p in tomllib.loads(env.lock.read_text())["package"]}
-    assert {"mlx", "mlx-cpu", "mlx-metal", "numpy", "msgpack", "safetensors"} <= packages.keys()
+    assert {"mlx", "mlx-cpu", "mlx-metal", "numpy", "msgpack"} <= packages.keys()
     assert any("macosx" in w["url"] for w in packages["mlx-metal"]["wheels"])
     assert any("linux" in w["url"] for w in packages["mlx-cpu"]["wheels"])
     assert "mlx" in env.locked_versions()
+
+
+ORCHESTRATOR_ONLY = ("click", "rich", "psutil", "safetensors")  # nvidia-ml-py: diffusers' --nvml-check needs it
+
+
+@pytest.mark.parametrize("name", [e.name for e in discover().values() if e.lock_sha256()])
+def test_worker_env_locks_hold_no_orchestrator_dependency(name):
+    """An env installs its toolchain, numpy and msgpack, never the harness itself: the orchestrator's
+    packages appear in its lock only when its toolchain asks for them (huggingface-hub brings click)."""
+    packages = tomllib.loads(discover()[name].lock.read_text())["package"]
+    names = {p["name"] for p in packages}
+    assert "coreml-diffusion-benchmarks" not in names
+    (project,) = [p for p in packages if p["name"] == f"cdb-env-{name}"]
+    assert {"numpy", "msgpack"} <= {d["name"] for d in project["dependencies"]}
+    wanted_by = {d["name"] for p in packages if p is not project for d in p.get("dependencies", [])}
+    for dep in ORCHESTRATOR_ONLY:
+        assert dep not in {d["name"] for d in project["dependencies"]}
+        assert dep not in names or dep in wanted_by, f"{name} locks {dep}, which nothing in it needs"
+
+
+def test_no_worker_code_imports_orchestrator_only_packages():
+    """Worker code runs in envs that lack the orchestrator's dependencies."""
+    imports = re.compile(r"^\s*(?:import|from)\s+(click|rich|psutil|safetensors)\b", re.M)
+    found = [f"{p.relative_to(REPO)}: {m.group(1)}" for p in (REPO / "workers").rglob("*.py")
+             for m in imports.finditer(p.read_text())]
+    assert found == []
+
+
+def test_a_synced_worker_env_runs_the_checkout_without_the_orchestrators_packages(mlx_python, diffusers_python,
+                                                                                  tmp_path):
+    """Synced envs cannot import the orchestrator's packages, yet run the workers from this
+    checkout (on PYTHONPATH), from any folder."""
+    missing = "import importlib.util as u, sys; print([m for m in sys.argv[1:] if u.find_spec(m)])"
+    for python, absent in ((mlx_python, ["click", "rich", "psutil", "pynvml", "safetensors"]),
+                           (diffusers_python, ["rich", "psutil"])):
+        p = subprocess.run([str(python), "-c", missing, *absent], capture_output=True, text=True, cwd=tmp_path)
+        assert p.returncode == 0 and p.stdout.strip() == "[]", (python, p.stdout, p.stderr)
+    for python, backend in ((diffusers_python, "diffusers"), (mlx_python, "mlx")):
+        bare = subprocess.run([str(python), "-m", "workers", "--probe", backend], capture_output=True, text=True,
+                              cwd=tmp_path, env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
+        assert bare.returncode != 0 and "No module named workers" in bare.stderr
+        p = subprocess.run([str(python), "-m", "workers", "--probe", backend], capture_output=True, text=True,
+                           cwd=tmp_path, env=Env.worker_environ(), timeout=300)
+        assert p.returncode == 0, p.stderr[-2000:]
+        assert json.loads(p.stdout.strip().splitlines()[-1])["devices"]["cpu"]
 
 
 def test_envs_list_json(diffusers_python):

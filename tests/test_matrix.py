@@ -1,5 +1,6 @@
 """Matrix validation: every mistake is one line naming file, section or cell, and field."""
 
+import json
 import tomllib
 from pathlib import Path
 
@@ -191,3 +192,89 @@ def test_report_baseline_must_be_an_enabled_cell(tmp_path):
     assert line.startswith(f"{tmp_path / 'm.toml'}: [report]: field 'baseline': 'nope' is not an enabled cell")
     text = QUICK.replace('baseline = "diffusers-cpu-fp32"', 'baseline = "diffusers-cpu-fp32"\ncolour = "red"')
     assert "[report]: unknown field 'colour'" in _errors(tmp_path, text)[0]
+
+
+def test_a_registered_backend_needs_no_edit_in_the_matrix_loader(tmp_path, monkeypatch):
+    """A new backend is one registry entry: cells validate against it (devices, precisions,
+    attention, options) and the schema offers it."""
+    from orchestrator.config.schema import matrix_schema
+    from workers.contract.backends import BACKENDS, Backend, Option
+
+    toy = Backend("toy", "workers.backends.toy", "toy", r"cpu|npu", ("naive", "tiled"), precisions=("fp32",),
+                  options={"threads": Option((1, 2, 4), "worker threads")})
+    monkeypatch.setitem(BACKENDS, "toy", toy)
+    cell = '\n[[cells]]\nid = "toy-npu"\nbackend = "toy"\ndevice = "npu"\nprecision = "fp32"\nresolution = 64\n'
+    c = load_matrix(_write(tmp_path, QUICK + cell + "threads = 2\n"), {*ENVS, "toy"}).cell("toy-npu")
+    assert (c.env, c.attention, c.options) == ("toy", "naive", {"threads": 2})
+    lines = _errors(tmp_path, QUICK + cell.replace('"npu"', '"gpu"').replace('"fp32"\n', '"fp16"\n') + "threads = 3\n")
+    assert sorted(ln.split("cell 'toy-npu': ")[1] for ln in lines if "toy-npu" in ln) == [
+        "field 'device': 'gpu' is not a toy device", "field 'env': unknown env 'toy' (known: " + ", ".join(sorted(ENVS)) + ")",
+        "field 'precision': 'fp16' is not one of fp32", "field 'threads': 3 is not one of 1, 2, 4"]
+    cells = matrix_schema()["properties"]["cells"]["items"]
+    assert "toy" in cells["properties"]["backend"]["enum"]
+    (rules,) = [r["then"] for r in cells["allOf"] if r["if"]["properties"]["backend"]["const"] == "toy"]
+    assert rules["properties"]["threads"]["enum"] == [1, 2, 4] and rules["required"] == ["device"]
+
+
+def test_defaults_are_the_declared_ones(tmp_path):
+    """A matrix that leaves a section out gets the dataclass defaults (one declaration)."""
+    from orchestrator.config.matrix import Power, Preflight, default_power
+
+    text = "\n\n[".join(s for s in QUICK.split("\n\n[") if not s.startswith(("power]", "preflight]")))
+    assert "[power]" not in text and "[preflight]" not in text
+    m = load_matrix(_write(tmp_path, text), ENVS)
+    assert m.power == default_power() == Power() and m.preflight == Preflight()
+    assert (m.power.interval_ms, m.preflight.load_settle_max_s, m.inputs.batch) == (100, 60.0, 2)
+
+
+def test_report_section_is_read_from_a_sessions_matrix_content():
+    from orchestrator.config.matrix import read_report
+
+    content = tomllib.loads(QUICK)
+    assert read_report(content, "session.json").baseline == "diffusers-cpu-fp32"
+    assert read_report({}, "session.json").baseline is None
+    with pytest.raises(UserError) as e:
+        read_report({"report": {"baseline": 3}}, "s/session.json")
+    assert e.value.lines == ["s/session.json: [report]: field 'baseline': expected a string, got 3"]
+
+
+def _schema_validator():
+    import jsonschema
+
+    from orchestrator.config.schema import matrix_schema
+
+    schema = matrix_schema()
+    jsonschema.Draft202012Validator.check_schema(schema)
+    return jsonschema.Draft202012Validator(schema)
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "examples").glob("*.toml")) + [REPO / "matrix.toml"],
+                         ids=lambda p: p.name)
+def test_json_schema_accepts_every_shipped_matrix(path):
+    errors = [e.message for e in _schema_validator().iter_errors(tomllib.loads(path.read_text()))]
+    assert errors == []
+
+
+@pytest.mark.parametrize("edit,needle", [
+    (("iterations = 20", 'iterations = "twenty"'), "'twenty' is not of type 'integer'"),
+    (('order = "interleaved"', 'order = "random"'), "'random' is not one of"),
+    (("runs = 3", "runs = 0"), "0 is less than or equal to the minimum of 0"),
+    (('precision = "bf16"', 'precision = "bf16"\nthreads = 4'), "'threads' was unexpected"),
+    (('precision = "bf16"', 'precision = "int3"'), "'int3' is not one of"),
+    (('device = "cpu"\nprecision = "bf16"', 'device = "tpu"\nprecision = "bf16"'), "'tpu' does not match"),
+    (("[power]", "[powr]"), "'powr' was unexpected"),
+])
+def test_json_schema_rejects_what_the_loader_rejects(edit, needle):
+    old, new = edit
+    assert old in QUICK
+    errors = [e.message for e in _schema_validator().iter_errors(tomllib.loads(QUICK.replace(old, new, 1)))]
+    assert any(needle in e for e in errors), errors
+
+
+def test_schema_command_prints_the_schema():
+    p = cli("schema")
+    assert p.returncode == 0, p.stderr
+    schema = json.loads(p.stdout)
+    assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
+    assert schema["properties"]["timing"]["properties"]["runs"] == {
+        "description": "fresh-process runs per cell", "type": "integer", "default": 7, "exclusiveMinimum": 0}

@@ -46,6 +46,7 @@ class Env:
     def synced(self) -> bool:
         if self.external_python is not None:
             return self.external_python.exists()
+        assert self.project is not None
         stamp = self.project / ".venv" / SYNC_STAMP
         return self.python.exists() and stamp.is_file() and stamp.read_text().strip() == self.lock_sha256()
 
@@ -91,13 +92,14 @@ class Env:
             return f"env {self.name} has no uv.lock yet" + (f": {note}" if note else "")
         return f"env {self.name} is not synced with its lock: run `orchestrate envs sync {self.name}`"
 
-    def worker_environ(self) -> dict[str, str]:
-        """Environment for a worker: an external interpreter finds the harness in this checkout."""
+    @staticmethod
+    def worker_environ() -> dict[str, str]:
+        """Environment for a worker: every env finds the harness in this checkout, on PYTHONPATH
+        (envs install only their toolchain, numpy and msgpack, never the harness)."""
         env = dict(os.environ)
         env["HF_HUB_OFFLINE"] = "1"
         env.pop("VIRTUAL_ENV", None)
-        if self.external_python is not None:
-            env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
         return env
 
 
@@ -188,7 +190,7 @@ def sync(env: Env, log=print) -> float:
         log(f"env {env.name}: no uv.lock yet; creating it ({env.settings()['lock-note']})")
         _uv(env, "lock", log=log)
     _uv(env, "sync", "--locked", log=log)
-    (env.project / ".venv" / SYNC_STAMP).write_text(env.lock_sha256() + "\n")
+    (env.project / ".venv" / SYNC_STAMP).write_text(f"{env.lock_sha256()}\n")
     give_to_invoking_user(env.project / ".venv" / SYNC_STAMP)
     return time.monotonic() - t0
 

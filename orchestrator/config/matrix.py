@@ -1,19 +1,25 @@
 """Matrix files: a declarative study (model, inputs, timing, power, cells) read from TOML.
 
-Every problem found is reported at once, each as one line naming the file, the section or cell
-id, and the field, so a user fixes a matrix in one pass. Adding a cell is a config edit.
+Each field is declared once, in the section dataclasses below: type, default and rules, which
+the loader checks (orchestrator/config/fields.py) and `orchestrate schema` exports. Cells are
+checked against the backend registry (workers/contract/backends.py), so a new backend needs no
+edit here. Every problem found is reported at once, each as one line naming the file, the
+section or cell id, and the field, so a user fixes a matrix in one pass.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import re
 import tomllib
-from dataclasses import dataclass, field
+import typing
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from orchestrator.config.paths import cache_dir, expand
+from orchestrator.config.fields import Problems, read, setting
+from orchestrator.config.paths import cache_dir
 from orchestrator.errors import UserError
 from workers.contract.backends import BACKENDS, PRECISIONS
 from workers.contract.presets import PRESETS
@@ -22,70 +28,93 @@ ORDERS = ("interleaved", "sequential")
 METERS = ("auto", "powermetrics", "nvml", "rapl", "none")
 CELL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 SHA256 = re.compile(r"[0-9a-f]{64}")
+HEX = (SHA256, "expected 64 lowercase hex digits")
+
+
+def backend_names() -> list[str]:
+    """The registry's backends, read when a matrix is (so a registered backend needs no edit here)."""
+    return sorted(BACKENDS)
 
 
 @dataclass(frozen=True)
 class ModelSpec:
-    source: str  # "synthetic" | "checkpoint"
-    preset: str
-    seed: int | None
-    path: Path | None  # checkpoint only; synthetic files live in cache_dir
-    sha256: str | None
-    cache_dir: Path
+    source: str = setting(doc="where the UNet weights come from", choices=("synthetic", "checkpoint"))
+    preset: str = setting("sd15", doc="UNet architecture (workers/contract/presets.py)", choices=tuple(PRESETS))
+    seed: int = setting(0, doc="seed of the synthetic weights")
+    path: Path | None = setting(None, doc="the checkpoint file (source = \"checkpoint\" only)")
+    sha256: str | None = setting(None, doc="digest of the weights file; required for a checkpoint", pattern=HEX)
+    cache_dir: Path = setting(factory=cache_dir, doc="synthetic weights and cached reference outputs "
+                              "(default: $CDB_CACHE_DIR or ~/.cache/coreml-diffusion-benchmarks)")
 
     @property
     def synthetic(self) -> bool:
         return self.source == "synthetic"
 
 
+_PINS_SCHEMA = {
+    "type": "object", "additionalProperties": False,
+    "patternProperties": {"^[0-9]+$": {
+        "type": "object", "additionalProperties": False, "required": ["latent", "text_embedding"],
+        "properties": {k: {"type": "string", "pattern": f"^{SHA256.pattern}$"} for k in ("latent", "text_embedding")},
+    }},
+}
+
+
 @dataclass(frozen=True)
 class InputsSpec:
-    seed: int
-    batch: int
-    timestep: int
-    sha256: dict[int, dict[str, str]]  # resolution -> {"latent": hex, "text_embedding": hex}
+    seed: int = setting(0, doc="seed of the latent and the text embedding")
+    batch: int = setting(2, doc="batch size (2: classifier-free guidance)", gt=0)
+    timestep: int = setting(500, doc="the diffusion timestep every step is given")
+    sha256: dict[int, dict[str, str]] = setting(
+        factory=dict, doc="per resolution, the digests the inputs must have: \"512\" = { latent, text_embedding }",
+        file_type=dict[str, Any], schema=_PINS_SCHEMA)
 
 
 @dataclass(frozen=True)
 class Timing:
-    warmup: int
-    iterations: int
-    runs: int
-    cooldown: str  # "fixed" | "adaptive"
-    cooldown_s: float
-    cooldown_min_s: float
-    cooldown_max_s: float
-    cooldown_margin: float
-    order: str
-    order_seed: int | None
-    run_timeout_s: float
-    min_window_s: float | None  # None: 20 update intervals of the session's meter
+    warmup: int = setting(1, doc="untimed steps before the timed loop", ge=0)
+    iterations: int = setting(10, doc="timed steps per run", gt=0)
+    runs: int = setting(7, doc="fresh-process runs per cell", gt=0)
+    cooldown: str = setting("fixed", doc="between runs: a fixed wait, or until power is back near idle",
+                            choices=("fixed", "adaptive"))
+    cooldown_s: float = setting(30.0, doc="the fixed cooldown", ge=0)
+    cooldown_min_s: float = setting(5.0, doc="adaptive cooldown: the shortest wait", ge=0)
+    cooldown_max_s: float = setting(120.0, doc="adaptive cooldown: the longest wait", gt=0)
+    cooldown_margin: float = setting(0.1, doc="adaptive cooldown: idle power plus this fraction counts as idle", ge=0)
+    order: str = setting("interleaved", doc="run order of the cells' runs", choices=ORDERS)
+    order_seed: int | None = setting(None, doc="seed of the interleaved order (default: drawn and recorded)")
+    run_timeout_s: float = setting(900.0, doc="a run taking longer is stopped and failed", gt=0)
+    min_window_s: float | None = setting(None, doc="shortest timed window (default: 20 update intervals of "
+                                         "the session's meter)", ge=0)
 
 
 @dataclass(frozen=True)
 class Power:
-    meter: str
-    interval_ms: int
-    baseline_s: float
-    powermetrics: str | None  # executable; CDB_POWERMETRICS overrides it
-    idle_s: float  # the host's idle power is measured this long once per session (adaptive cooldown)
+    meter: str = setting("auto", doc="the energy meter", choices=METERS)
+    interval_ms: int = setting(100, doc="meter sampling interval", gt=0)
+    baseline_s: float = setting(2.0, doc="idle power measured this long before each run", ge=0)
+    powermetrics: str | None = setting(None, doc="the powermetrics executable; CDB_POWERMETRICS overrides it")
+    idle_s: float = setting(10.0, doc="the host's idle power is measured this long once per session "
+                            "(adaptive cooldown)", gt=0)
 
 
 @dataclass(frozen=True)
 class Preflight:
-    load_margin: float  # a run may start once the 1-minute load average is within this of idle
-    load_settle_max_s: float  # how long to wait for that before each run (0: don't wait)
-    pmset: str | None  # the pmset executable (macOS power and thermal state)
+    load_margin: float = setting(0.5, doc="a run may start once the 1-minute load average is within this of idle",
+                                 ge=0)
+    load_settle_max_s: float = setting(60.0, doc="how long to wait for that before each run (0: don't wait)", ge=0)
+    pmset: str | None = setting(None, doc="the pmset executable (macOS power and thermal state)")
 
 
 @dataclass(frozen=True)
 class Equivalence:
-    backend: str
-    env: str
-    device: str
-    precision: str
-    mse_max: float
-    cosine_min: float
+    backend: str = setting("diffusers", doc="backend of the fp32 reference output", choices=backend_names,
+                           table="reference")
+    env: str = setting("diffusers", doc="env that computes the reference", table="reference")
+    device: str = setting("cpu", doc="device of the reference", table="reference")
+    precision: str = setting("fp32", doc="precision of the reference", choices=PRECISIONS, table="reference")
+    mse_max: float = setting(1e-3, doc="a cell's output may differ from the reference by this mean squared error")
+    cosine_min: float = setting(0.999, doc="a cell's output must have at least this cosine similarity with the reference")
 
     def reference_cell(self, resolution: int) -> Cell:
         return Cell(
@@ -97,23 +126,24 @@ class Equivalence:
 
 @dataclass(frozen=True)
 class Report:
-    baseline: str | None  # cell id every other cell is compared with in reports
+    baseline: str | None = setting(None, doc="cell id every other cell is compared with in reports")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Cell:
-    id: str
-    label: str
-    backend: str
-    env: str
-    device: str | None
-    compute_unit: str | None
-    attention: str
-    precision: str
-    resolution: int
-    enabled: bool
-    notes: str
-    options: dict[str, Any] = field(default_factory=dict)  # backend-specific keys
+    id: str = setting(doc="names the cell in files and tables",
+                      pattern=(CELL_ID, "use letters, digits, '.', '_' and '-' (it names files)"))
+    label: str = setting("", doc="the name tables show (default: the id)")
+    backend: str = setting(doc="the backend that runs it", choices=backend_names)
+    env: str = setting("", doc="envs/<name> that runs it (default: the backend's default env)")
+    device: str | None = setting(None, doc="device, for backends that choose one (cpu, mps, cuda, gpu)")
+    compute_unit: str | None = setting(None, doc="Core ML compute units, for backends that choose them")
+    attention: str = setting("", doc="attention implementation (default: the backend's first)")
+    precision: str = setting(doc="weights and activations")
+    resolution: int = setting(512, doc="image size in pixels", gt=0, multiple_of=8)
+    enabled: bool = setting(True, doc="false: kept in the file, not run")
+    notes: str = setting("", doc="free text carried into reports")
+    options: dict[str, Any] = setting(factory=dict, extra=True, doc="the backend's own keys, beside the others")
 
     def as_setup(self) -> dict[str, Any]:
         """The cell as the worker receives it."""
@@ -128,15 +158,15 @@ class Cell:
 class Matrix:
     path: Path
     sha256: str
-    model: ModelSpec
-    inputs: InputsSpec
-    timing: Timing
-    power: Power
-    preflight: Preflight
-    equivalence: Equivalence
-    report: Report
-    cells: list[Cell]
-    raw: dict[str, Any]
+    model: ModelSpec = setting(doc="the UNet and its weights")
+    inputs: InputsSpec = setting(doc="the pinned latent, text embedding and timestep")
+    timing: Timing = setting(doc="warmup, iterations, runs, cooldown and order")
+    power: Power = setting(doc="the energy meter")
+    preflight: Preflight = setting(doc="host checks before each run")
+    equivalence: Equivalence = setting(doc="each cell's output against an fp32 reference")
+    report: Report = setting(doc="how reports compare cells")
+    cells: list[Cell] = setting(doc="one table per configuration measured ([[cells]])")
+    raw: dict[str, Any] = setting(doc="the file as parsed, recorded in session.json")
 
     @property
     def enabled_cells(self) -> list[Cell]:
@@ -153,196 +183,118 @@ class Matrix:
         return sorted({c.resolution for c in self.enabled_cells})
 
 
-# field -> (python types accepted, default; REQUIRED when it must be given)
-REQUIRED = object()
-_SECTIONS: dict[str, dict[str, tuple[tuple[type, ...], Any]]] = {
-    "model": {
-        "source": ((str,), REQUIRED), "preset": ((str,), "sd15"), "seed": ((int,), 0),
-        "path": ((str,), None), "sha256": ((str,), None), "cache_dir": ((str,), None),
-    },
-    "inputs": {
-        "seed": ((int,), 0), "batch": ((int,), 2), "timestep": ((int,), 500), "sha256": ((dict,), {}),
-    },
-    "timing": {
-        "warmup": ((int,), 1), "iterations": ((int,), 10), "runs": ((int,), 7), "cooldown": ((str,), "fixed"), "cooldown_s": ((int, float), 30.0),
-        "cooldown_min_s": ((int, float), 5.0), "cooldown_max_s": ((int, float), 120.0), "cooldown_margin": ((int, float), 0.1),
-        "order": ((str,), "interleaved"), "order_seed": ((int,), None), "run_timeout_s": ((int, float), 900.0),
-        "min_window_s": ((int, float), None),
-    },
-    "power": {"meter": ((str,), "auto"), "interval_ms": ((int,), 100), "baseline_s": ((int, float), 2.0),
-              "powermetrics": ((str,), None), "idle_s": ((int, float), 10.0)},
-    "preflight": {"load_margin": ((int, float), 0.5), "load_settle_max_s": ((int, float), 60.0),
-                  "pmset": ((str,), None)},
-    "equivalence": {
-        "reference": ((dict,), {}), "mse_max": ((int, float), 1e-3), "cosine_min": ((int, float), 0.999),
-    },
-    "report": {"baseline": ((str,), None)},
-}
-_REFERENCE = {
-    "backend": ((str,), "diffusers"), "env": ((str,), "diffusers"), "device": ((str,), "cpu"),
-    "precision": ((str,), "fp32"),
-}
-_CELL = {
-    "id": ((str,), REQUIRED), "label": ((str,), None), "backend": ((str,), REQUIRED), "env": ((str,), None),
-    "device": ((str,), None), "compute_unit": ((str,), None), "attention": ((str,), None),
-    "precision": ((str,), REQUIRED), "resolution": ((int,), 512), "enabled": ((bool,), True), "notes": ((str,), ""),
-}
-_TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true or false", dict: "a table"}
+def sections() -> dict[str, type]:
+    """The matrix file's [sections]: Matrix's fields whose type is a section dataclass."""
+    hints = typing.get_type_hints(Matrix)
+    return {f.name: hints[f.name] for f in dataclasses.fields(Matrix) if dataclasses.is_dataclass(hints[f.name])}
 
 
 def default_power() -> Power:
     """The [power] section as a matrix that leaves it out gets it."""
-    return Power(**{k: default for k, (_, default) in _SECTIONS["power"].items()})
+    return Power()
 
 
-class _Errors:
-    def __init__(self, path: Path):
-        self.path = path
-        self.lines: list[str] = []
-
-    def add(self, where: str, message: str) -> None:
-        self.lines.append(f"{self.path}: {where}: {message}")
-
-
-def _typed(value: Any, types: tuple[type, ...]) -> bool:
-    if isinstance(value, bool):
-        return bool in types
-    return isinstance(value, types)
+def read_report(content: Any, where: str) -> Report:
+    """The [report] section of a matrix as parsed TOML (session.json keeps it), checked; UserError
+    names what is wrong."""
+    problems = Problems(where)
+    section = content.get("report", {}) if isinstance(content, dict) else {}
+    report = Report(**read(Report, section, "[report]", problems))
+    if problems.lines:
+        raise UserError(*problems.lines)
+    return report
 
 
-def _fields(raw: Any, schema: dict, where: str, errors: _Errors) -> dict[str, Any]:
-    """Values of a table after checking unknown keys, types and required fields."""
-    if not isinstance(raw, dict):
-        errors.add(where, f"expected a table, got {type(raw).__name__}")
-        raw = {}
-    out: dict[str, Any] = {}
-    for key in raw.keys() - schema.keys():
-        errors.add(where, f"unknown field {key!r} (known: {', '.join(sorted(schema))})")
-    for key, (types, default) in schema.items():
-        if key not in raw:
-            if default is REQUIRED:
-                errors.add(where, f"field {key!r} is required")
-            out[key] = None if default is REQUIRED else default
-            continue
-        value = raw[key]
-        if not _typed(value, types):
-            expected = "a number" if float in types else _TYPE_NAMES[types[0]]
-            errors.add(where, f"field {key!r}: expected {expected}, got {value!r}")
-            value = None if default is REQUIRED else default
-        out[key] = float(value) if float in types and isinstance(value, int) and not isinstance(value, bool) else value
-    return out
-
-
-def _choice(value: Any, allowed: tuple[str, ...] | frozenset[str], where: str, name: str, errors: _Errors) -> None:
-    if value is not None and value not in allowed:
-        errors.add(where, f"field {name!r}: {value!r} is not one of {', '.join(sorted(allowed))}")
-
-
-def _positive(values: dict[str, Any], names: tuple[str, ...], where: str, errors: _Errors, allow_zero=()) -> None:
-    for name in names:
-        v = values[name]
-        if v is not None and (v < 0 or (v == 0 and name not in allow_zero)):
-            errors.add(where, f"field {name!r}: must be {'>= 0' if name in allow_zero else '> 0'}, got {v}")
-
-
-def _model(raw: dict, base: Path, errors: _Errors) -> ModelSpec:
+def _model(raw: Any, base: Path, problems: Problems) -> ModelSpec:
     where = "[model]"
-    m = _fields(raw, _SECTIONS["model"], where, errors)
-    _choice(m["source"], ("synthetic", "checkpoint"), where, "source", errors)
-    _choice(m["preset"], tuple(PRESETS), where, "preset", errors)
-    if m["sha256"] is not None and not SHA256.fullmatch(m["sha256"]):
-        errors.add(where, f"field 'sha256': expected 64 lowercase hex digits, got {m['sha256']!r}")
-    path = _path(m["path"], base, where, "path", errors)
-    cache = _path(m["cache_dir"], base, where, "cache_dir", errors) or cache_dir()
+    m = read(ModelSpec, raw, where, problems, base)
+    given = raw if isinstance(raw, dict) else {}
     if m["source"] == "checkpoint":
-        if m["path"] is None:
-            errors.add(where, "field 'path' is required when source = \"checkpoint\"")
-        elif path is not None and not path.is_file():
-            errors.add(where, f"field 'path': file not found: {path}")
+        if "path" not in given:
+            problems.add(where, "field 'path' is required when source = \"checkpoint\"")
+        elif m["path"] is not None and not m["path"].is_file():
+            problems.add(where, f"field 'path': file not found: {m['path']}")
         if m["sha256"] is None:
-            errors.add(where, "field 'sha256' is required when source = \"checkpoint\" (a checkpoint is pinned)")
-    elif m["source"] == "synthetic" and m["path"] is not None:
-        errors.add(where, "field 'path' applies to source = \"checkpoint\" only (synthetic weights live in the cache)")
-    return ModelSpec(m["source"], m["preset"], m["seed"], path, m["sha256"], cache)
+            problems.add(where, "field 'sha256' is required when source = \"checkpoint\" (a checkpoint is pinned)")
+    elif m["source"] == "synthetic" and "path" in given:
+        problems.add(where, "field 'path' applies to source = \"checkpoint\" only (synthetic weights live in the cache)")
+    return ModelSpec(**{**m, "cache_dir": m["cache_dir"] or cache_dir()})
 
 
-def _path(value: str | None, base: Path, where: str, name: str, errors: _Errors) -> Path | None:
-    if value is None:
-        return None
-    try:
-        return expand(value, base)
-    except KeyError as e:
-        errors.add(where, f"field {name!r}: environment variable {e.args[0]} is not set and has no default")
-        return None
-
-
-def _inputs(raw: dict, errors: _Errors) -> InputsSpec:
-    where = "[inputs]"
-    v = _fields(raw, _SECTIONS["inputs"], where, errors)
-    _positive(v, ("batch",), where, errors)
+def _inputs(raw: Any, problems: Problems) -> InputsSpec:
+    v = read(InputsSpec, raw, "[inputs]", problems)
     pins: dict[int, dict[str, str]] = {}
     for res, pin in v["sha256"].items():
         w = f"[inputs.sha256.{res}]"
         if not str(res).isdigit():
-            errors.add(w, f"key {res!r}: expected a resolution in pixels such as \"512\"")
+            problems.add(w, f"key {res!r}: expected a resolution in pixels such as \"512\"")
             continue
         if not isinstance(pin, dict) or set(pin) != {"latent", "text_embedding"}:
-            errors.add(w, "expected { latent = \"<sha256>\", text_embedding = \"<sha256>\" }")
+            problems.add(w, "expected { latent = \"<sha256>\", text_embedding = \"<sha256>\" }")
             continue
         for name, digest in pin.items():
             if not (isinstance(digest, str) and SHA256.fullmatch(digest)):
-                errors.add(w, f"field {name!r}: expected 64 lowercase hex digits, got {digest!r}")
+                problems.add(w, f"field {name!r}: {HEX[1]}, got {digest!r}")
         pins[int(res)] = dict(pin)
-    return InputsSpec(v["seed"], v["batch"], v["timestep"], pins)
+    return InputsSpec(**{**v, "sha256": pins})
 
 
-def _cell(raw: Any, index: int, known_envs: set[str], errors: _Errors) -> Cell | None:
+def _timing(raw: Any, problems: Problems) -> Timing:
+    t = read(Timing, raw, "[timing]", problems)
+    if t["cooldown_min_s"] > t["cooldown_max_s"]:
+        problems.add("[timing]", "field 'cooldown_min_s': larger than cooldown_max_s")
+    return Timing(**t)
+
+
+def _equivalence(raw: Any, known_envs: set[str], problems: Problems) -> Equivalence:
+    e = read(Equivalence, raw, "[equivalence]", problems)
+    if e["backend"] in BACKENDS and e["env"] not in known_envs:
+        problems.add("[equivalence.reference]", f"field 'env': unknown env {e['env']!r}")
+    return Equivalence(**e)
+
+
+def _cell(raw: Any, index: int, known_envs: set[str], problems: Problems) -> Cell | None:
+    """A cell checked against its backend's registry entry (devices, compute units, precisions,
+    attention, options)."""
     cell_id = raw.get("id") if isinstance(raw, dict) else None
     where = f"cell {cell_id!r}" if isinstance(cell_id, str) else f"cells[{index}]"
     name = raw.get("backend") if isinstance(raw, dict) else None
     spec = BACKENDS.get(name) if isinstance(name, str) else None
     extra = spec.options if spec else {}
-    schema = {**_CELL, **{k: ((str, int, float, bool), None) for k in extra}}
-    c = _fields(raw, schema, where, errors)
-    if c["id"] is not None and not CELL_ID.fullmatch(c["id"]):
-        errors.add(where, "field 'id': use letters, digits, '.', '_' and '-' (it names files)")
-    if c["backend"] is None:
-        return None
+    c = read(Cell, raw, where, problems, extra=extra)
     if spec is None:
-        errors.add(where, f"field 'backend': unknown backend {c['backend']!r} (known: {', '.join(sorted(BACKENDS))})")
         return None
     b = spec.name
-    _choice(c["precision"], spec.precisions, where, "precision", errors)
-    if c["resolution"] is not None and (c["resolution"] <= 0 or c["resolution"] % 8):
-        errors.add(where, f"field 'resolution': must be a positive multiple of 8, got {c['resolution']}")
+    if c["precision"] is not None and c["precision"] not in spec.precisions:
+        problems.add(where, f"field 'precision': {c['precision']!r} is not one of {', '.join(sorted(spec.precisions))}")
     if spec.compute_units:
         if c["compute_unit"] is None:
-            errors.add(where, f"field 'compute_unit' is required for {b} cells")
-        _choice(c["compute_unit"], spec.compute_units, where, "compute_unit", errors)
+            problems.add(where, f"field 'compute_unit' is required for {b} cells")
+        elif c["compute_unit"] not in spec.compute_units:
+            problems.add(where, f"field 'compute_unit': {c['compute_unit']!r} is not one of "
+                         f"{', '.join(sorted(spec.compute_units))}")
         if c["device"] is not None:
-            errors.add(where, f"field 'device': {b} cells choose hardware with 'compute_unit'")
+            problems.add(where, f"field 'device': {b} cells choose hardware with 'compute_unit'")
     else:
         if c["device"] is None:
-            errors.add(where, "field 'device' is required")
+            problems.add(where, "field 'device' is required")
         elif not re.fullmatch(spec.devices, c["device"]):
-            errors.add(where, f"field 'device': {c['device']!r} is not a {b} device")
+            problems.add(where, f"field 'device': {c['device']!r} is not a {b} device")
         if c["compute_unit"] is not None:
-            errors.add(where, f"field 'compute_unit' does not apply to {b} cells")
+            problems.add(where, f"field 'compute_unit' does not apply to {b} cells")
     attention = c["attention"] or spec.attention[0]
-    _choice(attention, spec.attention, where, "attention", errors)
+    if attention not in spec.attention:
+        problems.add(where, f"field 'attention': {attention!r} is not one of {', '.join(sorted(spec.attention))}")
     env = c["env"] or spec.default_env
     if env not in known_envs:
-        errors.add(where, f"field 'env': unknown env {env!r} (known: {', '.join(sorted(known_envs))})")
-    options = {k: c[k] for k in extra if c[k] is not None}
+        problems.add(where, f"field 'env': unknown env {env!r} (known: {', '.join(sorted(known_envs))})")
+    options = {k: raw[k] for k in extra if k in raw}
     for key, value in options.items():
         allowed = extra[key].values
         if value not in allowed or type(value) is not type(allowed[0]):
-            errors.add(where, f"field {key!r}: {value!r} is not one of {', '.join(map(repr, allowed))}")
-    return Cell(
-        id=c["id"], label=c["label"] or c["id"] or "", backend=b, env=env, device=c["device"],
-        compute_unit=c["compute_unit"], attention=attention, precision=c["precision"] or "",
-        resolution=c["resolution"] or 0, enabled=c["enabled"], notes=c["notes"], options=options,
-    )
+            problems.add(where, f"field {key!r}: {value!r} is not one of {', '.join(map(repr, allowed))}")
+    return Cell(**{**c, "id": c["id"] or "", "label": c["label"] or c["id"] or "", "env": env,
+                   "attention": attention, "precision": c["precision"] or "", "options": options})
 
 
 def load_matrix(path: str | Path, known_envs: set[str]) -> Matrix:
@@ -356,56 +308,34 @@ def load_matrix(path: str | Path, known_envs: set[str]) -> Matrix:
         raw = tomllib.loads(data.decode())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise UserError(f"{path}: not valid TOML: {e}") from None
-    errors = _Errors(path)
-    base = path.resolve().parent
-    for key in raw.keys() - {*_SECTIONS, "cells"}:
-        errors.add("top level", f"unknown section {key!r} (known: {', '.join(sorted([*_SECTIONS, 'cells']))})")
-    model = _model(raw.get("model", {}), base, errors)
-    inputs = _inputs(raw.get("inputs", {}), errors)
-    t = _fields(raw.get("timing", {}), _SECTIONS["timing"], "[timing]", errors)
-    _choice(t["order"], ORDERS, "[timing]", "order", errors)
-    _choice(t["cooldown"], ("fixed", "adaptive"), "[timing]", "cooldown", errors)
-    _positive(t, ("warmup", "iterations", "runs", "cooldown_s", "run_timeout_s", "min_window_s", "cooldown_min_s",
-                  "cooldown_max_s", "cooldown_margin"), "[timing]", errors,
-              allow_zero=("warmup", "cooldown_s", "min_window_s", "cooldown_min_s", "cooldown_margin"))
-    if None not in (t["cooldown_min_s"], t["cooldown_max_s"]) and t["cooldown_min_s"] > t["cooldown_max_s"]:
-        errors.add("[timing]", "field 'cooldown_min_s': larger than cooldown_max_s")
-    p = _fields(raw.get("power", {}), _SECTIONS["power"], "[power]", errors)
-    _choice(p["meter"], METERS, "[power]", "meter", errors)
-    _positive(p, ("interval_ms", "baseline_s", "idle_s"), "[power]", errors, allow_zero=("baseline_s",))
-    pre = _fields(raw.get("preflight", {}), _SECTIONS["preflight"], "[preflight]", errors)
-    _positive(pre, ("load_margin", "load_settle_max_s"), "[preflight]", errors,
-              allow_zero=("load_margin", "load_settle_max_s"))
-    e = _fields(raw.get("equivalence", {}), _SECTIONS["equivalence"], "[equivalence]", errors)
-    ref = _fields(e["reference"], _REFERENCE, "[equivalence.reference]", errors)
-    if ref["backend"] not in BACKENDS:
-        errors.add("[equivalence.reference]", f"field 'backend': {ref['backend']!r} cannot compute a reference "
-                   f"(known: {', '.join(sorted(BACKENDS))})")
-    elif ref["env"] not in known_envs:
-        errors.add("[equivalence.reference]", f"field 'env': unknown env {ref['env']!r}")
-    _choice(ref["precision"], PRECISIONS, "[equivalence.reference]", "precision", errors)
-
+    problems = Problems(path)
+    known = sections()
+    for key in sorted(raw.keys() - {*known, "cells"}):
+        problems.add("top level", f"unknown section {key!r} (known: {', '.join(sorted([*known, 'cells']))})")
+    model = _model(raw.get("model", {}), path.resolve().parent, problems)
+    inputs = _inputs(raw.get("inputs", {}), problems)
+    timing = _timing(raw.get("timing", {}), problems)
+    power = Power(**read(Power, raw.get("power", {}), "[power]", problems))
+    preflight = Preflight(**read(Preflight, raw.get("preflight", {}), "[preflight]", problems))
+    equivalence = _equivalence(raw.get("equivalence", {}), known_envs, problems)
     raw_cells = raw.get("cells", [])
     if not isinstance(raw_cells, list):
-        errors.add("top level", "'cells' must be an array of tables ([[cells]])")
+        problems.add("top level", "'cells' must be an array of tables ([[cells]])")
         raw_cells = []
-    cells = [c for i, rc in enumerate(raw_cells) if (c := _cell(rc, i, known_envs, errors)) is not None]
+    cells = [c for i, rc in enumerate(raw_cells) if (c := _cell(rc, i, known_envs, problems)) is not None]
     seen: set[str] = set()
     for c in cells:
         if c.id in seen:
-            errors.add(f"cell {c.id!r}", "field 'id': duplicate cell id")
+            problems.add(f"cell {c.id!r}", "field 'id': duplicate cell id")
         seen.add(c.id)
-    rep = _fields(raw.get("report", {}), _SECTIONS["report"], "[report]", errors)
+    report = Report(**read(Report, raw.get("report", {}), "[report]", problems))
     enabled = [c.id for c in cells if c.enabled]
-    if rep["baseline"] is not None and cells and rep["baseline"] not in enabled:
-        errors.add("[report]", f"field 'baseline': {rep['baseline']!r} is not an enabled cell (enabled: {', '.join(enabled)})")
-    if not any(c.enabled for c in cells) and not errors.lines:
-        errors.add("cells", "no enabled cells: nothing to run")
-    if errors.lines:
-        raise UserError(*errors.lines)
-    return Matrix(
-        path=path, sha256=hashlib.sha256(data).hexdigest(), model=model, inputs=inputs,
-        timing=Timing(**t), power=Power(**p), preflight=Preflight(**pre),
-        equivalence=Equivalence(**ref, mse_max=e["mse_max"], cosine_min=e["cosine_min"]),
-        report=Report(**rep), cells=cells, raw=raw,
-    )
+    if report.baseline is not None and cells and report.baseline not in enabled:
+        problems.add("[report]", f"field 'baseline': {report.baseline!r} is not an enabled cell "
+                     f"(enabled: {', '.join(enabled)})")
+    if not enabled and not problems.lines:
+        problems.add("cells", "no enabled cells: nothing to run")
+    if problems.lines:
+        raise UserError(*problems.lines)
+    return Matrix(path=path, sha256=hashlib.sha256(data).hexdigest(), model=model, inputs=inputs, timing=timing,
+                  power=power, preflight=preflight, equivalence=equivalence, report=report, cells=cells, raw=raw)

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from orchestrator.config.matrix import read_report
 from orchestrator.errors import UserError
 from orchestrator.report.csv import write_runs_csv
 from orchestrator.report.figures import all_figures
@@ -29,7 +30,8 @@ class WrittenReport:
 
 def choose_baseline(summary: dict[str, Any], session: dict[str, Any], requested: str | None) -> tuple[str | None, str]:
     """The baseline cell (`--baseline` first, then the matrix's `[report] baseline`) and a line saying so."""
-    from_matrix = (((session.get("matrix") or {}).get("content") or {}).get("report") or {}).get("baseline")
+    content = (session.get("matrix") or {}).get("content") or {}
+    from_matrix = read_report(content, f"session {summary['session_id']}: matrix").baseline
     chosen, source = (requested, "--baseline") if requested else (from_matrix, "[report] baseline in the matrix")
     if chosen is None:
         return None, 'No baseline: set [report] baseline = "<cell id>" in the matrix or pass --baseline ID.'

@@ -5,6 +5,7 @@ writes an .mlpackage and returns how long its steps took."""
 from __future__ import annotations
 
 import time
+import tomllib
 from importlib import metadata
 from pathlib import Path
 
@@ -22,9 +23,16 @@ class ConverterUnavailable(Exception):
     """The cell's converter is not installed in this env."""
 
 
+def harness_version() -> str:
+    """The checkout's version from its pyproject.toml: worker envs run the harness from the
+    checkout (PYTHONPATH), not installed, so package metadata does not know it."""
+    with open(Path(__file__).resolve().parents[2] / "pyproject.toml", "rb") as f:
+        return tomllib.load(f)["project"]["version"]
+
+
 def converter_version(name: str) -> str:
     if name == "harness":
-        return f"{metadata.version('coreml-diffusion-benchmarks')}+r{HARNESS_CONVERTER_REVISION}"
+        return f"{harness_version()}+r{HARNESS_CONVERTER_REVISION}"
     package = {"coreml-diffusion": "coreml-diffusion", "apple": "python_coreml_stable_diffusion"}[name]
     try:
         return metadata.version(package)
