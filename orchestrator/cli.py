@@ -19,6 +19,7 @@ from orchestrator.errors import UserError
 from orchestrator.report.tables import comparison_table
 from orchestrator.report.tables import fmt as fmt_number
 from orchestrator.results.compare import Comparison
+from workers.contract.typed import to_dict
 
 
 class _DefaultToRun(click.Group):
@@ -163,7 +164,7 @@ def report(dirs: tuple[Path, ...], out: Path | None, baseline: str | None, fmt: 
         if len(dirs) > 1:
             display.log(f"[{k}/{len(dirs)}] {d}")
         rep = write_report(SessionDir(d), target, baseline)
-        for line in (*rep.summary["problems"], *rep.summary["warnings"]):
+        for line in (*rep.summary.problems, *rep.summary.warnings):
             display.warn(line)
         for f in rep.inputs.figures:
             if f.skipped:
@@ -175,7 +176,8 @@ def report(dirs: tuple[Path, ...], out: Path | None, baseline: str | None, fmt: 
                 _print_comparisons(display, rep.inputs.comparisons, f"against {rep.inputs.baseline}")
             display.log(f"report: {rep.out / 'report.html'} (report.md, summary.json, runs.csv, figures/)")
     if fmt == "json":
-        click.echo(json.dumps(summaries[0] if len(summaries) == 1 else summaries, indent=2))
+        data = [to_dict(s) for s in summaries]
+        click.echo(json.dumps(data[0] if len(data) == 1 else data, indent=2))
 
 
 @cli.command("recompute-energy")
@@ -221,7 +223,7 @@ def compare(a: str, b: str, fmt: str) -> None:
     if not comparisons:
         raise UserError("nothing to compare: a side has no ok run")
     if fmt == "json":
-        click.echo(json.dumps([c.as_dict() for c in comparisons], indent=2))
+        click.echo(json.dumps([to_dict(c) for c in comparisons], indent=2))
         return
     _print_comparisons(display, comparisons, "B against A (ratios are B / A)")
 

@@ -9,44 +9,52 @@ from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table as RichTable
 from rich.text import Text
 
 from orchestrator.config.plan import PlannedRun
-from orchestrator.report.tables import Table, cell_table
+from orchestrator.report.tables import Table, cell_table, fmt
+from orchestrator.results.flags import run_labels
+from orchestrator.results.records import RunRecord
+from orchestrator.results.summary import Summary
 
 
 class RunProgress:
-    def __init__(self, progress: Progress, task: int, console: Console):
+    def __init__(self, progress: Progress, task: TaskID, console: Console):
         self._p, self._task, self._console = progress, task, console
 
     def start_run(self, planned: PlannedRun, cell: Any, total: int) -> None:
         self._p.update(self._task, description=f"{cell.id} run {planned.run_index}")
 
-    def end_run(self, rec: dict[str, Any], runs_per_cell: int) -> None:
-        head = f"{rec['cell_id']} run {rec['run_index']} ({rec['run_index'] + 1} of {runs_per_cell})"
-        if rec["status"] == "ok":
-            eq = "" if rec.get("cosine") is None else f"  cosine {rec['cosine']:.6f}{'  DIVERGENT' if rec['numerically_divergent'] else ''}"
-            if rec.get("energy_per_step_j") is not None:
-                eq += f"  {rec['energy_per_step_j']:.4g} J/step net ({rec['gross_energy_per_step_j']:.4g} gross)"
-            self._console.print(f"  {head}: ok  {rec['latency_ms_median']:.2f} ms/step (IQR {rec['latency_ms_iqr']:.2f}, "
-                                f"{rec['iterations']} it){eq}{run_flags(rec)}", highlight=False)
-        elif rec["status"] == "unsupported":
-            self._console.print(f"  {head}: [yellow]unsupported[/]: {rec['failure_reason']}", highlight=False)
+    def end_run(self, rec: RunRecord, runs_per_cell: int) -> None:
+        head = f"{rec.cell_id} run {rec.run_index} ({rec.run_index + 1} of {runs_per_cell})"
+        if rec.status == "ok":
+            eq = "" if rec.cosine is None else f"  cosine {rec.cosine:.6f}"
+            if rec.energy_per_step_j is not None:
+                eq += f"  {rec.energy_per_step_j:.4g} J/step net ({fmt(rec.gross_energy_per_step_j)} gross)"
+            self._console.print(f"  {head}: ok  {fmt(rec.latency_ms_median, '.2f')} ms/step (IQR "
+                                f"{fmt(rec.latency_ms_iqr, '.2f')}, {rec.iterations} it){eq}{run_flags(rec)}",
+                                highlight=False)
+        elif rec.status == "unsupported":
+            self._console.print(f"  {head}: [yellow]unsupported[/]: {rec.failure_reason}", highlight=False)
         else:
-            self._console.print(f"  {head}: [red]failed[/]: {rec['failure_reason']}", highlight=False)
+            self._console.print(f"  {head}: [red]failed[/]: {rec.failure_reason}", highlight=False)
         self._p.advance(self._task)
 
 
-def run_flags(rec: dict[str, Any]) -> str:
-    """What a person should know about this run before trusting its numbers."""
-    flags = [what for key, what in (("throttled", "throttled"), ("short_window", "short window"),
-                                    ("forced_power", "forced power"), ("load_unsettled", "load unsettled"))
-             if rec.get(key)]
-    if rec.get("power_problems") and not rec.get("forced_power"):
-        flags.append("energy withheld")
-    return f"  [{', '.join(flags)}]" if flags else ""
+def run_flags(rec: RunRecord) -> str:
+    """What a person should know about this run before trusting its numbers (the flags table)."""
+    labels = run_labels(rec)
+    return f"  [{', '.join(labels)}]" if labels else ""
 
 
 class Display:
@@ -86,7 +94,7 @@ class Display:
             rt.add_row(*map(Text, row))
         self.out.print(rt)
 
-    def summary_table(self, summary: dict[str, Any]) -> None:
-        self.table(cell_table(summary), f"session {summary['session_id']}")
-        if reason := summary.get("energy_unavailable_reason"):
+    def summary_table(self, summary: Summary) -> None:
+        self.table(cell_table(summary), f"session {summary.session_id}")
+        if reason := summary.energy_unavailable_reason:
             self.out.print(f"energy: {reason}", highlight=False)

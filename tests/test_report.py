@@ -1,10 +1,18 @@
-"""`orchestrate report` on a session whose per-run values are known."""
+"""`orchestrate report` on a session whose per-run values are known: the report and compare
+functions in-process, and the CLI itself in a few subprocesses for what only it does (exit codes,
+messages on stderr, several folders at once)."""
 
 import json
 import shutil
 
 import pytest
 from conftest import REPO, cli
+
+from orchestrator.errors import UserError
+from orchestrator.report.compare_sessions import compare_sides, parse_side
+from orchestrator.report.write import derive, write_report
+from orchestrator.results.store import SessionDir
+from workers.contract.typed import to_dict
 
 KNOWN = REPO / "tests" / "fixtures" / "known-session"
 
@@ -20,14 +28,20 @@ def known(tmp_path):
     return _copy(KNOWN, tmp_path / "20260101T000000Z-known")
 
 
+@pytest.fixture(scope="module")
+def known_report(tmp_path_factory):
+    """The known session reported once, figures drawn, for the tests that only read what was written."""
+    d = _copy(KNOWN, tmp_path_factory.mktemp("known") / "20260101T000000Z-known")
+    return write_report(SessionDir(d)), d
+
+
 def _json_report(d):
-    p = cli("report", str(d), "--format", "json")
-    assert p.returncode == 0, p.stderr
-    return json.loads(p.stdout), p.stderr
+    """summary.json's numbers as `orchestrate report --format json` prints them (figures not drawn)."""
+    return to_dict(derive(SessionDir(d)).summary)
 
 
 def test_summary_matches_hand_computed_statistics(known):
-    s, _ = _json_report(known)
+    s = _json_report(known)
     cells = {c["cell_id"]: c for c in s["cells"]}
     ane = cells["ane"]
     assert ane["n_ok"] == 7 and ane["status"] == "ok"
@@ -49,28 +63,37 @@ def test_summary_matches_hand_computed_statistics(known):
 
 
 def test_corrupt_line_is_named_and_skipped(known):
-    s, stderr = _json_report(known)
+    s = _json_report(known)
     assert len(s["problems"]) == 1
-    assert "runs.jsonl:4" in s["problems"][0] and "runs.jsonl:4" in stderr
+    assert "runs.jsonl:4: not valid JSON" in s["problems"][0]
     assert s["n_runs"] == 13
 
 
-def test_report_files_are_written(known):
-    p = cli("report", str(known))
-    assert p.returncode == 0
+def test_report_files_are_written(known_report):
+    _, known = known_report
     md = (known / "report.md").read_text()
     assert "| ane | coreml CPU_AND_NE fp16 | 7/0 | 10.00 [8.90–10.24] |" in md
     assert "outlier runs: run 4 (7.40 ms)" in md
     assert "DIVERGENT (runs 1)" in md
     assert "gpu run 3: timeout" in md
-    assert "ane" in p.stdout  # the terminal table
+    assert json.loads((known / "summary.json").read_text())["cells"][0]["latency_ms_median"] == 10.0
 
 
 def test_runs_alone_are_enough(known):
     (known / "session.json").unlink()
-    s, stderr = _json_report(known)
-    assert "session.json: missing" in s["problems"][0] and "session.json: missing" in stderr
+    s = _json_report(known)
+    assert "session.json: missing" in s["problems"][0]
     assert {c["cell_id"]: c["latency_ms_median"] for c in s["cells"]}["ane"] == 10.0
+    assert s["session_id"] == known.name and s["status"] is None
+
+
+def test_a_bad_session_file_is_one_clear_line(known):
+    (known / "session.json").write_text('{"session_id": "x", "order_seed": "seven"}')
+    with pytest.raises(UserError, match=r"session.json: field order_seed: expected an integer or null, got 'seven'"):
+        derive(SessionDir(known))
+    (known / "session.json").write_text("{")
+    with pytest.raises(UserError, match=r"session.json: not valid JSON"):
+        derive(SessionDir(known))
 
 
 def test_records_without_identity_are_named_and_duplicates_resolved(known):
@@ -78,18 +101,24 @@ def test_records_without_identity_are_named_and_duplicates_resolved(known):
     lines = runs.read_text().splitlines()
     first = json.loads(lines[0])
     lines.append(json.dumps({**first, "latency_ms_median": 10.05}))  # ane run 0 again
-    lines.append(json.dumps({"cell_id": "ane", "status": "ok", "latency_ms_median": 3.0}))  # no run_index
+    lines.append(json.dumps({"session_id": "s", "cell_id": "ane", "status": "ok", "latency_ms_median": 3.0}))
+    lines.append(json.dumps({**first, "run_index": 9, "cosine": "high"}))  # a field of the wrong type
     runs.write_text("\n".join(lines) + "\n")
-    s, _ = _json_report(known)
+    s = _json_report(known)
     assert any("runs.jsonl:15" in p and "recorded twice" in p for p in s["problems"])
-    assert any("runs.jsonl:16" in p and "not a run record" in p for p in s["problems"])
+    assert any("runs.jsonl:16: field run_index: missing; not a run record" in p for p in s["problems"])
+    assert any("runs.jsonl:17: field cosine: expected a number or null, got 'high'" in p for p in s["problems"])
     ane = next(c for c in s["cells"] if c["cell_id"] == "ane")
     assert ane["n_ok"] == 7 and ane["metrics"]["latency_ms_median"]["max"] == 10.3
 
 
-def test_report_on_a_folder_that_is_not_a_session(tmp_path):
+def test_report_cli_exit_codes_and_messages(known, tmp_path):
+    """The CLI itself: a folder that is not a session, an unknown baseline."""
     p = cli("report", str(tmp_path))
     assert p.returncode == 2 and "not a session folder" in p.stderr
+    p = cli("report", str(known), "--baseline", "cpu")
+    assert p.returncode == 2 and "baseline 'cpu' (--baseline) is not a cell of it (cells: ane, gpu, mlx)" in p.stderr
+    assert "Traceback" not in p.stderr
 
 
 # --- reports with figures, comparisons, warnings and the Reproduce panel ---
@@ -102,10 +131,14 @@ def energy(tmp_path):
     return _copy(ENERGY, tmp_path / "20260102T000000Z-energy")
 
 
-def _report(d, baseline=None):
-    from orchestrator.report.write import write_report
-    from orchestrator.results.store import SessionDir
+@pytest.fixture(scope="module")
+def energy_report(tmp_path_factory):
+    """The energy session reported once, figures drawn, for the tests that only read what was written."""
+    d = _copy(ENERGY, tmp_path_factory.mktemp("energy") / "20260102T000000Z-energy")
+    return write_report(SessionDir(d)), d
 
+
+def _report(d, baseline=None):
     return write_report(SessionDir(d), baseline=baseline)
 
 
@@ -113,8 +146,9 @@ def _figure(rep, name):
     return next(f for f in rep.inputs.figures if f.name == name)
 
 
-def test_latency_vs_energy_points_are_the_medians_and_p10_p90(energy):
-    f = _figure(_report(energy), "latency_vs_energy")
+def test_latency_vs_energy_points_are_the_medians_and_p10_p90(energy_report):
+    rep, energy = energy_report
+    f = _figure(rep, "latency_vs_energy")
     assert f.skipped is None and f.files == ["figures/latency_vs_energy.svg", "figures/latency_vs_energy.png"]
     points = {p["cell_id"]: p for p in f.data["points"]}
     # gpu energy sorted 7.4 9.8 9.9 10.0 10.1 10.2 10.3: median 10.0, p10 7.4 + 0.6 x 2.4, p90 10.2 + 0.4 x 0.1; x 50
@@ -128,8 +162,8 @@ def test_latency_vs_energy_points_are_the_medians_and_p10_p90(energy):
         assert (energy / path).stat().st_size > 1000
 
 
-def test_runs_per_cell_mark_the_median_and_the_outlier(energy):
-    rep = _report(energy)
+def test_runs_per_cell_mark_the_median_and_the_outlier(energy_report):
+    rep, _ = energy_report
     total = {p["cell_id"]: p for p in _figure(rep, "runs_energy_per_step_j_total").data["panels"]}
     assert total["gpu"]["runs"] == [(0, 10.0), (1, 10.2), (2, 9.8), (3, 10.1), (4, 7.4), (5, 9.9), (6, 10.3)]
     assert total["gpu"]["median"] == 10.0 and total["gpu"]["outliers"] == [(4, 7.4)]
@@ -143,15 +177,15 @@ def test_runs_per_cell_mark_the_median_and_the_outlier(energy):
     assert latency["ane"]["median"] == 20.55 and len(latency["ane"]["runs"]) == 7
 
 
-def test_equivalence_figure_holds_every_run_and_the_thresholds(energy):
-    f = _figure(_report(energy), "equivalence")
+def test_equivalence_figure_holds_every_run_and_the_thresholds(energy_report):
+    f = _figure(energy_report[0], "equivalence")
     assert (f.data["cosine_min"], f.data["mse_max"]) == (0.999, 0.001)
     cells = {c["cell_id"]: c for c in f.data["cells"]}
     assert [v for _, v in cells["ane"]["cosine"]] == [0.9996] * 7 and [v for _, v in cells["gpu"]["mse"]] == [1e-5] * 7
 
 
 def test_comparisons_against_the_matrix_baseline(energy):
-    s = _report(energy).summary
+    s = to_dict(derive(SessionDir(energy)).summary)
     assert s["baseline"] == "gpu"
     cmp = {c["metric"]: c for c in s["comparisons"]}
     e = cmp["energy"]
@@ -166,16 +200,15 @@ def test_comparisons_against_the_matrix_baseline(energy):
 
 
 def test_baseline_option_overrides_the_matrix_and_unknown_one_is_refused(energy):
-    s = _report(energy, baseline="ane").summary
-    assert {c["other"] for c in s["comparisons"]} == {"gpu"}
-    p = cli("report", str(energy), "--baseline", "cpu")
-    assert p.returncode == 2 and "baseline 'cpu' (--baseline) is not a cell of it (cells: gpu, ane)" in p.stderr
-    assert "Traceback" not in p.stderr
+    s = derive(SessionDir(energy), baseline="ane").summary
+    assert {c.other for c in s.comparisons} == {"gpu"}
+    with pytest.raises(UserError, match=r"baseline 'cpu' \(--baseline\) is not a cell of it \(cells: gpu, ane\)"):
+        derive(SessionDir(energy), baseline="cpu")
 
 
 def test_stability_warnings(energy):
-    s = _report(energy).summary
-    assert s["warnings"] == [
+    s = derive(SessionDir(energy)).summary
+    assert s.warnings == [
         "gpu: energy p10-p90 spread is 14.0% of the median (above 10%)",
         "gpu: run 4 is an outlier in energy (7.4 J, more than 3 scaled MADs from the median)",
         "gpu: throttled run(s) 2",
@@ -183,11 +216,8 @@ def test_stability_warnings(energy):
     ]
 
 
-def test_report_files_tables_and_reproduce_panel(energy):
-    p = cli("report", str(energy))
-    assert p.returncode == 0, p.stderr
-    assert "warning: gpu: throttled run(s) 2" in p.stderr
-    assert "6.29x (5.48-6.56x) lower energy" in p.stdout  # the terminal comparison table
+def test_report_files_tables_and_reproduce_panel(energy_report):
+    _, energy = energy_report
     md = (energy / "report.md").read_text()
     assert ("| gpu | diffusers mps fp16 | 7/0 | 20.10 [19.86–20.34] | 0.2 | – | 1 [0.884–1.024] | "
             "9 [7.956–9.216] | 10 [8.84–10.24] | 500 [442–512] | 0.9999000 | 1e-05 | ok | energy outlier runs: run 4 (7.4 J); "
@@ -205,8 +235,8 @@ def test_report_files_tables_and_reproduce_panel(energy):
         assert (energy / "figures" / f"{name}.svg").is_file() and (energy / "figures" / f"{name}.png").is_file()
 
 
-def test_missing_metric_leaves_its_figure_out_with_the_reason(known):
-    rep = _report(known)
+def test_missing_metric_leaves_its_figure_out_with_the_reason(known_report):
+    rep, known = known_report
     f = _figure(rep, "latency_vs_energy")
     assert f.skipped == "no cell has energy (no meter in this fixture)" and f.files == []
     assert not (known / "figures" / "latency_vs_energy.svg").exists()
@@ -225,17 +255,19 @@ def test_many_sessions_show_progress_and_go_to_out(known, energy, tmp_path):
     assert (out / known.name / "report.html").is_file() and (out / energy.name / "report.html").is_file()
     assert not (energy / "report.html").exists()  # the session folder stays as it was
     assert "runs.jsonl:4" in p.stderr  # the corrupt line of the known session, named
+    assert "warning: gpu: throttled run(s) 2" in p.stderr
+    assert "ane" in p.stdout and "6.29x (5.48-6.56x) lower energy" in p.stdout  # the terminal tables
 
 
 # --- orchestrate compare ---
 
+def _compare(a, b):
+    return {c.metric: c for c in compare_sides(parse_side(a), parse_side(b))}
+
+
 def test_compare_two_cells_of_a_session(energy):
-    p = cli("compare", f"{energy}:gpu", f"{energy}:ane", "--format", "json")
-    assert p.returncode == 0, p.stderr
-    cmp = {c["metric"]: c for c in json.loads(p.stdout)}
-    assert cmp["energy"]["verdict"] == "6.29x (5.48-6.56x) lower energy; intervals disjoint; p = 0.00058"
-    p = cli("compare", f"{energy}:gpu", f"{energy}:ane")
-    assert "energy: ane vs gpu: 6.29x (5.48-6.56x) lower energy" in p.stdout
+    cmp = _compare(f"{energy}:gpu", f"{energy}:ane")
+    assert cmp["energy"].verdict == "6.29x (5.48-6.56x) lower energy; intervals disjoint; p = 0.00058"
 
 
 def test_compare_one_cell_across_sessions_and_refuse_other_inputs(energy, tmp_path):
@@ -245,27 +277,38 @@ def test_compare_one_cell_across_sessions_and_refuse_other_inputs(energy, tmp_pa
     for r in runs:
         r["latency_ms_median"] *= 0.9  # a driver update made every run 10% faster
     (after / "runs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in runs))
-    p = cli("compare", str(energy), f"{after}:gpu", "--format", "json")
-    assert p.returncode == 0, p.stderr
-    lat = next(c for c in json.loads(p.stdout) if c["metric"] == "latency")
-    assert lat["ratio_of_medians"] == pytest.approx(0.9) and lat["other"] == "20260102T000000Z-energy:gpu".replace(energy.name, "after")
-    assert lat["verdict"].startswith("10.0% faster; intervals disjoint")
+    lat = _compare(str(energy), f"{after}:gpu")["latency"]
+    assert lat.ratio_of_medians == pytest.approx(0.9) and lat.other == "after:gpu"
+    assert lat.verdict.startswith("10.0% faster; intervals disjoint")
     session = json.loads((after / "session.json").read_text())
     session["model"]["sha256"] = "9" * 64
     session["inputs"]["512"]["sha256"]["latent"] = "8" * 64
     (after / "session.json").write_text(json.dumps(session))
-    p = cli("compare", str(energy), str(after))
-    assert p.returncode == 2 and "Traceback" not in p.stderr
-    assert "refusing to compare: the sessions did not run the same model on the same inputs" in p.stderr
-    assert f"model sha256 differs: {energy} has {'b' * 64}, {after} has {'9' * 64}" in p.stderr
-    assert "input latent sha256 differs" in p.stderr and "text embedding" not in p.stderr
+    with pytest.raises(UserError) as e:
+        _compare(str(energy), str(after))
+    assert e.value.lines[0] == "refusing to compare: the sessions did not run the same model on the same inputs"
+    assert f"model sha256 differs: {energy} has {'b' * 64}, {after} has {'9' * 64}" in e.value.lines
+    assert any("input latent sha256 differs" in x for x in e.value.lines)
+    assert not any("text embedding" in x for x in e.value.lines)
 
 
 def test_compare_needs_two_cells_within_a_session(energy):
-    p = cli("compare", str(energy), str(energy))
-    assert p.returncode == 2 and "name two cells of the session" in p.stderr
+    with pytest.raises(UserError, match="name two cells of the session"):
+        _compare(str(energy), str(energy))
+    with pytest.raises(UserError, match=r"no cell 'nope' \(cells: gpu, ane\)"):
+        _compare(f"{energy}:gpu", f"{energy}:nope")
+
+
+def test_compare_cli_output_and_exit_codes(energy):
+    """The CLI itself: JSON, the verdict lines, a refusal's exit code and message."""
+    p = cli("compare", f"{energy}:gpu", f"{energy}:ane", "--format", "json")
+    assert p.returncode == 0, p.stderr
+    cmp = {c["metric"]: c for c in json.loads(p.stdout)}
+    assert cmp["energy"]["verdict"] == "6.29x (5.48-6.56x) lower energy; intervals disjoint; p = 0.00058"
+    p = cli("compare", f"{energy}:gpu", f"{energy}:ane")
+    assert "energy: ane vs gpu: 6.29x (5.48-6.56x) lower energy" in p.stdout
     p = cli("compare", f"{energy}:gpu", f"{energy}:nope")
-    assert p.returncode == 2 and "no cell 'nope' (cells: gpu, ane)" in p.stderr
+    assert p.returncode == 2 and "error: " in p.stderr and "no cell 'nope'" in p.stderr and "Traceback" not in p.stderr
 
 
 def test_without_matplotlib_the_report_says_figures_are_left_out(energy, monkeypatch):
@@ -277,7 +320,7 @@ def test_without_matplotlib_the_report_says_figures_are_left_out(energy, monkeyp
     assert [(f.name, f.skipped) for f in rep.inputs.figures] == [
         ("figures", "matplotlib is not installed in this interpreter (uv sync installs it)")]
     assert "- Figures: left out: matplotlib is not installed" in (energy / "report.md").read_text()
-    assert rep.summary["comparisons"]  # everything else is still there
+    assert rep.summary.comparisons  # everything else is still there
 
 
 def test_runs_without_the_image_estimate_get_50_x_the_step(energy):
@@ -290,8 +333,8 @@ def test_runs_without_the_image_estimate_get_50_x_the_step(energy):
     rep = _report(energy)
     points = {p["cell_id"]: p for p in _figure(rep, "latency_vs_energy").data["points"]}
     assert (points["gpu"]["y"], points["gpu"]["y_p10"], points["gpu"]["y_p90"]) == pytest.approx((500.0, 442.0, 512.0))
-    gpu = rep.summary["cells"][0]
-    assert gpu["estimated_energy_per_50_step_image_j"] == pytest.approx(500.0)
+    gpu = rep.summary.cells[0]
+    assert gpu.estimated_energy_per_50_step_image_j == pytest.approx(500.0)
 
 
 def test_runs_with_energy_but_no_channels_are_drawn_as_the_total(energy):

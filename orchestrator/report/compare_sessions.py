@@ -10,6 +10,7 @@ from typing import Any
 
 from orchestrator.errors import UserError
 from orchestrator.results.compare import Comparison, compare_runs
+from orchestrator.results.records import RunRecord, SessionRecord
 from orchestrator.results.store import SessionDir
 
 
@@ -17,8 +18,8 @@ from orchestrator.results.store import SessionDir
 class Side:
     sdir: SessionDir
     cell: str | None
-    session: dict[str, Any]
-    runs: list[dict[str, Any]]
+    session: SessionRecord | None  # None: session.json is missing
+    runs: list[RunRecord]
     problems: list[str]
 
 
@@ -34,21 +35,21 @@ def parse_side(arg: str) -> Side:
     runs = sdir.read_runs()
     if not runs.records:
         raise UserError(f"{path}: no readable runs ({'; '.join(runs.problems) or 'runs.jsonl is empty'})")
-    session = sdir.read_session() if sdir.has_session() else {}
+    session = sdir.read_session() if sdir.has_session() else None
     return Side(sdir, cell or None, session, runs.records, runs.problems)
 
 
 def _cells(side: Side) -> list[str]:
-    return list(dict.fromkeys(r["cell_id"] for r in side.runs))
+    return list(dict.fromkeys(r.cell_id for r in side.runs))
 
 
 def _digests(side: Side, cell: str) -> dict[str, Any]:
-    if not side.session:
+    if side.session is None:
         raise UserError(f"{side.sdir.root}: session.json missing: its model and input digests are unknown, "
                         "so it cannot be compared with another session")
-    res = next((r.get("resolution") for r in side.runs if r["cell_id"] == cell), None)
-    inputs = (side.session.get("inputs") or {}).get(str(res), {}).get("sha256", {})
-    return {"model sha256": side.session.get("model", {}).get("sha256"),
+    res = next((r.resolution for r in side.runs if r.cell_id == cell), None)
+    inputs = side.session.inputs.get(str(res), {}).get("sha256", {})
+    return {"model sha256": side.session.model.get("sha256"),
             "input latent sha256": inputs.get("latent"), "input text embedding sha256": inputs.get("text_embedding")}
 
 
@@ -66,8 +67,8 @@ def pairs(a: Side, b: Side) -> list[tuple[str, str]]:
         chosen = [(a.cell, b.cell)]
     elif same:
         raise UserError("name two cells of the session: orchestrate compare DIR:CELL_A DIR:CELL_B")
-    elif a.cell or b.cell:
-        chosen = [(a.cell or b.cell, a.cell or b.cell)]
+    elif named := a.cell or b.cell:
+        chosen = [(named, named)]
     else:
         chosen = [(c, c) for c in _cells(a) if c in _cells(b)]
         if not chosen:
@@ -88,5 +89,5 @@ def compare_sides(a: Side, b: Side) -> list[Comparison]:
     out = []
     for ca, cb in pairs(a, b):
         la, lb = (ca, cb) if same else (f"{a.sdir.id}:{ca}", f"{b.sdir.id}:{cb}")
-        out += compare_runs(la, [r for r in a.runs if r["cell_id"] == ca], lb, [r for r in b.runs if r["cell_id"] == cb])
+        out += compare_runs(la, [r for r in a.runs if r.cell_id == ca], lb, [r for r in b.runs if r.cell_id == cb])
     return out

@@ -7,17 +7,20 @@ import csv
 from pathlib import Path
 from typing import Any
 
+from orchestrator.results.records import RunRecord
+from workers.contract.typed import to_dict
+
 FIRST = ("session_id", "cell_id", "run_index", "order_index", "status", "failure_reason")
 
 
-def _row(r: dict[str, Any]) -> dict[str, Any]:
-    row = {k: v for k, v in r.items() if not isinstance(v, (dict, list))}
-    for ch, fields in (r.get("energy_by_channel") or {}).items():
+def _row(r: RunRecord) -> dict[str, Any]:
+    row = {k: v for k, v in to_dict(r).items() if not isinstance(v, (dict, list))}
+    for ch, fields in r.energy_by_channel.items():
         row.update({f"{ch}.{k}": v for k, v in fields.items()})
     return row
 
 
-def write_runs_csv(path: Path, runs: list[dict[str, Any]]) -> None:
+def write_runs_csv(path: Path, runs: list[RunRecord]) -> None:
     rows = [_row(r) for r in runs]
     columns = [c for c in FIRST if any(c in row for row in rows)]
     for row in rows:

@@ -11,7 +11,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from orchestrator.results.summary import run_values
+from orchestrator.results.records import RunRecord
+from orchestrator.results.summary import Summary
+from orchestrator.results.values import run_values
 
 IMAGE_NOTE = "estimated: 50 x energy per step"
 
@@ -47,26 +49,26 @@ def _save(fig: Any, fig_data: Figure, out_dir: Path) -> Figure:
     return fig_data
 
 
-def _ok_runs(runs: list[dict[str, Any]], cell_id: str) -> list[dict[str, Any]]:
-    return sorted((r for r in runs if r["cell_id"] == cell_id and r["status"] == "ok"), key=lambda r: r["run_index"])
+def _ok_runs(runs: list[RunRecord], cell_id: str) -> list[RunRecord]:
+    return sorted((r for r in runs if r.cell_id == cell_id and r.status == "ok"), key=lambda r: r.run_index)
 
 
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "h")
 
 
-def latency_vs_energy(summary: dict[str, Any], out_dir: Path) -> Figure:
+def latency_vs_energy(summary: Summary, out_dir: Path) -> Figure:
     """One point per cell: median latency per step (x) and median estimated energy per image (y),
     p10-p90 error bars on both axes."""
     f = Figure("latency_vs_energy", "Latency vs energy per image (estimated, 50 x step)")
-    points = []
-    for c in summary["cells"]:
-        m = c.get("metrics", {}).get("estimated_energy_per_50_step_image_j")
-        if m is None or c.get("latency_ms_median") is None:
+    points: list[dict[str, Any]] = []
+    for c in summary.cells:
+        m = c.metrics.get("estimated_energy_per_50_step_image_j")
+        if m is None or c.latency_ms_median is None:
             continue
-        points.append({"cell_id": c["cell_id"], "x": c["latency_ms_median"], "x_p10": c["latency_ms_p10"],
-                       "x_p90": c["latency_ms_p90"], "y": m["median"], "y_p10": m["p10"], "y_p90": m["p90"]})
+        points.append({"cell_id": c.cell_id, "x": c.latency_ms_median, "x_p10": c.latency_ms_p10,
+                       "x_p90": c.latency_ms_p90, "y": m.median, "y_p10": m.p10, "y_p90": m.p90})
     if not points:
-        f.skipped = f"no cell has energy ({summary.get('energy_unavailable_reason') or 'no energy in any ok run'})"
+        f.skipped = f"no cell has energy ({summary.energy_unavailable_reason or 'no energy in any ok run'})"
         return f
     f.data = {"points": points, "x_label": "latency per UNet step, ms (median, p10-p90)",
               "y_label": f"energy per 50-step image, J\n({IMAGE_NOTE}; median, p10-p90)"}
@@ -87,19 +89,19 @@ def latency_vs_energy(summary: dict[str, Any], out_dir: Path) -> Figure:
     return _save(fig, f, out_dir)
 
 
-def runs_per_cell(summary: dict[str, Any], runs: list[dict[str, Any]], key: str, label: str, unit: str,
+def runs_per_cell(summary: Summary, runs: list[RunRecord], key: str, label: str, unit: str,
                   out_dir: Path) -> Figure:
     """Each ok run as a dot in run order, one panel per cell, the median dashed, outliers ringed
     and labelled with their value."""
     name = "runs_" + re.sub(r"[^A-Za-z0-9]+", "_", key).strip("_")
     f = Figure(name, f"{label} per run")
-    panels = []
-    for c in summary["cells"]:
-        values = run_values(_ok_runs(runs, c["cell_id"]), key)
-        m = c.get("metrics", {}).get(key)
+    panels: list[dict[str, Any]] = []
+    for c in summary.cells:
+        values = run_values(_ok_runs(runs, c.cell_id), key)
+        m = c.metrics.get(key)
         if values and m is not None:
-            panels.append({"cell_id": c["cell_id"], "runs": values, "median": m["median"],
-                           "outliers": [(o["run_index"], o["value"]) for o in m["outlier_runs"]]})
+            panels.append({"cell_id": c.cell_id, "runs": values, "median": m.median,
+                           "outliers": [(o.run_index, o.value) for o in m.outlier_runs]})
     if not panels:
         f.skipped = f"no ok run has {label.lower()}"
         return f
@@ -127,25 +129,25 @@ def runs_per_cell(summary: dict[str, Any], runs: list[dict[str, Any]], key: str,
     return _save(fig, f, out_dir)
 
 
-def equivalence(summary: dict[str, Any], runs: list[dict[str, Any]], out_dir: Path) -> Figure:
+def equivalence(summary: Summary, runs: list[RunRecord], out_dir: Path) -> Figure:
     """Each run's cosine and MSE against the fp32 reference, per cell, with the thresholds."""
     f = Figure("equivalence", "Equivalence with the fp32 reference")
-    eq = summary.get("equivalence", {})
-    cells = []
-    for c in summary["cells"]:
-        ok = _ok_runs(runs, c["cell_id"])
+    eq = summary.equivalence
+    cells: list[dict[str, Any]] = []
+    for c in summary.cells:
+        ok = _ok_runs(runs, c.cell_id)
         cos, mse = run_values(ok, "cosine"), run_values(ok, "mse")
         if cos or mse:
-            cells.append({"cell_id": c["cell_id"], "cosine": cos, "mse": mse, "divergent_runs": c.get("divergent_runs") or []})
+            cells.append({"cell_id": c.cell_id, "cosine": cos, "mse": mse, "divergent_runs": c.divergent_runs})
     if not cells:
         f.skipped = "no run was compared with a reference"
         return f
     f.data = {"cells": cells, "cosine_min": eq.get("cosine_min"), "mse_max": eq.get("mse_max")}
     fig, (ax_cos, ax_mse) = _pyplot().subplots(1, 2, figsize=(max(7, 1.4 * len(cells) + 4), 4))
-    for i, c in enumerate(cells):  # divergent runs in red
+    for i, drawn in enumerate(cells):  # divergent runs in red
         for ax, key in ((ax_cos, "cosine"), (ax_mse, "mse")):
-            for run_index, v in c[key]:
-                ax.plot([i], [v], "o", color="tab:red" if run_index in c["divergent_runs"] else "tab:blue", alpha=0.7)
+            for run_index, v in drawn[key]:
+                ax.plot([i], [v], "o", color="tab:red" if run_index in drawn["divergent_runs"] else "tab:blue", alpha=0.7)
     for ax, key, title in ((ax_cos, "cosine_min", "cosine (higher is closer)"), (ax_mse, "mse_max", "MSE (lower is closer)")):
         if f.data[key] is not None:
             ax.axhline(f.data[key], linestyle="--", color="tab:red", label=f"threshold {f.data[key]:g}")
@@ -161,18 +163,18 @@ def equivalence(summary: dict[str, Any], runs: list[dict[str, Any]], out_dir: Pa
     return _save(fig, f, out_dir)
 
 
-def energy_metrics(summary: dict[str, Any]) -> list[tuple[str, str, str]]:
+def energy_metrics(summary: Summary) -> list[tuple[str, str, str]]:
     """(key, label, unit) of energy per step drawn run by run: each channel, then the total; the
     run-level total alone when the runs carry no channels."""
-    channels = sorted({ch for c in summary["cells"] for ch in c.get("channels") or []}, key=lambda ch: (ch == "total", ch))
+    channels = sorted({ch for c in summary.cells for ch in c.channels}, key=lambda ch: (ch == "total", ch))
     if channels:
         return [(f"energy_per_step_j[{ch}]", f"Energy per step, {ch}", "J") for ch in channels]
-    if any(c.get("energy_per_step_j") is not None for c in summary["cells"]):
+    if any(c.energy_per_step_j is not None for c in summary.cells):
         return [("energy_per_step_j", "Energy per step, total", "J")]
     return []
 
 
-def all_figures(summary: dict[str, Any], runs: list[dict[str, Any]], out_dir: Path) -> list[Figure]:
+def all_figures(summary: Summary, runs: list[RunRecord], out_dir: Path) -> list[Figure]:
     if importlib.util.find_spec("matplotlib") is None:
         return [Figure("figures", "Figures", skipped="matplotlib is not installed in this interpreter (uv sync installs it)")]
     figs = [latency_vs_energy(summary, out_dir),
@@ -180,6 +182,6 @@ def all_figures(summary: dict[str, Any], runs: list[dict[str, Any]], out_dir: Pa
     energy = energy_metrics(summary)
     figs += [runs_per_cell(summary, runs, *m, out_dir) for m in energy] or [
         Figure("runs_energy", "Energy per step per run",
-               skipped=f"no energy ({summary.get('energy_unavailable_reason') or 'no energy in any ok run'})")]
+               skipped=f"no energy ({summary.energy_unavailable_reason or 'no energy in any ok run'})")]
     figs.append(equivalence(summary, runs, out_dir))
     return figs

@@ -47,7 +47,7 @@ def inline_svg(path: Path) -> str:
 
 def render_html(r: ReportInputs, root: Path) -> str:
     s = r.summary
-    parts = [f"<h1>Session {escape(str(s['session_id']))}</h1>",
+    parts = [f"<h1>Session {escape(str(s.session_id))}</h1>",
              "<ul>" + "".join(f"<li>{escape(h)}</li>" for h in header_lines(r)) + "</ul>",
              f'<p class="note">{escape(EXPLANATION)}</p>',
              "<h2>Results</h2>", _table(cell_table(s), "cells"),
@@ -63,14 +63,14 @@ def render_html(r: ReportInputs, root: Path) -> str:
                          f"<figcaption>{escape(f.title)} ({escape(', '.join(f.files))})</figcaption></figure>")
         else:
             parts.append(f'<p class="note skipped">{escape(f.title)}: left out: {escape(f.skipped)}</p>')
-    failures = [(c["cell_id"], f) for c in s["cells"] for f in c["failures"]]
+    failures = [(c.cell_id, f) for c in s.cells for f in c.failures]
     if failures:
         parts.append("<h2>Failed runs</h2><ul>" + "".join(
-            f"<li>{escape(cid)} run {f['run_index']}: {escape(str(f['reason']))}</li>" for cid, f in failures) + "</ul>")
-    if s.get("problems"):
-        parts.append("<h2>Problems reading the results</h2><ul>" + "".join(f"<li>{escape(p)}</li>" for p in s["problems"]) + "</ul>")
+            f"<li>{escape(cid)} run {f.run_index}: {escape(str(f.reason))}</li>" for cid, f in failures) + "</ul>")
+    if s.problems:
+        parts.append("<h2>Problems reading the results</h2><ul>" + "".join(f"<li>{escape(p)}</li>" for p in s.problems) + "</ul>")
     parts.append('<h2 id="reproduce">Reproduce</h2><dl class="reproduce">' + "".join(
         f"<dt>{escape(label)}</dt><dd>{escape(text)}</dd>" for label, text in panel(r.session, r.runs)) + "</dl>")
-    title = escape(f"Session {s['session_id']}")
+    title = escape(f"Session {s.session_id}")
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{title}</title>'
             f"<style>{CSS}</style></head><body>\n" + "\n".join(parts) + "\n</body></html>\n")

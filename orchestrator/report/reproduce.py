@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from orchestrator.results.records import RunRecord, SessionRecord
+
 UNKNOWN = "not recorded"
 
 
@@ -20,21 +22,22 @@ def _memory(n: Any) -> str:
     return f"{n / 2**30:.0f} GiB RAM" if isinstance(n, (int, float)) else "RAM not recorded"
 
 
-def panel(session: dict[str, Any], runs: list[dict[str, Any]]) -> list[tuple[str, str]]:
-    """(label, text) lines in reading order."""
-    prov = session.get("provenance", {})
-    harness, host, power = prov.get("harness", {}), prov.get("host", {}), session.get("power", {})
-    model, matrix = session.get("model", {}), session.get("matrix", {})
+def panel(recorded: SessionRecord | None, runs: list[RunRecord]) -> list[tuple[str, str]]:
+    """(label, text) lines in reading order; without session.json, its facts read as not recorded."""
+    session = recorded or SessionRecord(session_id="")
+    prov = session.provenance
+    harness, host, power = prov.get("harness", {}), prov.get("host", {}), session.power
+    model, matrix = session.model, session.matrix
     items = [("Command", f"{' '.join(prov.get('command_line') or []) or UNKNOWN} (in {_or_unknown(prov.get('cwd'))})")]
     dirty = {True: " (dirty: uncommitted changes)", False: " (clean)"}.get(harness.get("git_dirty"), "")
     items.append(("Harness", f"commit {_or_unknown(harness.get('git_commit'))}{dirty}, version {_or_unknown(harness.get('version'))}"))
     items.append(("Matrix", f"{_or_unknown(matrix.get('path'))}, sha256 {_or_unknown(matrix.get('sha256'))}"))
     pythons: dict[str, set[str]] = {}
     for r in runs:
-        if r.get("env") and r.get("python"):
-            pythons.setdefault(r["env"], set()).add(r["python"])
+        if r.env and r.python:
+            pythons.setdefault(r.env, set()).add(r.python)
     for name, env in prov.get("envs", {}).items():
-        versions = (session.get("worker_versions") or {}).get(name) or env.get("locked_versions") or {}
+        versions = session.worker_versions.get(name) or env.get("locked_versions") or {}
         lock = env.get("lock_sha256") or ("none (an existing interpreter)" if env.get("external_interpreter") else UNKNOWN)
         py = ", ".join(sorted(pythons.get(name, ()))) or UNKNOWN
         items.append((f"Env {name}", f"lock sha256 {lock}; Python {py} ({_or_unknown(env.get('python'))}); {_versions(versions)}"))
@@ -50,10 +53,10 @@ def panel(session: dict[str, Any], runs: list[dict[str, Any]]) -> list[tuple[str
     kind = "synthetic (harness-generated weights: right compute, not real images)" if model.get("synthetic") \
         else f"checkpoint {_or_unknown(model.get('path'))}"
     items.append(("Model", f"{kind}; preset {_or_unknown(model.get('preset'))}; sha256 {_or_unknown(model.get('sha256'))}"))
-    for res, inp in (session.get("inputs") or {}).items():
+    for res, inp in session.inputs.items():
         sha = inp.get("sha256", {})
         items.append((f"Inputs {res}x{res}", f"latent {_or_unknown(sha.get('latent'))}, text embedding "
                                              f"{_or_unknown(sha.get('text_embedding'))}; seed {_or_unknown(inp.get('seed'))}, timestep {_or_unknown(inp.get('timestep'))}"))
-    items.append(("Run order", f"{_or_unknown(session.get('order'))}, seed {_or_unknown(session.get('order_seed'))}"))
-    items.append(("Date", f"{_or_unknown(session.get('started_at'))} to {_or_unknown(session.get('finished_at'))} (UTC)"))
+    items.append(("Run order", f"{_or_unknown(session.order)}, seed {_or_unknown(session.order_seed)}"))
+    items.append(("Date", f"{_or_unknown(session.started_at)} to {_or_unknown(session.finished_at)} (UTC)"))
     return items

@@ -8,69 +8,79 @@ from typing import Any
 
 from orchestrator.report.reproduce import panel
 from orchestrator.results.compare import Comparison
+from orchestrator.results.flags import FLAGS
+from orchestrator.results.records import RunRecord, SessionRecord
+from orchestrator.results.summary import CellSummary, ConversionSummary, RunValue, Summary
 
 
 def fmt(value: float | None, spec: str = ".4g") -> str:
     return "–" if value is None else format(value, spec)
 
 
-def latency_cell(c: dict[str, Any]) -> str:
-    if c["latency_ms_median"] is None:
+def latency_cell(c: CellSummary) -> str:
+    if c.latency_ms_median is None:
         return "–"
-    return f"{c['latency_ms_median']:.2f} [{c['latency_ms_p10']:.2f}–{c['latency_ms_p90']:.2f}]"
+    return f"{c.latency_ms_median:.2f} [{c.latency_ms_p10:.2f}–{c.latency_ms_p90:.2f}]"
 
 
-def energy_cell(c: dict[str, Any]) -> str:
-    if c.get("energy_per_step_j") is None:
+def energy_cell(c: CellSummary) -> str:
+    if c.energy_per_step_j is None:
         return "–"
-    return f"{c['energy_per_step_j']:.4g} [{c['energy_per_step_j_p10']:.4g}–{c['energy_per_step_j_p90']:.4g}]"
+    return f"{c.energy_per_step_j:.4g} [{c.energy_per_step_j_p10:.4g}–{c.energy_per_step_j_p90:.4g}]"
 
 
-def metric_cell(c: dict[str, Any], key: str) -> str:
+def metric_cell(c: CellSummary, key: str) -> str:
     """median [p10–p90] of any per-run metric in the cell's `metrics`."""
-    m = c.get("metrics", {}).get(key)
-    return "–" if m is None else f"{m['median']:.4g} [{m['p10']:.4g}–{m['p90']:.4g}]"
+    m = c.metrics.get(key)
+    return "–" if m is None else f"{m.median:.4g} [{m.p10:.4g}–{m.p90:.4g}]"
 
 
-def image_estimate_cell(c: dict[str, Any]) -> str:
+def image_estimate_cell(c: CellSummary) -> str:
     return metric_cell(c, "estimated_energy_per_50_step_image_j")
 
 
-def divergence_cell(c: dict[str, Any]) -> str:
-    if c["numerically_divergent"] is None:
+def divergence_cell(c: CellSummary) -> str:
+    if c.numerically_divergent is None:
         return "not checked"
-    return f"DIVERGENT (runs {', '.join(map(str, c['divergent_runs']))})" if c["numerically_divergent"] else "ok"
+    return f"DIVERGENT (runs {', '.join(map(str, c.divergent_runs))})" if c.numerically_divergent else "ok"
 
 
-def flags(c: dict[str, Any]) -> str:
+OUTLIER_VALUES = {"outlier": ("outlier runs", ".2f", "ms"), "energy_outlier": ("energy outlier runs", ".4g", "J")}
+
+
+def flags(c: CellSummary) -> str:
+    """The flags column: every flag of the flags table the cell's runs carry, then the cell's own."""
     out = []
-    if c["outlier_runs"]:
-        out.append("outlier runs: " + ", ".join(f"run {o['run_index']} ({o['value']:.2f} ms)" for o in c["outlier_runs"]))
-    if c.get("energy_outlier_runs"):
-        out.append("energy outlier runs: " + ", ".join(f"run {o['run_index']} ({o['value']:.4g} J)" for o in c["energy_outlier_runs"]))
-    for key, what in (("throttled_runs", "throttled"), ("short_window_runs", "window < 10 meter updates"),
-                      ("forced_power_runs", "energy recorded under failing power preconditions (--force-power)"),
-                      ("energy_withheld_runs", "energy withheld: power preconditions failed"),
-                      ("load_unsettled_runs", "load average never settled before the run"),
-                      ("thermal_limited_runs", "thermal warning or GPU slowdown before the run")):
-        if c.get(key):
-            out.append(f"{what}: runs " + ", ".join(map(str, c[key])))
-    if c["n_ok"] and c["output_sha256_distinct"] > 1:
-        out.append(f"{c['output_sha256_distinct']} distinct outputs across runs")
-    if c["n_ok"] and c["n_ok"] < 3:
-        out.append(f"only {c['n_ok']} ok run(s)")
+    for flag in FLAGS:
+        runs = getattr(c, flag.field)
+        if flag.own_column or not runs:
+            continue
+        if flag.name in OUTLIER_VALUES:
+            what, spec, unit = OUTLIER_VALUES[flag.name]
+            out.append(f"{what}: " + ", ".join(f"run {o.run_index} ({o.value:{spec}} {unit})"
+                                               for o in runs if isinstance(o, RunValue)))
+        else:
+            out.append(f"{flag.meaning}: runs " + ", ".join(map(str, runs)))
+    if c.n_ok and c.output_sha256_distinct > 1:
+        out.append(f"{c.output_sha256_distinct} distinct outputs across runs")
+    if c.n_ok and c.n_ok < 3:
+        out.append(f"only {c.n_ok} ok run(s)")
     return "; ".join(out)
 
 
-def describe_cell(c: dict[str, Any]) -> str:
-    where = c.get("device") or c.get("compute_unit") or "?"
-    return f"{c.get('backend', '?')} {where} {c.get('precision', '?')}"
+def describe_cell(c: CellSummary) -> str:
+    where = c.device or c.compute_unit or "?"
+    return f"{c.backend or '?'} {where} {c.precision or '?'}"
 
 
-def conversion_lines(cells: list[dict[str, Any]]) -> list[str]:
+def _megabytes(v: ConversionSummary) -> float | None:
+    return v.package_bytes / 1e6 if v.package_bytes is not None else None
+
+
+def conversion_lines(cells: list[CellSummary]) -> list[str]:
     """Core ML conversions: what converted each cell's model and what each step took. A cache
     hit took no conversion step: its step times are those recorded when it was converted."""
-    rows = [c for c in cells if c.get("conversion")]
+    rows = [(c, c.conversion) for c in cells if c.conversion]
     if not rows:
         return []
     lines = ["", "## Core ML conversions", "",
@@ -80,15 +90,14 @@ def conversion_lines(cells: list[dict[str, Any]]) -> list[str]:
              "",
              "| cell | converter | coremltools / torch | this session | trace s | convert s | palettize s | compile s | prepare s | verify s | package MB | bits/weight |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for c in rows:
-        v = c["conversion"]
-        st = v["steps"]
-        how = "cache hit" if v["cache_hit"] else f"converted (runs {', '.join(map(str, v['runs_that_converted']))})"
+    for c, v in rows:
+        st = v.steps
+        how = "cache hit" if v.cache_hit else f"converted (runs {', '.join(map(str, v.runs_that_converted))})"
         lines.append(
-            f"| {c['cell_id']} | {v['converter']} {v['converter_version']} | {v['coremltools']} / {v['torch']} | {how} | "
+            f"| {c.cell_id} | {v.converter} {v.converter_version} | {v.coremltools} / {v.torch} | {how} | "
             f"{fmt(st.get('trace_s'), '.1f')} | {fmt(st.get('convert_s'), '.1f')} | {fmt(st.get('palettize_s'), '.1f')} | "
-            f"{fmt(st.get('compile_s'), '.1f')} | {fmt(v['prepare_s'], '.3g')} | {fmt(v['verify_s'], '.3g')} | "
-            f"{fmt(v['package_bytes'] / 1e6 if v['package_bytes'] is not None else None, '.2f')} | {fmt(v['bits_per_weight'], '.2f')} |")
+            f"{fmt(st.get('compile_s'), '.1f')} | {fmt(v.prepare_s, '.3g')} | {fmt(v.verify_s, '.3g')} | "
+            f"{fmt(_megabytes(v), '.2f')} | {fmt(v.bits_per_weight, '.2f')} |")
     return lines
 
 
@@ -98,31 +107,31 @@ class Table:
     rows: list[list[str]]
 
 
-def energy_channels(summary: dict[str, Any]) -> list[str]:
+def energy_channels(summary: Summary) -> list[str]:
     """Measured channels other than `total`, whose figure is the cell's energy_per_step_j."""
-    return sorted({ch for c in summary["cells"] for ch in c.get("channels") or [] if ch != "total"})
+    return sorted({ch for c in summary.cells for ch in c.channels if ch != "total"})
 
 
-def cell_table(summary: dict[str, Any]) -> Table:
+def cell_table(summary: Summary) -> Table:
     """One row per cell; energy columns only when some cell has energy."""
     channels = energy_channels(summary)
-    energy = any(c.get("energy_per_step_j") is not None for c in summary["cells"])
+    energy = any(c.energy_per_step_j is not None for c in summary.cells)
     headers = ["cell", "backend device precision", "runs ok/failed", "latency ms median [p10–p90]", "IQR ms"]
     if energy:
         headers += [f"energy J/step {ch} [p10–p90]" for ch in channels]
         headers += ["energy J/step total, median [p10–p90]", "est. J/image (50 x step) [p10–p90]"]
     headers += ["cosine (min)", "MSE (max)", "divergence", "flags"]
     rows = []
-    for c in summary["cells"]:
-        if c["status"] == "unsupported":
-            rows.append([c["cell_id"], describe_cell(c), "unsupported", *["–"] * (len(headers) - 4),
-                         c["unsupported_reason"] or ""])
+    for c in summary.cells:
+        if c.status == "unsupported":
+            rows.append([c.cell_id, describe_cell(c), "unsupported", *["–"] * (len(headers) - 4),
+                         c.unsupported_reason or ""])
             continue
-        row = [c["cell_id"], describe_cell(c), f"{c['n_ok']}/{c['n_failed']}", latency_cell(c), fmt(c["latency_ms_iqr"])]
+        row = [c.cell_id, describe_cell(c), f"{c.n_ok}/{c.n_failed}", latency_cell(c), fmt(c.latency_ms_iqr)]
         if energy:
             row += [metric_cell(c, f"energy_per_step_j[{ch}]") for ch in channels]
             row += [energy_cell(c), image_estimate_cell(c)]
-        row += [fmt(c["cosine_min"], ".7f"), fmt(c["mse_max"]), divergence_cell(c), flags(c)]
+        row += [fmt(c.cosine_min, ".7f"), fmt(c.mse_max), divergence_cell(c), flags(c)]
         rows.append(row)
     return Table(headers, rows)
 
@@ -152,9 +161,9 @@ def markdown_table(t: Table) -> list[str]:
 class ReportInputs:
     """What every rendering of a session's report shows."""
 
-    summary: dict[str, Any]
-    session: dict[str, Any]
-    runs: list[dict[str, Any]]
+    summary: Summary
+    session: SessionRecord | None  # None: session.json is missing
+    runs: list[RunRecord]
     comparisons: list[Comparison]
     baseline: str | None
     baseline_note: str  # why there are no comparisons, or where the baseline came from
@@ -164,17 +173,17 @@ class ReportInputs:
 
 def header_lines(r: ReportInputs) -> list[str]:
     summary, session = r.summary, r.session
-    model, eq = summary.get("model", {}), summary.get("equivalence", {})
-    host = session.get("provenance", {}).get("host", {})
+    model, eq = summary.model, summary.equivalence
+    host = session.provenance.get("host", {}) if session else {}
     synthetic = "synthetic weights (right compute, not real images)" if model.get("synthetic") else "checkpoint"
-    resumes = [f"Resumed {r.get('at')} on: {_host_line(r.get('host', {}))}" for r in session.get("resumes", [])]
+    resumes = [f"Resumed {x.get('at')} on: {_host_line(x.get('host', {}))}" for x in (session.resumes if session else [])]
     return [
-        f"Status: {summary.get('status')}; {summary['n_runs']} runs recorded",
+        f"Status: {summary.status}; {summary.n_runs} runs recorded",
         f"Model: {model.get('preset')} — {synthetic}; sha256 {model.get('sha256')}",
         f"Host: {_host_line(host)}",
         *resumes,
         f"Equivalence reference: fp32; divergent when MSE > {eq.get('mse_max')} or cosine < {eq.get('cosine_min')}",
-        f"Energy: {summary.get('energy_unavailable_reason') or 'measured by ' + str(summary.get('meter'))}",
+        f"Energy: {summary.energy_unavailable_reason or 'measured by ' + str(summary.meter)}",
     ]
 
 
@@ -189,9 +198,9 @@ EXPLANATION = ("Latency and energy are per UNet step: per run, the median over i
 
 def render_markdown(r: ReportInputs) -> str:
     summary = r.summary
-    lines = [f"# Session {summary['session_id']}", "", *(f"- {h}" for h in header_lines(r)), "", EXPLANATION, ""]
+    lines = [f"# Session {summary.session_id}", "", *(f"- {h}" for h in header_lines(r)), "", EXPLANATION, ""]
     lines += markdown_table(cell_table(summary))
-    lines += conversion_lines(summary["cells"])
+    lines += conversion_lines(summary.cells)
     lines += ["", "## Stability warnings", ""]
     lines += [f"- {w}" for w in r.warnings] or ["None."]
     lines += ["", "## Comparisons", "", r.baseline_note]
@@ -201,11 +210,11 @@ def render_markdown(r: ReportInputs) -> str:
     for f in r.figures:
         lines.append(f"![{f.title}]({f.files[0]})" if f.skipped is None else f"- {f.title}: left out: {f.skipped}")
         lines.append("")
-    failures = [(c["cell_id"], f) for c in summary["cells"] for f in c["failures"]]
+    failures = [(c.cell_id, f) for c in summary.cells for f in c.failures]
     if failures:
         lines += ["## Failed runs", ""]
-        lines += [f"- {cid} run {f['run_index']}: {f['reason']}" for cid, f in failures] + [""]
-    if summary.get("problems"):
-        lines += ["## Problems reading the results", ""] + [f"- {p}" for p in summary["problems"]] + [""]
+        lines += [f"- {cid} run {f.run_index}: {f.reason}" for cid, f in failures] + [""]
+    if summary.problems:
+        lines += ["## Problems reading the results", ""] + [f"- {p}" for p in summary.problems] + [""]
     lines += ["## Reproduce", ""] + [f"- **{label}**: {text}" for label, text in panel(r.session, r.runs)]
     return "\n".join(lines) + "\n"

@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
 
 import numpy as np
 
+from orchestrator.results.records import RunRecord
 from orchestrator.results.stats import across_runs
-from orchestrator.results.summary import run_values
+from orchestrator.results.values import run_values
+from workers.contract.typed import field
 
 ALPHA = 0.05
 EXACT_MAX_N = 50  # exact null distribution up to this many runs a side (and no ties)
@@ -26,32 +27,34 @@ Z_975 = 1.959963984540054
 
 @dataclass(frozen=True)
 class RankTest:
-    u: float  # Mann-Whitney U of `other`: pairs where other > baseline, ties counted half
-    p: float  # two-sided
-    method: str  # "exact" | "normal approximation (tie-corrected)"
-    hl_shift: float  # Hodges-Lehmann: median of other_i - baseline_j
-    hl_ci: tuple[float, float]
-    hl_ci_level: float  # confidence the interval actually has (exact intervals are discrete)
+    """Mann-Whitney U test of `other` against `baseline`, with the Hodges-Lehmann shift."""
+
+    u: float = field(doc="Mann-Whitney U of `other`: pairs where other > baseline, ties counted half")
+    p: float = field(doc="two-sided p-value")
+    method: str = field(doc="`exact` or `normal approximation (tie-corrected)`")
+    hl_shift: float = field(doc="Hodges-Lehmann shift: median of other_i - baseline_j, in the metric's unit")
+    hl_ci: tuple[float, float] = field(doc="its confidence interval [low, high]")
+    hl_ci_level: float = field(doc="the confidence the interval actually has (exact intervals are discrete)")
 
 
 @dataclass(frozen=True)
 class Comparison:
-    metric: str
-    unit: str
-    baseline: str
-    other: str
-    n_baseline: int
-    n_other: int
-    baseline_median: float
-    other_median: float
-    ratio_of_medians: float | None  # other / baseline; None unless the baseline's values are all > 0
-    ratio_range: tuple[float, float] | None  # other's p10-p90 divided by baseline's p10-p90 (interval division)
-    intervals_disjoint: bool
-    test: RankTest | None  # None with fewer than 2 runs on a side
-    verdict: str
+    """One metric of one cell (`other`) against another (`baseline`), over each side's ok runs."""
 
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+    metric: str = field(doc="`latency` (run median latency per step) or `energy` (net energy per step)")
+    unit: str = field(doc="`ms` or `J`")
+    baseline: str = field(doc="the baseline cell (`SESSION:CELL` across sessions)")
+    other: str = field(doc="the cell compared with it")
+    n_baseline: int = field(unit="count", doc="baseline runs with a value")
+    n_other: int = field(unit="count", doc="other runs with a value")
+    baseline_median: float = field(doc="across the baseline's runs")
+    other_median: float = field(doc="across the other's runs")
+    ratio_of_medians: float | None = field(doc="other / baseline; null unless every value on both sides is > 0")
+    ratio_range: tuple[float, float] | None = field(doc="other's p10-p90 divided by the baseline's p10-p90 "
+                                                        "(interval division); null as the ratio")
+    intervals_disjoint: bool = field(doc="the two p10-p90 intervals do not overlap")
+    test: RankTest | None = field(doc="the rank test; null with fewer than 2 runs on a side")
+    verdict: str = field(doc="one line: size and direction, overlap, p (or why undecided)")
 
 
 @lru_cache(maxsize=256)
@@ -155,13 +158,13 @@ def compare(metric: str, unit: str, baseline_id: str, baseline: Sequence[float],
 METRICS = (("latency", "latency_ms_median", "ms"), ("energy", "energy_per_step_j", "J"))
 
 
-def compare_runs(baseline_id: str, baseline_runs: list[dict[str, Any]], other_id: str,
-                 other_runs: list[dict[str, Any]]) -> list[Comparison]:
+def compare_runs(baseline_id: str, baseline_runs: list[RunRecord], other_id: str,
+                 other_runs: list[RunRecord]) -> list[Comparison]:
     """Latency and (where both sides have it) energy per step, over each side's ok runs."""
     out = []
     for metric, key, unit in METRICS:
-        b = [v for _, v in run_values([r for r in baseline_runs if r["status"] == "ok"], key)]
-        o = [v for _, v in run_values([r for r in other_runs if r["status"] == "ok"], key)]
+        b = [v for _, v in run_values([r for r in baseline_runs if r.status == "ok"], key)]
+        o = [v for _, v in run_values([r for r in other_runs if r.status == "ok"], key)]
         if b and o:
             out.append(compare(metric, unit, baseline_id, b, other_id, o))
     return out

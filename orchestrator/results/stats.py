@@ -1,5 +1,6 @@
-"""Statistics (DESIGN section 4), the same code for every per-run metric: latency now, energy
-per channel later. Percentiles use numpy's default linear interpolation."""
+"""Statistics, the same code for every per-run metric: latency, energy per step (total and per
+channel), equivalence. Within a run over its iterations; across a cell's runs with one value per
+run. Percentiles use numpy's default linear interpolation."""
 
 from __future__ import annotations
 
@@ -45,7 +46,7 @@ def within_run(values: Sequence[float]) -> WithinRun:
     return WithinRun(n=int(a.size), median=float(q50), iqr=float(q75 - q25), min=float(a.min()), mean=float(a.mean()))
 
 
-def outliers(values: Sequence[float]) -> list[int]:
+def outliers(values: Sequence[float] | np.ndarray) -> list[int]:
     """Positions further than 3 scaled MADs from the median. When the MAD is 0 (over half the
     runs identical) any value off the median is an outlier: it differs from the bulk exactly."""
     a = np.asarray(values, dtype=np.float64)

@@ -1,6 +1,6 @@
 """The session folder (docs/results-format.md): session.json, runs.jsonl, samples/, logs/, and
-the derived summary.json and report.md. Runs are appended and fsync'd as each one ends, so a
-crash loses at most the run in flight."""
+the derived summary.json and reports. Runs are appended and fsync'd as each one ends, so a crash
+loses at most the run in flight; both files are read back as typed records (records.py)."""
 
 from __future__ import annotations
 
@@ -14,8 +14,12 @@ from typing import Any
 
 import numpy as np
 
-SCHEMA_VERSION = 1
-RUN_STATUSES = ("ok", "failed", "unsupported")
+from orchestrator.errors import UserError
+from orchestrator.results.records import SCHEMA_VERSION, RunRecord, SessionRecord
+from workers.contract.typed import Invalid, to_dict
+
+__all__ = ["SCHEMA_VERSION", "RunsFile", "SessionDir", "utc_now", "write_json"]  # the session writes SCHEMA_VERSION
+
 RUNS = "runs.jsonl"
 SESSION = "session.json"
 
@@ -46,7 +50,7 @@ def _jsonable(obj: Any) -> Any:
 
 @dataclass
 class RunsFile:
-    records: list[dict[str, Any]] = field(default_factory=list)
+    records: list[RunRecord] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)  # lines that could not be read, named
 
 
@@ -76,17 +80,28 @@ class SessionDir:
     def rel(self, path: Path) -> str:
         return str(path.relative_to(self.root))
 
-    def write_session(self, session: dict[str, Any]) -> None:
-        write_json(self.root / SESSION, session)
+    def write_session(self, session: SessionRecord) -> None:
+        write_json(self.root / SESSION, to_dict(session))
 
-    def read_session(self) -> dict[str, Any]:
-        return json.loads((self.root / SESSION).read_text())
+    def read_session(self) -> SessionRecord:
+        """session.json, upgraded and checked; a UserError naming what is wrong otherwise."""
+        path = self.root / SESSION
+        try:
+            data = json.loads(path.read_text(errors="replace"))
+        except OSError as e:
+            raise UserError(f"{path}: cannot be read ({e.strerror})") from None
+        except json.JSONDecodeError as e:
+            raise UserError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
+        try:
+            return SessionRecord.read(data, str(path))
+        except Invalid as e:
+            raise UserError(str(e)) from None
 
     def has_session(self) -> bool:
         return (self.root / SESSION).is_file()
 
-    def append_run(self, record: dict[str, Any]) -> None:
-        line = json.dumps(record, default=_jsonable, allow_nan=False)
+    def append_run(self, record: RunRecord) -> None:
+        line = json.dumps(to_dict(record), default=_jsonable, allow_nan=False)
         with open(self.root / RUNS, "a") as f:
             f.write(line + "\n")
             f.flush()
@@ -98,21 +113,21 @@ class SessionDir:
         if not path.is_file():
             out.problems.append(f"{path}: missing (no run finished in this session)")
             return out
-        seen: dict[tuple[str, int], dict[str, Any]] = {}
+        seen: dict[tuple[str, int], RunRecord] = {}
         for n, line in enumerate(path.read_text(errors="replace").splitlines(), start=1):
             if not line.strip():
                 continue
             try:
-                rec = json.loads(line)
+                rec = RunRecord.read(json.loads(line), f"{path}:{n}")
+                if rec.status is None:
+                    raise Invalid(f"{path}:{n}: field status: missing")
             except json.JSONDecodeError as e:
                 out.problems.append(f"{path}:{n}: not valid JSON ({e.msg}); line skipped")
                 continue
-            if not (isinstance(rec, dict) and isinstance(rec.get("cell_id"), str)
-                    and rec.get("status") in RUN_STATUSES and type(rec.get("run_index")) is int):
-                out.problems.append(f"{path}:{n}: not a run record (needs cell_id, run_index and a status "
-                                    f"of {', '.join(RUN_STATUSES)}); line skipped")
+            except Invalid as e:
+                out.problems.append(f"{e}; not a run record, line skipped")
                 continue
-            key = (rec["cell_id"], rec["run_index"])
+            key = (rec.cell_id, rec.run_index)
             if key in seen:
                 out.problems.append(f"{path}:{n}: {key[0]} run {key[1]} recorded twice; the later line is used")
                 out.records.remove(seen[key])
