@@ -345,3 +345,29 @@ def test_runs_with_energy_but_no_channels_are_drawn_as_the_total(energy):
     rep = _report(energy)
     total = {p["cell_id"]: p for p in _figure(rep, "runs_energy_per_step_j").data["panels"]}
     assert total["gpu"]["outliers"] == [(4, 7.4)] and total["ane"]["median"] == pytest.approx(1.59)
+
+
+def test_every_flag_that_warns_warns_and_the_console_names_them(energy):
+    """Load, power and thermal flags reach the warnings, the flags column and the console line."""
+    from orchestrator.console import run_flags
+    from orchestrator.report.tables import cell_table
+
+    runs = [json.loads(x) for x in (energy / "runs.jsonl").read_text().splitlines()]
+    for r in runs:
+        if r["cell_id"] == "ane" and r["run_index"] == 1:
+            r.update(load_unsettled=True, gpu_throttle_before_run=["HW slowdown"])
+        if r["cell_id"] == "ane" and r["run_index"] == 2:
+            r.update(power_problems=["on battery"], thermal_before_run={"reported": ["warning"], "limited": True})
+    (energy / "runs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in runs))
+    d = derive(SessionDir(energy))
+    ane = [w for w in d.summary.warnings if w.startswith("ane:")]
+    assert ane == ["ane: run(s) 6 timed fewer than 10 meter updates",
+                   "ane: run(s) 2 recorded no energy: power preconditions failed",
+                   "ane: run(s) 1 started before the load average settled",
+                   "ane: run(s) 1, 2 began under a thermal warning or GPU slowdown"]
+    row = next(r for r in cell_table(d.summary).rows if r[0] == "ane")
+    assert row[-1] == ("window < 10 meter updates: runs 6; energy withheld: power preconditions failed: runs 2; "
+                       "load average never settled before the run: runs 1; "
+                       "thermal warning or GPU slowdown before the run: runs 1, 2")
+    one = next(r for r in d.runs if r.cell_id == "ane" and r.run_index == 1)
+    assert run_flags(one) == "  [load unsettled, thermal]"

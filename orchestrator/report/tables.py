@@ -45,7 +45,7 @@ def divergence_cell(c: CellSummary) -> str:
     return f"DIVERGENT (runs {', '.join(map(str, c.divergent_runs))})" if c.numerically_divergent else "ok"
 
 
-OUTLIER_VALUES = {"outlier": ("outlier runs", ".2f", "ms"), "energy_outlier": ("energy outlier runs", ".4g", "J")}
+OUTLIER_VALUES = {"outlier": (".2f", "ms"), "energy_outlier": (".4g", "J")}
 
 
 def flags(c: CellSummary) -> str:
@@ -56,11 +56,11 @@ def flags(c: CellSummary) -> str:
         if flag.own_column or not runs:
             continue
         if flag.name in OUTLIER_VALUES:
-            what, spec, unit = OUTLIER_VALUES[flag.name]
-            out.append(f"{what}: " + ", ".join(f"run {o.run_index} ({o.value:{spec}} {unit})"
+            spec, unit = OUTLIER_VALUES[flag.name]
+            out.append(f"{flag.column}: " + ", ".join(f"run {o.run_index} ({o.value:{spec}} {unit})"
                                                for o in runs if isinstance(o, RunValue)))
         else:
-            out.append(f"{flag.meaning}: runs " + ", ".join(map(str, runs)))
+            out.append(f"{flag.column}: runs " + ", ".join(map(str, runs)))
     if c.n_ok and c.output_sha256_distinct > 1:
         out.append(f"{c.output_sha256_distinct} distinct outputs across runs")
     if c.n_ok and c.n_ok < 3:

@@ -22,7 +22,8 @@ SEVERITIES = {
 class Flag:
     name: str
     field: str  # the per-cell summary field that lists the flagged runs
-    meaning: str  # one line, in the report's flags column and in docs/results-format.md
+    meaning: str  # one line, for docs/results-format.md
+    column: str  # the report's words for it in the flags column, before the runs
     label: str  # the console's word for it, after a run's line
     severity: str  # a key of SEVERITIES
     warns: bool  # a stability warning names the cell's flagged runs
@@ -36,27 +37,33 @@ def _thermal_limited(r: RunRecord) -> bool:
 
 
 FLAGS: tuple[Flag, ...] = (
-    Flag("outlier", "outlier_runs", "latency more than 3 scaled MADs from the cell's median", "outlier", "doubt",
-         True, "", None),
-    Flag("energy_outlier", "energy_outlier_runs", "energy per step more than 3 scaled MADs from the cell's median",
-         "energy outlier", "doubt", True, "", None),
-    Flag("throttled", "throttled_runs", "throttled", "throttled", "doubt", True,
+    Flag("outlier", "outlier_runs", "the run's median latency is more than 3 scaled MADs from the cell's median",
+         "outlier runs", "outlier", "doubt", True, "", None),
+    Flag("energy_outlier", "energy_outlier_runs", "the run's energy per step is more than 3 scaled MADs from the "
+         "cell's median", "energy outlier runs", "energy outlier", "doubt", True, "", None),
+    Flag("throttled", "throttled_runs", "the meter saw throttling during the run (powermetrics: thermal pressure not "
+         "Nominal; NVML: thermal or power-brake clocks)", "throttled", "throttled", "doubt", True,
          "throttled run(s) {runs}", lambda r: bool(r.throttled)),
-    Flag("short_window", "short_window_runs", "window < 10 meter updates", "short window", "doubt", True,
+    Flag("short_window", "short_window_runs", "the timed window spanned fewer than 10 meter updates",
+         "window < 10 meter updates", "short window", "doubt", True,
          "run(s) {runs} timed fewer than 10 meter updates", lambda r: bool(r.short_window)),
-    Flag("forced_power", "forced_power_runs", "energy recorded under failing power preconditions (--force-power)",
-         "forced power", "doubt", True, "run(s) {runs} measured with power preconditions forced",
+    Flag("forced_power", "forced_power_runs", "power preconditions failed (battery, Low Power Mode) and "
+         "`--force-power` recorded the energy anyway", "energy recorded under failing power preconditions "
+         "(--force-power)", "forced power", "doubt", True, "run(s) {runs} measured with power preconditions forced",
          lambda r: bool(r.forced_power)),
-    Flag("energy_withheld", "energy_withheld_runs", "energy withheld: power preconditions failed", "energy withheld",
-         "missing", True, "run(s) {runs} recorded no energy: power preconditions failed",
+    Flag("energy_withheld", "energy_withheld_runs", "power preconditions failed, so the run recorded no energy",
+         "energy withheld: power preconditions failed", "energy withheld", "missing", True,
+         "run(s) {runs} recorded no energy: power preconditions failed",
          lambda r: bool(r.power_problems) and not r.forced_power),
-    Flag("load_unsettled", "load_unsettled_runs", "load average never settled before the run", "load unsettled",
-         "doubt", True, "run(s) {runs} started before the load average settled", lambda r: bool(r.load_unsettled)),
-    Flag("thermal_limited", "thermal_limited_runs", "thermal warning or GPU slowdown before the run", "thermal",
-         "doubt", True, "run(s) {runs} began under a thermal warning or GPU slowdown", _thermal_limited),
-    Flag("numerically_divergent", "divergent_runs", "output diverged from the reference (not finite, MSE above "
-         "mse_max or cosine below cosine_min)", "DIVERGENT", "wrong", False, "",
-         lambda r: bool(r.numerically_divergent), own_column=True),
+    Flag("load_unsettled", "load_unsettled_runs", "the run started without the host's load average settling",
+         "load average never settled before the run", "load unsettled", "doubt", True,
+         "run(s) {runs} started before the load average settled", lambda r: bool(r.load_unsettled)),
+    Flag("thermal_limited", "thermal_limited_runs", "macOS reported a thermal warning, or NVML a GPU slowdown, "
+         "before the run", "thermal warning or GPU slowdown before the run", "thermal", "doubt", True,
+         "run(s) {runs} began under a thermal warning or GPU slowdown", _thermal_limited),
+    Flag("numerically_divergent", "divergent_runs", "the output diverged from the reference (not finite, MSE above "
+         "`mse_max` or cosine below `cosine_min`); the report shows it in the divergence column", "divergent",
+         "DIVERGENT", "wrong", False, "", lambda r: bool(r.numerically_divergent), own_column=True),
 )
 
 RUN_FLAGS = tuple(f for f in FLAGS if f.of_run is not None)

@@ -32,7 +32,7 @@ def _upgrade(data: dict[str, Any], where: str,
     """`data` brought to SCHEMA_VERSION; Invalid for a version this harness does not know."""
     version = data.get("schema_version", 1)
     if not isinstance(version, int) or isinstance(version, bool):
-        raise Invalid(f"{where}.schema_version: expected an integer, got {version!r}")
+        raise Invalid(f"{where}: field schema_version: expected an integer, got {version!r}")
     if version > SCHEMA_VERSION:
         raise Invalid(f"{where}: written by a newer harness (schema_version {version}; this one reads up to "
                       f"{SCHEMA_VERSION}): update the harness to read it")
@@ -153,7 +153,7 @@ class RunRecord:
             raise Invalid(f"{where}: expected a JSON object, got {type(data).__name__}")
         record = build(cls, _upgrade(data, where, UPGRADES), where)
         if record.status is not None and record.status not in RUN_STATUSES:
-            raise Invalid(f"{where}.status: {record.status!r} is not one of {', '.join(RUN_STATUSES)}")
+            raise Invalid(f"{where}: field status: {record.status!r} is not one of {', '.join(RUN_STATUSES)}")
         return record
 
 
