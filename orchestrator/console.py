@@ -52,9 +52,10 @@ class RunProgress:
 
 
 def run_flags(rec: RunRecord) -> str:
-    """What a person should know about this run before trusting its numbers (the flags table)."""
+    """What a person should know about this run before trusting its numbers (the flags table), as
+    console markup: the brackets escaped, or rich would take `[throttled]` for a style and drop it."""
     labels = run_labels(rec)
-    return f"  [{', '.join(labels)}]" if labels else ""
+    return escape(f"  [{', '.join(labels)}]") if labels else ""
 
 
 class Display:

@@ -176,7 +176,8 @@ def header_lines(r: ReportInputs) -> list[str]:
     model, eq = summary.model, summary.equivalence
     host = session.provenance.get("host", {}) if session else {}
     synthetic = "synthetic weights (right compute, not real images)" if model.get("synthetic") else "checkpoint"
-    resumes = [f"Resumed {x.get('at')} on: {_host_line(x.get('host', {}))}" for x in (session.resumes if session else [])]
+    resumes = [f"Resumed {x.get('at')} " + (f"on: {_host_line(x['host'])}" if x.get("host") else "(host not recorded)")
+               for x in (session.resumes if session else [])]
     return [
         f"Status: {summary.status}; {summary.n_runs} runs recorded",
         f"Model: {model.get('preset')} — {synthetic}; sha256 {model.get('sha256')}",
