@@ -49,7 +49,7 @@ def test_energy_figures_follow_what_the_host_measured(quick_report):
     rep, runs, _ = quick_report
     f = _figure(rep, "latency_vs_energy")
     if all(r.get("energy_per_step_j") is None for r in runs):
-        reason = rep.summary["energy_unavailable_reason"]
+        reason = rep.summary.energy_unavailable_reason
         assert f.skipped == f"no cell has energy ({reason})" and f.files == []
     else:
         assert {p["cell_id"] for p in f.data["points"]} == {"diffusers-cpu-fp32", "diffusers-cpu-bf16", "mlx-cpu-fp32"}
@@ -62,14 +62,14 @@ def test_equivalence_figure_and_the_baseline_comparison(quick_report):
         assert sorted(c["cosine"]) == sorted((r["run_index"], r["cosine"]) for r in runs if r["cell_id"] == cell)
         assert sorted(c["mse"]) == sorted((r["run_index"], r["mse"]) for r in runs if r["cell_id"] == cell)
     # examples/quick.toml names the fp32 cell as the baseline
-    latency = {c["other"]: c for c in rep.summary["comparisons"] if c["metric"] == "latency"}
+    latency = {c.other: c for c in rep.summary.comparisons if c.metric == "latency"}
     assert set(latency) == {"diffusers-cpu-bf16", "mlx-cpu-fp32"}  # every other cell against the baseline
     lat = latency["diffusers-cpu-bf16"]
-    assert lat["baseline"] == "diffusers-cpu-fp32"
+    assert lat.baseline == "diffusers-cpu-fp32"
     fp32 = sorted(r["latency_ms_median"] for r in runs if r["cell_id"] == "diffusers-cpu-fp32")
     bf16 = sorted(r["latency_ms_median"] for r in runs if r["cell_id"] == "diffusers-cpu-bf16")
-    assert lat["ratio_of_medians"] == pytest.approx(bf16[1] / fp32[1])
-    assert lat["test"]["method"] == "exact" and lat["verdict"].startswith("undecided: 3 vs 3 runs")
+    assert lat.ratio_of_medians == pytest.approx(bf16[1] / fp32[1])
+    assert lat.test is not None and lat.test.method == "exact" and lat.verdict.startswith("undecided: 3 vs 3 runs")
 
 
 def test_compare_cli_on_the_real_session(quick_report):
