@@ -27,7 +27,7 @@ class Flag:
     label: str  # the console's word for it, after a run's line
     severity: str  # a key of SEVERITIES
     warns: bool  # a stability warning names the cell's flagged runs
-    warning: str  # that warning after "<cell>: ", with {runs}; empty when it does not warn
+    warning: str  # that warning after "<cell>: ", with {runs}; empty for outliers, warned of with each run's value
     of_run: Callable[[RunRecord], bool] | None  # None: flagged from the cell's statistics, not one run's record
     own_column: bool = False  # the report shows it in a column of its own, not among the flags
 
