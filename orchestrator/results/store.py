@@ -14,6 +14,9 @@ from typing import Any
 
 import numpy as np
 
+from orchestrator.results.records import RunRecord, SessionRecord
+from workers.contract.typed import to_dict
+
 SCHEMA_VERSION = 1
 RUN_STATUSES = ("ok", "failed", "unsupported")
 RUNS = "runs.jsonl"
@@ -76,8 +79,8 @@ class SessionDir:
     def rel(self, path: Path) -> str:
         return str(path.relative_to(self.root))
 
-    def write_session(self, session: dict[str, Any]) -> None:
-        write_json(self.root / SESSION, session)
+    def write_session(self, session: SessionRecord | dict[str, Any]) -> None:
+        write_json(self.root / SESSION, to_dict(session) if isinstance(session, SessionRecord) else session)
 
     def read_session(self) -> dict[str, Any]:
         return json.loads((self.root / SESSION).read_text())
@@ -85,8 +88,9 @@ class SessionDir:
     def has_session(self) -> bool:
         return (self.root / SESSION).is_file()
 
-    def append_run(self, record: dict[str, Any]) -> None:
-        line = json.dumps(record, default=_jsonable, allow_nan=False)
+    def append_run(self, record: RunRecord | dict[str, Any]) -> None:
+        data = to_dict(record) if isinstance(record, RunRecord) else record
+        line = json.dumps(data, default=_jsonable, allow_nan=False)
         with open(self.root / RUNS, "a") as f:
             f.write(line + "\n")
             f.flush()

@@ -15,7 +15,7 @@ import time
 
 import numpy as np
 
-from orchestrator.energy.meters.base import Availability, Interval, Meter, MeterRecord, Reading
+from orchestrator.energy.meters.base import Availability, Interval, Meter, MeterRecord, MeterSpec, Reading
 from orchestrator.energy.meters.polling import Poller
 
 POLL_S = 0.01
@@ -140,3 +140,7 @@ class NvmlMeter(Meter):
 
     def close(self) -> None:
         self._nv.nvmlShutdown()
+
+
+METER = MeterSpec("nvml", available=lambda power: available(), make=lambda power, index: NvmlMeter(index),
+                  per_gpu=True, throttle_reasons=throttle_reasons)
