@@ -51,10 +51,10 @@ print(json.dumps({"median_ms": float(np.median(lat))}))
 
 def _harness(env, setup, bare_args, log, timeout_s) -> float | None:
     o = run_worker(env, setup, label="overhead", log_path=log, timeout_s=timeout_s)
-    if o.status != "ok":
+    if o.status != "ok" or o.result is None:
         print(f"harness run failed: {o.reason}", file=sys.stderr)
         return None
-    return float(np.median((np.asarray(o.result["iteration_end_ns"]) - np.asarray(o.result["iteration_start_ns"])) / 1e6))
+    return float(np.median((np.asarray(o.result.iteration_end_ns) - np.asarray(o.result.iteration_start_ns)) / 1e6))
 
 
 def _bare(env, setup, bare_args, log, timeout_s) -> float | None:
@@ -81,7 +81,7 @@ def main() -> int:
     model = pin_model(m.model, m.path)
     inputs = pin_inputs(m.inputs, [cell.resolution], m.path)[cell.resolution]
     setup = setup_message(m, cell, model, inputs)
-    bare_args = json.dumps({"cell": cell.as_setup(), "arch": setup["model"]["arch"], "path": str(model.path),
+    bare_args = json.dumps({"cell": cell.as_setup(), "arch": setup.model.arch, "path": str(model.path),
                             "resolution": cell.resolution, "batch": m.inputs.batch, "seed": m.inputs.seed,
                             "timestep": m.inputs.timestep, "warmup": m.timing.warmup, "iterations": m.timing.iterations})
     log = Path(tempfile.mkdtemp(prefix="cdb-overhead-")) / "worker.log"

@@ -41,18 +41,19 @@ def diagnose() -> dict[str, Any]:
     host = provenance.host()
     pmset = checks.pmset_executable(None)
     power = checks.power_state(pmset)
-    nvml_ok = meters.availability("nvml", DEFAULT_POWER).ok
+    available = {spec.name: spec.available(DEFAULT_POWER) for spec in meters.REGISTRY}
+    throttle = next((spec.throttle_reasons for spec in meters.REGISTRY
+                     if spec.throttle_reasons is not None and available[spec.name].ok), None)
     report: dict[str, Any] = {
         "host": host,
         "preflight": {
             "load_average": list(load.load_average() or []) or None,
             "power": {**power.facts, "problems": power.problems},
             "thermal": checks.thermal_state(pmset),
-            "gpu_throttle": checks.gpu_throttle(0) if nvml_ok else None,
+            "gpu_throttle": throttle(0) if throttle is not None else None,
         },
-        "meters": {name: {"available": (a := meters.availability(name, DEFAULT_POWER)).ok, "detail": a.reason}
-                   for name in meters.ORDER},
-        "auto_meter": next((n for n in meters.ORDER if meters.availability(n, DEFAULT_POWER).ok), None),
+        "meters": {name: {"available": a.ok, "detail": a.reason} for name, a in available.items()},
+        "auto_meter": next((spec.name for spec in meters.REGISTRY if spec.auto and available[spec.name].ok), None),
         "backends": {},
     }
     envs = discover()

@@ -7,13 +7,14 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from conftest import REPO
 
 from orchestrator.energy.arithmetic import median_power, overlap_energy, run_energy
 from orchestrator.energy.meters import nvml, rapl
-from orchestrator.energy.meters.base import Interval
+from orchestrator.energy.meters.base import Availability, Interval, Meter, MeterRecord, MeterSpec
 from orchestrator.energy.meters.plist_stream import PlistStream
 from orchestrator.energy.meters.powermetrics import PowermetricsMeter, intervals
 
@@ -281,10 +282,14 @@ def test_nvml_intervals_are_cut_at_counter_changes():
     assert nvml.update_interval(samples) == pytest.approx(0.1)
 
 
-def test_nvml_absent_here_says_why():
+def test_nvml_absent_says_why(monkeypatch):
+    def no_driver():
+        raise ImportError("No module named 'pynvml'")
+
+    monkeypatch.setattr(nvml, "_nvml", no_driver)
     a = nvml.available()
-    if not a.ok:
-        assert "NVML" in a.reason
+    assert not a.ok and a.reason == "NVML unavailable (ImportError: No module named 'pynvml')"
+    assert nvml.throttle_reasons(0) is None
 
 
 # -- choosing a meter -------------------------------------------------------------------------
@@ -297,19 +302,87 @@ def _power(**kw):
     return replace(default_power(), **kw)
 
 
-def test_auto_records_why_each_meter_was_skipped(monkeypatch, tmp_path):
+def _unavailable(spec, why):
+    from dataclasses import replace
+
+    from orchestrator.energy.meters.base import Availability
+
+    return replace(spec, available=lambda power: Availability(False, why))
+
+
+def test_auto_records_why_each_meter_was_skipped(monkeypatch):
+    from orchestrator.energy import meters
+    from orchestrator.energy.meters.base import NoMeter
+
+    monkeypatch.setattr(meters, "REGISTRY", tuple(_unavailable(s, f"no {s.name} here") for s in meters.REGISTRY))
+    chosen = meters.choose(_power())
+    assert chosen.name is None
+    assert chosen.skipped == {"powermetrics": "no powermetrics here", "nvml": "no nvml here", "rapl": "no rapl here"}
+    assert "energy is not measured" in chosen.reason
+    cell = SimpleNamespace(id="c", device="cuda:1")  # all a meter reads of a cell
+    none = chosen.for_cell(cell)
+    assert isinstance(none, NoMeter) and not none.measures and none.reason == chosen.reason
+    none.start()
+    assert none.stop().intervals == [] and none.update_interval_s() == 0.0
+    assert chosen.throttle_reasons(cell) is None
+
+
+class ToyMeter(Meter):
+    """What a contributor writes in orchestrator/energy/meters/toy.py: a source of 1 J every 10 ms."""
+
+    name = "toy"
+
+    def __init__(self, index: int):
+        self.index = index
+
+    def version(self) -> str:
+        return f"toy 1.0, GPU {self.index}"
+
+    def update_interval_s(self) -> float:
+        return 0.01
+
+    def start(self) -> None:
+        pass
+
+    def stop(self) -> MeterRecord:
+        return MeterRecord([Interval(t, t + 10_000_000, {"toy": 1.0}) for t in range(0, 100_000_000, 10_000_000)])
+
+    def peek(self) -> MeterRecord:
+        return self.stop()
+
+
+TOY = MeterSpec("toy", available=lambda power: Availability(True, "a toy on every host"),
+                make=lambda power, index: ToyMeter(index), per_gpu=True, throttle_reasons=lambda index: ["toy_hot"])
+
+
+@pytest.fixture
+def toy_registered(monkeypatch):
+    """The one registry line a contributor adds, first in the auto order."""
     from orchestrator.energy import meters
 
-    monkeypatch.delenv("CDB_POWERMETRICS", raising=False)
-    monkeypatch.setattr(meters.rapl, "SYSFS", tmp_path / "no-powercap")
-    monkeypatch.setattr(meters, "availability", lambda name, power: {
-        "powermetrics": meters.powermetrics.available(str(tmp_path / "pm")),
-        "nvml": meters.nvml.Availability(False, "NVML unavailable (no driver)"),
-        "rapl": meters.rapl.available(tmp_path / "no-powercap")}[name])
-    chosen = meters.choose(_power())
-    assert chosen.name is None and chosen.for_cell(None) is None
-    assert set(chosen.skipped) == {"powermetrics", "nvml", "rapl"}
-    assert "energy is not measured" in chosen.reason and "not found" in chosen.skipped["powermetrics"]
+    monkeypatch.setattr(meters, "REGISTRY", (TOY, *meters.REGISTRY))
+
+
+def test_a_new_meter_is_one_module_and_one_registry_line(toy_registered):
+    from orchestrator.energy.meters import choose
+
+    cell = SimpleNamespace(id="c", device="cuda:1")  # all a meter reads of a cell
+    for chosen in (choose(_power()), choose(_power(meter="toy"))):
+        assert chosen.name == "toy" and "a toy on every host" in chosen.reason
+        meter = chosen.for_cell(cell)
+        assert isinstance(meter, ToyMeter) and meter.index == 1  # per GPU: follows the cell's device
+        assert chosen.throttle_reasons(cell) == ["toy_hot"]
+        e = run_energy(meter.stop().intervals, (0, 30_000_000), (50_000_000, 100_000_000), iterations=5)
+        assert e.energy_per_step_j["toy"] == pytest.approx(0.0)  # a flat source: nothing above its baseline
+        assert e.gross_energy_per_step_j["toy"] == pytest.approx(1.0)
+
+
+def test_an_unknown_meter_name_is_an_error():
+    from orchestrator.energy.meters import choose
+    from orchestrator.errors import UserError
+
+    with pytest.raises(UserError, match='meter = "toy" is not a meter this harness knows'):
+        choose(_power(meter="toy"))
 
 
 def test_named_meter_that_is_missing_is_an_error(tmp_path):
@@ -318,7 +391,8 @@ def test_named_meter_that_is_missing_is_an_error(tmp_path):
 
     with pytest.raises(UserError, match='meter = "powermetrics" is not available'):
         choose(_power(meter="powermetrics", powermetrics=str(tmp_path / "absent")))
-    assert choose(_power(meter="none")).name is None
+    none = choose(_power(meter="none"))
+    assert none.name is None and none.reason == 'power.meter = "none": energy is not measured'
 
 
 def test_auto_takes_the_replay_when_pointed_at_it(replay):

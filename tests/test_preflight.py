@@ -11,6 +11,7 @@ import pytest
 from conftest import PMSET_CAPTURES as PMSET
 
 from orchestrator.config.matrix import Cell, Preflight
+from orchestrator.energy.meters import Meters
 from orchestrator.energy.preflight import checks, load, pmset
 from orchestrator.energy.preflight.gate import PreflightGate
 from orchestrator.errors import UserError
@@ -120,8 +121,8 @@ def test_failing_power_stops_a_metered_session_unless_forced(fake_pmset):
     assert forced.session_start(records_power=True)["force_power"] is True
     cell = Cell(id="c", label=None, backend="diffusers", env="diffusers", device="cpu", compute_unit=None,
                 attention=None, precision="fp32", resolution=64, enabled=True, notes="", options={})
-    run = forced.before_run(cell, gpu_meter=False)
+    run = forced.before_run(cell, Meters(None, "none"))
     assert run["forced_power"] is True and run["power_problems"] and forced.withhold_energy(run) is None
-    unforced = _gate(exe, force=False).before_run(cell, gpu_meter=False)
+    unforced = _gate(exe, force=False).before_run(cell, Meters(None, "none"))
     assert unforced["forced_power"] is False
     assert "power preconditions failed before the run" in _gate(exe, force=False).withhold_energy(unforced)

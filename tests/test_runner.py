@@ -6,10 +6,13 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from orchestrator.config.envs import Env
-from orchestrator.run.worker_client import run_worker
+from orchestrator.run.worker_client import WorkerRun, run_worker
+from workers.contract.messages import Ready, Result, Setup, SetupInputs, SetupModel
+from workers.contract.protocol import PROTOCOL_VERSION
 
 FAKE = Path(__file__).parent / "fakes" / "fake_worker.py"
 
@@ -22,22 +25,42 @@ def fake_env(tmp_path):
     return Env("fake", None, external_python=wrapper)
 
 
-def _run(env, tmp_path, mode, timeout_s=20.0, between=lambda ready: None):
-    os.environ["FAKE_MODE"] = mode
-    try:
-        return run_worker(env, {"type": "setup", "iterations": 2}, label="t", log_path=tmp_path / "run.log",
-                          timeout_s=timeout_s, between=between)
-    finally:
-        del os.environ["FAKE_MODE"]
+@pytest.fixture
+def fake_mode(monkeypatch):
+    return lambda mode: monkeypatch.setenv("FAKE_MODE", mode)
 
 
-def test_ok_run_carries_result_and_waits_for_between(fake_env, tmp_path):
-    seen = []
-    o = _run(fake_env, tmp_path, "ok", between=lambda ready: (seen.append(ready["type"]), time.sleep(0.2)))
-    assert o.status == "ok", o.reason
-    assert seen == ["ready"] and o.wait_s >= 0.2
-    assert o.result["echo_iterations"] == 2 and o.result["output"].shape == (2, 4, 1, 1)
-    assert o.exit_code == 0
+def _setup(iterations=2, text_tokens=1):
+    inputs = SetupInputs(latent=np.zeros((1, 4, 1, 1), np.float32),
+                         text_embedding=np.zeros((1, text_tokens, 768), np.float32),
+                         timestep=500, sha256={"latent": "l", "text_embedding": "t"})
+    return Setup(cell={"id": "c", "backend": "fake"}, model=SetupModel(source="synthetic", path="/nowhere",
+                 sha256="m" * 64, arch={}), inputs=inputs, warmup=0, iterations=iterations)
+
+
+def _run(env, tmp_path, timeout_s=20.0):
+    return WorkerRun(env, _setup(), label="t", log_path=tmp_path / "run.log", timeout_s=timeout_s)
+
+
+def test_ok_run_goes_through_ready_then_measure(fake_env, tmp_path, fake_mode):
+    fake_mode("ok")
+    with WorkerRun(fake_env, _setup(iterations=3), label="t", log_path=tmp_path / "run.log", timeout_s=20) as run:
+        ready = run.start()
+        assert isinstance(ready, Ready) and ready.realized == {"device": "cpu"} and ready.model_sha256 == "m" * 64
+        result = run.measure()
+    assert isinstance(result, Result) and len(result.iteration_start_ns) == 3
+    assert result.output.dtype == np.float32 and result.output.shape == (2, 4, 1, 1)
+    o = run.outcome
+    assert o.status == "ok" and o.reason is None and o.exit_code == 0 and o.result is result
+
+
+def test_time_between_ready_and_measure_does_not_count_against_the_timeout(fake_env, tmp_path, fake_mode):
+    fake_mode("ok")
+    with _run(fake_env, tmp_path, timeout_s=3.0) as run:
+        assert isinstance(run.start(), Ready)
+        time.sleep(3.5)  # a cooldown and baseline longer than the whole run may take
+        run.measure()
+    assert run.outcome.status == "ok", run.outcome.reason
 
 
 @pytest.mark.parametrize("mode,status,reason", [
@@ -47,29 +70,63 @@ def test_ok_run_carries_result_and_waits_for_between(fake_env, tmp_path):
     ("selfkill", "failed", "killed by signal SIGKILL before sending result"),
     ("bad_exit", "failed", "exited with code 4 after its result"),
     ("unsupported", "unsupported", "MPS is not available"),
+    ("surprise", "failed", "protocol: expected ready or unsupported, got 'surprise'"),
+    ("bad_field", "failed", "protocol: result: field iteration_start_ns[1]: expected an integer, got 'x'"),
+    ("old_protocol", "failed", f"protocol: the worker speaks version 0, this orchestrator version {PROTOCOL_VERSION}"),
 ])
-def test_each_bad_ending_is_a_recorded_outcome(fake_env, tmp_path, mode, status, reason):
-    o = _run(fake_env, tmp_path, mode)
+def test_each_bad_ending_is_a_recorded_outcome(fake_env, tmp_path, fake_mode, mode, status, reason):
+    fake_mode(mode)
+    o = run_worker(fake_env, _setup(), label="t", log_path=tmp_path / "run.log", timeout_s=20)
     assert o.status == status
     assert reason in o.reason
 
 
-def test_crash_reason_quotes_the_log(fake_env, tmp_path):
-    o = _run(fake_env, tmp_path, "crash")
-    assert "fake worker: giving up" in o.reason
+def test_crash_is_a_failed_start(fake_env, tmp_path, fake_mode):
+    """hello arrives; the worker dies before ready: start() says so, and the reason quotes the log."""
+    fake_mode("crash")
+    with _run(fake_env, tmp_path) as run:
+        assert run.start() is None
+    assert "before sending ready" in run.outcome.reason and "fake worker: giving up" in run.outcome.reason
 
 
-def test_hung_worker_times_out_and_is_killed(fake_env, tmp_path):
-    t0 = time.monotonic()
-    o = _run(fake_env, tmp_path, "hang", timeout_s=1.0)
-    assert o.status == "failed" and "timeout" in o.reason
-    assert time.monotonic() - t0 < 10
+def test_unsupported_carries_what_the_worker_said(fake_env, tmp_path, fake_mode):
+    fake_mode("unsupported")
+    o = run_worker(fake_env, _setup(), label="t", log_path=tmp_path / "run.log", timeout_s=20)
+    assert o.unsupported is not None and o.unsupported.versions == {"fake": "1"} and o.exit_code == 0
+
+
+def test_close_without_measure_ends_the_worker(fake_env, tmp_path, fake_mode):
+    """An interrupted cooldown: the loaded worker is stopped, and the run is not ok."""
+    fake_mode("ok")
+    run = _run(fake_env, tmp_path)
+    assert isinstance(run.start(), Ready)
+    o = run.close()
+    assert o.status == "failed" and "before the worker was asked to measure" in o.reason
     with pytest.raises(ProcessLookupError):
-        os.kill(o.hello["pid"], 0)
+        os.kill(o.hello.pid, 0)
+
+
+def test_hung_worker_times_out_and_is_killed(fake_env, tmp_path, fake_mode):
+    fake_mode("hang")
+    with _run(fake_env, tmp_path, timeout_s=1.0) as run:
+        assert run.start() is None
+    o = run.outcome
+    assert o.status == "failed" and "timeout: no ready or unsupported" in o.reason
+    with pytest.raises(ProcessLookupError):
+        os.kill(o.hello.pid, 0)
+
+
+def test_a_worker_that_stops_reading_cannot_block_the_orchestrator(fake_env, tmp_path, fake_mode):
+    """A real setup (the pinned inputs) is larger than a pipe's buffer: the write has the run's deadline too."""
+    fake_mode("hang")
+    setup = _setup(text_tokens=77 * 4)
+    with WorkerRun(fake_env, setup, label="t", log_path=tmp_path / "run.log", timeout_s=1.0) as run:
+        assert run.start() is None
+    assert "timeout: the worker did not read its setup" in run.outcome.reason
 
 
 def test_an_interpreter_that_cannot_start_is_a_failed_run(tmp_path):
-    o = run_worker(Env("gone", None, external_python=tmp_path / "no-python"), {"type": "setup"}, label="t",
+    o = run_worker(Env("gone", None, external_python=tmp_path / "no-python"), _setup(), label="t",
                    log_path=tmp_path / "run.log", timeout_s=5)
     assert o.status == "failed" and "cannot start the worker" in o.reason
 
@@ -109,9 +166,11 @@ def test_under_sudo_the_worker_runs_as_the_invoking_user(tmp_path, monkeypatch):
     monkeypatch.setenv("SUDO_UID", str(user.pw_uid))
     monkeypatch.setenv("SUDO_GID", str(user.pw_gid))
     monkeypatch.setenv("SUDO_USER", name)
-    o = _run(Env("fake", None, external_python=wrapper), tmp_path, "ok")
+    monkeypatch.setenv("FAKE_MODE", "ok")
+    o = run_worker(Env("fake", None, external_python=wrapper), _setup(), label="t", log_path=tmp_path / "run.log",
+                   timeout_s=20)
     assert o.status == "ok", o.reason
-    assert o.hello["uid"] == user.pw_uid
+    assert o.hello.uid == user.pw_uid
     written = shared / "session"
     (written / "samples").mkdir(parents=True)
     (written / "samples" / "run.json").write_text("{}")

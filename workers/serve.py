@@ -21,6 +21,8 @@ from workers.backends.base import LoadedModel, LoadSpec, Unsupported
 from workers.contract.digest import sha256_array, sha256_file
 from workers.contract.inputs import PinnedInputs
 from workers.contract.lifeline import exit_with_parent
+from workers.contract.messages import Error, Hello, Measure, Message, NvmlCheck, Ready, Result, Setup, parse, wire
+from workers.contract.messages import Unsupported as UnsupportedMessage
 from workers.contract.presets import UNetArch
 from workers.contract.protocol import PROTOCOL_VERSION, Channel
 
@@ -39,39 +41,37 @@ def _protocol_streams():
     return os.fdopen(os.dup(0), "rb", buffering=0), out
 
 
-def hello(env_name: str) -> dict[str, Any]:
-    return {
-        "type": "hello",
-        "protocol": PROTOCOL_VERSION,
-        "pid": os.getpid(),
-        "uid": os.getuid() if hasattr(os, "getuid") else None,
-        "python": platform.python_version(),
-        "python_executable": sys.executable,
-        "platform": platform.platform(),
-        "machine": platform.machine(),
-        "env": env_name,
-    }
+def hello(env_name: str) -> Hello:
+    return Hello(
+        protocol=PROTOCOL_VERSION,
+        pid=os.getpid(),
+        uid=os.getuid() if hasattr(os, "getuid") else None,
+        python=platform.python_version(),
+        python_executable=sys.executable,
+        platform=platform.platform(),
+        machine=platform.machine(),
+        env=env_name,
+    )
 
 
-def verified_spec(setup: dict[str, Any]) -> LoadSpec:
+def verified_spec(setup: Setup) -> LoadSpec:
     """Check the pinned digests again on this side: a mismatch is never benchmarked."""
-    inputs = setup["inputs"]
-    latent, text = inputs["latent"], inputs["text_embedding"]
-    for name, arr in (("latent", latent), ("text_embedding", text)):
+    inputs, model = setup.inputs, setup.model
+    for name, arr in (("latent", inputs.latent), ("text_embedding", inputs.text_embedding)):
         got = sha256_array(arr)
-        if got != inputs["sha256"][name]:
-            raise SetupError(f"input {name}: sha256 {got} received, {inputs['sha256'][name]} pinned")
-    model = setup["model"]
-    got = sha256_file(model["path"])
-    if got != model["sha256"]:
-        raise SetupError(f"model {model['path']}: sha256 {got}, {model['sha256']} pinned")
+        if got != inputs.sha256.get(name):
+            raise SetupError(f"input {name}: sha256 {got} received, {inputs.sha256.get(name)} pinned")
+    got = sha256_file(model.path)
+    if got != model.sha256:
+        raise SetupError(f"model {model.path}: sha256 {got}, {model.sha256} pinned")
     return LoadSpec(
-        cell=setup["cell"],
-        arch=UNetArch.from_dict(model["arch"]),
-        model_path=model["path"],
-        inputs=PinnedInputs(latent=np.array(latent), text_embedding=np.array(text), timestep=inputs["timestep"]),
-        model_sha256=model["sha256"],
-        cache_dir=setup.get("cache_dir"),
+        cell=setup.cell,
+        arch=UNetArch.from_dict(model.arch),
+        model_path=model.path,
+        inputs=PinnedInputs(latent=np.array(inputs.latent), text_embedding=np.array(inputs.text_embedding),
+                            timestep=inputs.timestep),
+        model_sha256=model.sha256,
+        cache_dir=setup.cache_dir,
     )
 
 
@@ -90,7 +90,7 @@ def timed_loop(model: LoadedModel, iterations: int, min_window_s: float) -> tupl
     return starts, ends
 
 
-class NvmlCheck:
+class NvmlCheckRead:
     """Debug aid for validating the NVML meter: this process reads the GPU's energy counter
     itself right before and right after the timed loop, independently of the orchestrator's
     poller. The counter moves in ~100 ms steps, so compare over windows of several seconds."""
@@ -108,55 +108,42 @@ class NvmlCheck:
     def end(self) -> None:
         self._end = (time.monotonic_ns(), self._nv.nvmlDeviceGetTotalEnergyConsumption(self._h))
 
-    def result(self) -> dict[str, Any]:
-        return {"start_ns": self._start[0], "end_ns": self._end[0], "joules": (self._end[1] - self._start[1]) / 1e3}
+    def result(self) -> NvmlCheck:
+        return NvmlCheck(start_ns=self._start[0], end_ns=self._end[0], joules=(self._end[1] - self._start[1]) / 1e3)
 
 
 def run(channel: Channel, env_name: str) -> int:
-    channel.send(hello(env_name))
-    setup = channel.recv()
-    if setup["type"] != "setup":
-        raise SetupError(f"expected 'setup', got {setup['type']!r}")
-    backend = backend_module(setup["cell"]["backend"])
+    send(channel, hello(env_name))
+    setup = parse(channel.recv(), Setup)
+    backend = backend_module(str(setup.cell["backend"]))
     spec = verified_spec(setup)
     t0 = time.perf_counter()
     try:
         model = backend.load(spec)
     except Unsupported as e:
-        channel.send({"type": "unsupported", "reason": str(e), "versions": backend.versions(), "facts": e.facts})
+        send(channel, UnsupportedMessage(reason=str(e), versions=backend.versions(), facts=e.facts))
         return 0
     load_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    for _ in range(setup["warmup"]):
+    for _ in range(setup.warmup):
         model.step()
     warmup_s = time.perf_counter() - t0
-    channel.send({
-        "type": "ready",
-        "load_s": load_s,
-        "warmup_s": warmup_s,
-        "realized": model.realized,
-        "versions": backend.versions(),
-        "model_sha256": setup["model"]["sha256"],
-    })
-    measure = channel.recv()
-    if measure["type"] != "measure":
-        raise SetupError(f"expected 'measure', got {measure['type']!r}")
-    check = NvmlCheck(setup["cell"]) if setup.get("nvml_check") else None
-    starts, ends = timed_loop(model, setup["iterations"], setup.get("min_window_s", 0.0))
+    send(channel, Ready(load_s=load_s, warmup_s=warmup_s, realized=model.realized, versions=backend.versions(),
+                        model_sha256=setup.model.sha256))
+    parse(channel.recv(), Measure)
+    check = NvmlCheckRead(setup.cell) if setup.nvml_check else None
+    starts, ends = timed_loop(model, setup.iterations, setup.min_window_s)
     if check is not None:
         check.end()
     out = model.output()
-    channel.send({
-        "type": "result",
-        "window_start_ns": starts[0],
-        "window_end_ns": ends[-1],
-        "iteration_start_ns": starts,
-        "iteration_end_ns": ends,
-        "output": out,
-        "output_sha256": sha256_array(out),
-        "nvml_check": check.result() if check is not None else None,
-    })
+    send(channel, Result(window_start_ns=starts[0], window_end_ns=ends[-1], iteration_start_ns=starts,
+                         iteration_end_ns=ends, output=out, output_sha256=sha256_array(out),
+                         nvml_check=check.result() if check is not None else None))
     return 0
+
+
+def send(channel: Channel, message: Message) -> None:
+    channel.send(wire(message))
 
 
 def serve(env_name: str) -> int:
@@ -168,7 +155,7 @@ def serve(env_name: str) -> int:
     except Exception as e:  # reported to the orchestrator as the run's failure reason
         traceback.print_exc()
         try:
-            channel.send({"type": "error", "message": f"{type(e).__name__}: {e}"})
+            send(channel, Error(message=f"{type(e).__name__}: {e}"))
         except OSError:
             pass
         return 1

@@ -15,10 +15,8 @@ from typing import Any
 import numpy as np
 
 from orchestrator.errors import UserError
-from orchestrator.results.records import SCHEMA_VERSION, RunRecord, SessionRecord
+from orchestrator.results.records import RunRecord, SessionRecord
 from workers.contract.typed import Invalid, to_dict
-
-__all__ = ["SCHEMA_VERSION", "RunsFile", "SessionDir", "utc_now", "write_json"]  # the session writes SCHEMA_VERSION
 
 RUNS = "runs.jsonl"
 SESSION = "session.json"

@@ -48,17 +48,18 @@ def debug_cell(matrix_path: str, cell_id: str, iterations: int | None, env_overr
         _say(f"{outcome.status}: {outcome.reason}")
         return 0 if outcome.status == "unsupported" else 1
     ready, res = outcome.ready, outcome.result
-    _say(f"loaded in {ready['load_s']:.2f} s, warmup {ready['warmup_s']:.2f} s; realized {ready['realized']}")
-    _say(f"versions {ready['versions']}")
-    lat = (np.asarray(res["iteration_end_ns"]) - np.asarray(res["iteration_start_ns"])) / 1e6
+    assert ready is not None and res is not None
+    _say(f"loaded in {ready.load_s:.2f} s, warmup {ready.warmup_s:.2f} s; realized {ready.realized}")
+    _say(f"versions {ready.versions}")
+    lat = (np.asarray(res.iteration_end_ns) - np.asarray(res.iteration_start_ns)) / 1e6
     for i, ms in enumerate(lat):
         _say(f"  iteration {i:3d}: {ms:9.3f} ms")
     w = within_run(lat)
     _say(f"latency ms: median {w.median:.3f}  IQR {w.iqr:.3f}  min {w.min:.3f}  mean {w.mean:.3f}  (n={w.n})")
-    out = np.asarray(res["output"], dtype=np.float64)
+    out = np.asarray(res.output, dtype=np.float64)
     finite = bool(np.all(np.isfinite(out)))
     _say(f"output {list(out.shape)}: finite={finite} mean={out.mean():.6g} std={out.std():.6g} "
-         f"min={out.min():.6g} max={out.max():.6g} sha256={res['output_sha256']}")
+         f"min={out.min():.6g} max={out.max():.6g} sha256={res.output_sha256}")
     return 0
 
 

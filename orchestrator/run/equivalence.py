@@ -85,10 +85,10 @@ def reference_output(matrix: Matrix, env: Env, model: PinnedModel, inputs: Pinne
     cell = spec.reference_cell(resolution)
     setup = setup_message(matrix, cell, model, inputs, warmup=0, iterations=1)
     outcome = run_worker(env, setup, label=f"{cell.id}", log_path=log_path, timeout_s=matrix.timing.run_timeout_s)
-    if outcome.status != "ok":
+    if outcome.status != "ok" or outcome.ready is None or outcome.result is None:
         return Reference(None, path, False, f"reference run {outcome.status}: {outcome.reason}", {})
-    output = outcome.result["output"]
-    versions = outcome.ready.get("versions", {})
+    output = outcome.result.output
+    versions = outcome.ready.versions
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "wb") as f:
@@ -96,5 +96,5 @@ def reference_output(matrix: Matrix, env: Env, model: PinnedModel, inputs: Pinne
     tmp.replace(path)
     meta_path.write_text(json.dumps({"model_sha256": model.sha256, "inputs": inputs.digests(),
                                      "resolution": resolution, "spec": asdict(spec), "versions": versions,
-                                     "realized": outcome.ready.get("realized", {})}, indent=2))
+                                     "realized": outcome.ready.realized}, indent=2))
     return Reference(output, path, False, None, versions)

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from orchestrator.config.matrix import Cell, InputsSpec, Matrix, ModelSpec
 from orchestrator.errors import UserError
 from workers.contract.checkpoint import write_synthetic
 from workers.contract.digest import sha256_file
 from workers.contract.inputs import PinnedInputs, pinned_inputs
+from workers.contract.messages import Setup, SetupInputs, SetupModel
 from workers.contract.presets import preset
 
 
@@ -83,17 +83,18 @@ def pin_inputs(spec: InputsSpec, resolutions: list[int], matrix_path: Path) -> d
 
 
 def setup_message(matrix: Matrix, cell: Cell, model: PinnedModel, inputs: PinnedInputs,
-                  warmup: int | None = None, iterations: int | None = None, min_window_s: float | None = None) -> dict[str, Any]:
+                  warmup: int | None = None, iterations: int | None = None, min_window_s: float | None = None,
+                  nvml_check: bool = False) -> Setup:
     """The `setup` message a worker receives for `cell`."""
-    return {
-        "type": "setup",
-        "cell": cell.as_setup(),
-        "model": {"source": model.source, "path": str(model.path), "sha256": model.sha256,
-                  "arch": preset(matrix.model.preset).as_dict()},
-        "inputs": {"latent": inputs.latent, "text_embedding": inputs.text_embedding,
-                   "timestep": inputs.timestep, "sha256": inputs.digests()},
-        "warmup": matrix.timing.warmup if warmup is None else warmup,
-        "iterations": matrix.timing.iterations if iterations is None else iterations,
-        "min_window_s": (matrix.timing.min_window_s or 0.0) if min_window_s is None else min_window_s,
-        "cache_dir": str(matrix.model.cache_dir),
-    }
+    return Setup(
+        cell=cell.as_setup(),
+        model=SetupModel(source=model.source, path=str(model.path), sha256=model.sha256,
+                         arch=preset(matrix.model.preset).as_dict()),
+        inputs=SetupInputs(latent=inputs.latent, text_embedding=inputs.text_embedding, timestep=inputs.timestep,
+                           sha256=inputs.digests()),
+        warmup=matrix.timing.warmup if warmup is None else warmup,
+        iterations=matrix.timing.iterations if iterations is None else iterations,
+        min_window_s=(matrix.timing.min_window_s or 0.0) if min_window_s is None else min_window_s,
+        cache_dir=str(matrix.model.cache_dir),
+        nvml_check=nvml_check,
+    )

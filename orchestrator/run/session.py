@@ -7,7 +7,7 @@ import json
 import secrets
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,18 +20,22 @@ from orchestrator.config.privileges import give_to_invoking_user, invoking_user
 from orchestrator.console import Display
 from orchestrator.energy.arithmetic import record_fields, run_energy
 from orchestrator.energy.meters import Meters, choose
-from orchestrator.energy.meters.base import Meter, MeterRecord
+from orchestrator.energy.meters.base import Meter, MeterRecord, NoMeter
 from orchestrator.energy.preflight.gate import PreflightGate
 from orchestrator.errors import UserError
 from orchestrator.report.write import write_report
 from orchestrator.results import provenance
+from orchestrator.results.records import RunRecord, SessionRecord
 from orchestrator.results.stats import within_run
-from orchestrator.results.store import SCHEMA_VERSION, SessionDir, utc_now
+from orchestrator.results.store import SessionDir, utc_now
+from orchestrator.results.summary import Summary
 from orchestrator.run.cooldown import Cooldown, adaptive, idle_power
 from orchestrator.run.equivalence import Reference, compare, reference_output
 from orchestrator.run.pins import PinnedModel, pin_inputs, pin_model, setup_message
-from orchestrator.run.worker_client import RunOutcome, run_worker
+from orchestrator.run.worker_client import RunOutcome, WorkerRun
 from workers.contract.inputs import PinnedInputs
+from workers.contract.messages import Ready, Result
+from workers.contract.typed import to_dict
 
 WINDOW_UPDATES = 20  # a timed window spans at least this many meter updates (docs/methodology.md, "Energy")
 SHORT_WINDOW_UPDATES = 10  # fewer than this and the run is flagged
@@ -40,11 +44,11 @@ SHORT_WINDOW_UPDATES = 10  # fewer than this and the run is flagged
 @dataclass
 class SessionResult:
     dir: SessionDir
+    summary: Summary
     n_ok: int = 0
     n_failed: int = 0
     n_unsupported: int = 0
     interrupted: bool = False
-    summary: dict[str, Any] = field(default_factory=dict)
 
 
 class Session:
@@ -104,20 +108,21 @@ class Session:
         return out
 
     # -- one run -----------------------------------------------------------------------------
-    def _meter(self, cell: Cell, rec: dict[str, Any]) -> Meter | None:
+    def _meter(self, cell: Cell) -> Meter:
         """The cell's meter, its idle power measured first where cooldown is adaptive. A meter
         that cannot be set up loses the run's energy, with the reason, never the run."""
         try:
             meter = self.meters.for_cell(cell)
-            if meter is not None and self.matrix.timing.cooldown == "adaptive":
+            if self.matrix.timing.cooldown == "adaptive":
                 self._idle_w(meter)
             return meter
         except Exception as e:
-            rec["energy_unavailable_reason"] = f"meter {self.meters.name} unavailable for {cell.id}: {e}"
-            return None
+            return NoMeter(f"meter {self.meters.name} unavailable for {cell.id}: {e}")
 
     def _idle_w(self, meter: Meter) -> float | None:
         """The host's idle power for this meter, measured once, before any worker runs."""
+        if not meter.measures:
+            return None
         if meter not in self.idle_w:
             with self.display.status(f"measuring the host's idle power ({self.matrix.power.idle_s:g} s)"):
                 self.idle_w[meter] = idle_power(meter, self.matrix.power.idle_s)
@@ -125,9 +130,9 @@ class Session:
             self.display.log(f"idle power ({meter.name}): " + (f"{idle:.1f} W" if idle is not None else "no samples"))
         return self.idle_w[meter]
 
-    def _cooldown(self, meter: Meter | None) -> Cooldown:
+    def _cooldown(self, meter: Meter) -> Cooldown:
         t = self.matrix.timing
-        idle_w = self._idle_w(meter) if t.cooldown == "adaptive" and meter is not None else None
+        idle_w = self._idle_w(meter) if t.cooldown == "adaptive" else None
         if idle_w is None:  # fixed, or adaptive without a meter to judge by
             if t.cooldown_s > 0:
                 with self.display.status(f"cooldown {t.cooldown_s:g} s (worker loaded and idle)"):
@@ -137,88 +142,90 @@ class Session:
                                  f"({t.cooldown_min_s:g}-{t.cooldown_max_s:g} s)"):
             return adaptive(meter, idle_w, t.cooldown_min_s, t.cooldown_max_s, t.cooldown_margin)
 
-    def _between(self, meter: Meter | None, windows: dict[str, Any]):
-        """Cooldown, then (with a meter) the baseline window: the worker loaded, warm and idle."""
+    def _baseline(self, meter: Meter) -> tuple[int, int] | None:
+        """The baseline window: the worker loaded, warm and idle; none without a meter."""
         baseline_s = self.matrix.power.baseline_s
+        if not meter.measures or baseline_s <= 0:
+            return None
+        with self.display.status(f"baseline {baseline_s:g} s"):
+            b0 = time.monotonic_ns()
+            time.sleep(baseline_s)
+            return b0, time.monotonic_ns()
 
-        def between(_ready: dict[str, Any]) -> None:
-            windows["cooldown"] = self._cooldown(meter)
-            if meter is not None and baseline_s > 0:
-                with self.display.status(f"baseline {baseline_s:g} s"):
-                    b0 = time.monotonic_ns()
-                    time.sleep(baseline_s)
-                    windows["baseline"] = (b0, time.monotonic_ns())
-        return between
-
-    def min_window_s(self, meter: Meter | None) -> float:
+    def min_window_s(self, meter: Meter) -> float:
         if self.matrix.timing.min_window_s is not None:
             return self.matrix.timing.min_window_s
-        return WINDOW_UPDATES * meter.update_interval_s() if meter is not None else 0.0
+        return WINDOW_UPDATES * meter.update_interval_s()
 
     def execute(self, sdir: SessionDir, cell: Cell, planned: PlannedRun, model: PinnedModel,
-                inputs: PinnedInputs, reference: Reference) -> dict[str, Any]:
+                inputs: PinnedInputs, reference: Reference) -> RunRecord:
         m = self.matrix
-        rec = base_record(sdir.id, cell, planned)
+        rec = RunRecord(session_id=sdir.id, cell_id=cell.id, run_index=planned.run_index,
+                        order_index=planned.order_index, started_at=utc_now(), backend=cell.backend, env=cell.env,
+                        device=cell.device or cell.compute_unit, precision=cell.precision,
+                        resolution=cell.resolution)
         reason = self.unsupported.get(cell.id)
         if reason:
-            rec.update(status="unsupported", failure_reason=reason,
-                       conversion=self.unsupported_facts.get(cell.id, {}).get("conversion"))
+            rec.status, rec.failure_reason = "unsupported", reason
+            rec.conversion = self.unsupported_facts.get(cell.id, {}).get("conversion")
             return rec
-        rec["warmup_iterations"] = m.timing.warmup
-        rec["meter"] = self.meters.name
-        rec["energy_unavailable_reason"] = None if self.meters.name else self.meters.reason
-        rec.update(self.preflight.before_run(cell, gpu_meter=self.meters.name == "nvml"))
+        rec.warmup_iterations = m.timing.warmup
+        rec.meter = self.meters.name
+        pre = self.preflight.before_run(cell, self.meters)
+        rec = replace(rec, **pre)
+        withheld = self.preflight.withhold_energy(pre)
+        meter = NoMeter(withheld) if withheld else self._meter(cell)
+        rec.min_window_s = self.min_window_s(meter)
+        setup = setup_message(m, cell, model, inputs, min_window_s=rec.min_window_s, nvml_check=self.nvml_check)
         label = f"{cell.id}/run-{planned.run_index:03d}"
         log = sdir.log_path(f"{cell.id}.run-{planned.run_index:03d}")
-        meter = None
-        if withheld := self.preflight.withhold_energy(rec):
-            rec["energy_unavailable_reason"] = withheld
-        else:
-            meter = self._meter(cell, rec)
-        rec["min_window_s"] = self.min_window_s(meter)
-        setup = setup_message(m, cell, model, inputs, min_window_s=rec["min_window_s"])
-        setup["nvml_check"] = self.nvml_check
-        windows: dict[str, Any] = {}
-        record: MeterRecord | None = None
-        if meter is not None:
-            try:
-                meter.start()
-            except Exception as e:  # a broken meter loses this run's energy, never the run
-                rec["energy_unavailable_reason"] = f"meter {meter.name} did not start: {e}"
-                meter = None
         try:
-            outcome = run_worker(self.envs[cell.env], setup, label=label, log_path=log,
-                                 timeout_s=m.timing.run_timeout_s, between=self._between(meter, windows))
+            meter.start()
+        except Exception as e:  # a broken meter loses this run's energy, never the run
+            meter = NoMeter(f"meter {meter.name} did not start: {e}")
+        cooldown: Cooldown | None = None
+        baseline: tuple[int, int] | None = None
+        meter_record: MeterRecord | None = None
+        run = WorkerRun(self.envs[cell.env], setup, label=label, log_path=log, timeout_s=m.timing.run_timeout_s)
+        try:
+            if isinstance(run.start(), Ready):
+                cooldown = self._cooldown(meter)
+                baseline = self._baseline(meter)
+                run.measure()
         finally:
-            if meter is not None:
-                try:
-                    record = meter.stop()
-                except Exception as e:
-                    rec["energy_unavailable_reason"] = f"meter {meter.name} failed during the run: {e}"
-        rec["log_file"] = sdir.rel(log)
+            outcome = run.close()
+            try:
+                meter_record = meter.stop()
+            except Exception as e:
+                meter = NoMeter(f"meter {meter.name} failed during the run: {e}")
+        rec.energy_unavailable_reason = meter.reason if isinstance(meter, NoMeter) else None
+        rec.log_file = sdir.rel(log)
         fill_from_outcome(rec, outcome)
         user = invoking_user()
-        if user is not None and outcome.hello and outcome.hello.get("uid") != user.uid:
-            rec.update(status="failed", failure_reason=f"worker ran as uid {outcome.hello.get('uid')}, not as "
-                                                       f"{user.name} (uid {user.uid}) who invoked sudo")
+        if user is not None and outcome.hello is not None and outcome.hello.uid != user.uid:
+            rec.status = "failed"
+            rec.failure_reason = (f"worker ran as uid {outcome.hello.uid}, not as {user.name} (uid {user.uid}) "
+                                  f"who invoked sudo")
             return rec
-        if cooldown := windows.get("cooldown"):
-            rec.update(cooldown_s=cooldown.seconds, cooldown_settled=cooldown.settled,
-                       cooldown_settled_by=cooldown.settled_by, cooldown_mode=m.timing.cooldown)
-        if outcome.status == "unsupported":
+        if cooldown is not None:
+            rec.cooldown_s, rec.cooldown_settled = cooldown.seconds, cooldown.settled
+            rec.cooldown_settled_by, rec.cooldown_mode = cooldown.settled_by, m.timing.cooldown
+        if outcome.status == "unsupported" and outcome.unsupported is not None:
             self.unsupported[cell.id] = outcome.reason or "unsupported on this host"
-            self.unsupported_facts[cell.id] = outcome.unsupported_facts
-        if outcome.status == "ok":
-            self.worker_versions.setdefault(cell.env, outcome.ready.get("versions", {}))
-            self._measurements(rec, sdir, cell, planned, outcome, reference)
-            if record is not None:
-                self._energy(rec, sdir, cell, planned, meter, record, windows.get("baseline"), outcome)
+            self.unsupported_facts[cell.id] = outcome.unsupported.facts
+        if outcome.status == "ok" and outcome.ready is not None and outcome.result is not None:
+            self.worker_versions.setdefault(cell.env, outcome.ready.versions)
+            rec = self._measurements(rec, sdir, cell, planned, outcome.result, reference)
+            if meter.measures and meter_record is not None:
+                rec = self._energy(rec, sdir, cell, planned, meter, meter_record, baseline, outcome.result)
         return rec
 
-    def _energy(self, rec: dict[str, Any], sdir: SessionDir, cell: Cell, planned: PlannedRun, meter: Meter,
-                record: MeterRecord, baseline: tuple[int, int] | None, outcome: RunOutcome) -> None:
-        window = (outcome.result["window_start_ns"], outcome.result["window_end_ns"])
-        e = run_energy(record.intervals, baseline, window, rec["iterations"])
+    def _energy(self, rec: RunRecord, sdir: SessionDir, cell: Cell, planned: PlannedRun, meter: Meter,
+                record: MeterRecord, baseline: tuple[int, int] | None, result: Result) -> RunRecord:
+        window = (result.window_start_ns, result.window_end_ns)
+        iterations, window_s = rec.iterations, rec.window_s
+        assert iterations is not None and window_s is not None  # _measurements filled them
+        e = run_energy(record.intervals, baseline, window, iterations)
         update_s = record.stats.get("counter_update_interval_s") or meter.update_interval_s()
         samples = sdir.sample_path(cell.id, planned.run_index, ".meter.json")
         samples.write_text(json.dumps({
@@ -226,48 +233,46 @@ class Session:
             "intervals": [[iv.start_ns, iv.end_ns, iv.joules] for iv in record.intervals],
             "readings": [[r.t_ns, r.values] for r in record.readings],
         }))
-        rec.update(
-            energy_unavailable_reason=None if e.energy_per_step_j else (
-                "the meter recorded no samples" if not record.intervals else
-                "no baseline window (power.baseline_s = 0)" if baseline is None else
-                "no meter samples in the baseline or timed window"),
-            **record_fields(e, outcome.result.get("nvml_check")),
-            baseline_window_s=(baseline[1] - baseline[0]) / 1e9 if baseline else None,
-            meter_update_interval_s=update_s,
-            short_window=rec["window_s"] < SHORT_WINDOW_UPDATES * update_s,
-            throttled=meter.throttled(record, baseline[0] if baseline else window[0], window[1]),
-            meter_stats=record.stats, meter_samples_file=sdir.rel(samples),
-        )
+        nvml_check = to_dict(result.nvml_check) if result.nvml_check is not None else None
+        rec = replace(rec, **record_fields(e, nvml_check))
+        rec.energy_unavailable_reason = None if e.energy_per_step_j else (
+            "the meter recorded no samples" if not record.intervals else
+            "no baseline window (power.baseline_s = 0)" if baseline is None else
+            "no meter samples in the baseline or timed window")
+        rec.baseline_window_s = (baseline[1] - baseline[0]) / 1e9 if baseline else None
+        rec.meter_update_interval_s = update_s
+        rec.short_window = window_s < SHORT_WINDOW_UPDATES * update_s
+        rec.throttled = meter.throttled(record, baseline[0] if baseline else window[0], window[1])
+        rec.meter_stats, rec.meter_samples_file = record.stats, sdir.rel(samples)
+        return rec
 
-    def _measurements(self, rec: dict[str, Any], sdir: SessionDir, cell: Cell, planned: PlannedRun,
-                      outcome: RunOutcome, reference: Reference) -> None:
-        res = outcome.result
-        starts = np.asarray(res["iteration_start_ns"], dtype=np.int64)
-        ends = np.asarray(res["iteration_end_ns"], dtype=np.int64)
+    def _measurements(self, rec: RunRecord, sdir: SessionDir, cell: Cell, planned: PlannedRun,
+                      res: Result, reference: Reference) -> RunRecord:
+        starts = np.asarray(res.iteration_start_ns, dtype=np.int64)
+        ends = np.asarray(res.iteration_end_ns, dtype=np.int64)
         lat_ms = (ends - starts) / 1e6
         w = within_run(lat_ms)
-        output = np.asarray(res["output"])
+        output = np.asarray(res.output)
         samples = sdir.sample_path(cell.id, planned.run_index, ".json")
         samples.write_text(json.dumps({
             "cell_id": cell.id, "run_index": planned.run_index,
-            "window_start_ns": res["window_start_ns"], "window_end_ns": res["window_end_ns"],
+            "window_start_ns": res.window_start_ns, "window_end_ns": res.window_end_ns,
             "iteration_start_ns": starts.tolist(), "iteration_end_ns": ends.tolist(),
             "latency_ms": lat_ms.tolist(),
         }))
         out_path = sdir.sample_path(cell.id, planned.run_index, ".output.npy")
         np.save(out_path, output)
-        rec.update(
-            iterations=w.n,
-            window_s=(res["window_end_ns"] - res["window_start_ns"]) / 1e9,
-            latency_ms_median=w.median, latency_ms_iqr=w.iqr, latency_ms_min=w.min, latency_ms_mean=w.mean,
-            output_sha256=res["output_sha256"], output_shape=list(output.shape),
-            samples_file=sdir.rel(samples), output_file=sdir.rel(out_path),
-        )
+        rec.iterations = w.n
+        rec.window_s = (res.window_end_ns - res.window_start_ns) / 1e9
+        rec.latency_ms_median, rec.latency_ms_iqr, rec.latency_ms_min, rec.latency_ms_mean = w.median, w.iqr, w.min, w.mean
+        rec.output_sha256, rec.output_shape = res.output_sha256, list(output.shape)
+        rec.samples_file, rec.output_file = sdir.rel(samples), sdir.rel(out_path)
         if reference.ok:
-            rec.update(asdict(compare(output, reference.output, self.matrix.equivalence)))
-            rec["reference_file"] = str(reference.path)
+            rec = replace(rec, **asdict(compare(output, reference.output, self.matrix.equivalence)))
+            rec.reference_file = str(reference.path)
         else:
-            rec["equivalence_unavailable_reason"] = reference.failure
+            rec.equivalence_unavailable_reason = reference.failure
+        return rec
 
     # -- the loop ----------------------------------------------------------------------------
     def run(self, results_root: Path, resume: SessionDir | None = None) -> SessionResult:
@@ -283,26 +288,27 @@ class Session:
             sdir = SessionDir.create(results_root)
             seed = m.timing.order_seed if m.timing.order_seed is not None else secrets.randbits(32)
             session = self._session_record(sdir, model, inputs, seed)
-            session["preflight"] = preflight
+            session.preflight = preflight
             done: set[tuple[str, int]] = set()
         else:
             sdir = resume
             session = sdir.read_session()
-            seed = session["order_seed"]
-            done = {(r["cell_id"], r["run_index"]) for r in sdir.read_runs().records}
+            assert session.order_seed is not None
+            seed = session.order_seed
+            done = {(r.cell_id, r.run_index) for r in sdir.read_runs().records}
             # A resume may run on another machine: its host, harness and preflight go beside the
             # original ones instead of over them.
-            session.setdefault("resumes", []).append({"at": utc_now(), "host": provenance.host(),
-                                                      "harness": provenance.harness(), "preflight": preflight})
+            session.resumes.append({"at": utc_now(), "host": provenance.host(), "harness": provenance.harness(),
+                                    "preflight": preflight})
         sdir.write_session(session)
         self.display.log(f"session {sdir.root}")
         plan = plan_runs([c.id for c in m.enabled_cells], m.timing.runs, m.timing.order, seed)
         todo = [p for p in plan if (p.cell_id, p.run_index) not in done]
         if m.timing.cooldown == "adaptive" and (first := next((c for c in m.enabled_cells if c.id not in self.unsupported), None)):
-            self._meter(first, {})  # the host's idle power, before the reference or any worker runs
+            self._meter(first)  # the host's idle power, before the reference or any worker runs
         refs = self.references(sdir, model, inputs)
-        result = SessionResult(sdir)
-        session["status"] = "running"
+        interrupted = False
+        session.status = "running"
         try:
             with self.display.progress(total=len(plan), completed=len(plan) - len(todo)) as progress:
                 for planned in todo:
@@ -311,98 +317,70 @@ class Session:
                     rec = self.execute(sdir, cell, planned, model, inputs[cell.resolution], refs[cell.resolution])
                     sdir.append_run(rec)
                     progress.end_run(rec, m.timing.runs)
-            session["status"] = "complete"
+            session.status = "complete"
         except KeyboardInterrupt:
-            session["status"] = "interrupted"
-            result.interrupted = True
+            session.status = "interrupted"
+            interrupted = True
             self.display.warn(f"interrupted; finished runs are in {sdir.root / 'runs.jsonl'}; "
                               f"continue with: orchestrate {m.path} --resume {sdir.root}")
         finally:
-            session["finished_at"] = utc_now()
-            session["worker_versions"] = {**session.get("worker_versions", {}), **self.worker_versions}
-            session["power"]["meter_versions"] = {str(k): v for k, v in self.meters.versions().items()}
+            session.finished_at = utc_now()
+            session.worker_versions = {**session.worker_versions, **self.worker_versions}
+            session.power["meter_versions"] = {str(k): v for k, v in self.meters.versions().items()}
             idle_w = {meter.version(): w for meter, w in self.idle_w.items()}
             self.meters.close()
             references = {str(r): {"path": str(ref.path), "cached": ref.cached, "failure": ref.failure,
                                    "versions": ref.versions} for r, ref in refs.items()}
             if resume is None:
-                session["power"]["idle_w"], session["references"] = idle_w, references
+                session.power["idle_w"], session.references = idle_w, references
             else:
-                session["resumes"][-1].update(idle_w=idle_w, references=references)
+                session.resumes[-1].update(idle_w=idle_w, references=references)
             sdir.write_session(session)
-            result.summary = write_report(sdir).summary
+            summary = write_report(sdir).summary
             give_to_invoking_user(sdir.root, m.model.cache_dir)
-        counts = Counter(r["status"] for r in sdir.read_runs().records)
-        result.n_ok, result.n_failed, result.n_unsupported = counts["ok"], counts["failed"], counts["unsupported"]
-        return result
+        counts = Counter(r.status for r in sdir.read_runs().records)
+        return SessionResult(sdir, summary, counts["ok"], counts["failed"], counts["unsupported"], interrupted)
 
     def _session_record(self, sdir: SessionDir, model: PinnedModel, inputs: dict[int, PinnedInputs],
-                        seed: int) -> dict[str, Any]:
+                        seed: int) -> SessionRecord:
         m = self.matrix
-        return {
-            "schema_version": SCHEMA_VERSION,
-            "session_id": sdir.id,
-            "started_at": utc_now(),
-            "status": "starting",
-            "matrix": {"path": str(m.path.resolve()), "sha256": m.sha256, "content": m.raw},
-            "cells": [asdict(c) for c in m.cells],
-            "equivalence": asdict(m.equivalence),
-            "timing": asdict(m.timing),
-            "order": m.timing.order,
-            "order_seed": seed,
-            "model": {**asdict(model), "path": str(model.path), "synthetic": model.source == "synthetic"},
-            "inputs": {str(r): {"shape_latent": list(i.latent.shape), "shape_text_embedding": list(i.text_embedding.shape),
-                                "timestep": i.timestep, "sha256": i.digests(), "seed": m.inputs.seed}
-                       for r, i in inputs.items()},
-            "power": {**asdict(m.power), "meter_used": self.meters.name, "meter_reason": self.meters.reason,
-                      "meters_skipped": self.meters.skipped,
-                      "energy_unavailable_reason": None if self.meters.name else self.meters.reason},
-            "provenance": provenance.collect(self._needed_envs()),
-        }
+        return SessionRecord(
+            session_id=sdir.id,
+            started_at=utc_now(),
+            matrix={"path": str(m.path.resolve()), "sha256": m.sha256, "content": m.raw},
+            cells=[asdict(c) for c in m.cells],
+            equivalence=asdict(m.equivalence),
+            timing=asdict(m.timing),
+            order=m.timing.order,
+            order_seed=seed,
+            model={**asdict(model), "path": str(model.path), "synthetic": model.source == "synthetic"},
+            inputs={str(r): {"shape_latent": list(i.latent.shape), "shape_text_embedding": list(i.text_embedding.shape),
+                             "timestep": i.timestep, "sha256": i.digests(), "seed": m.inputs.seed}
+                    for r, i in inputs.items()},
+            power={**asdict(m.power), "meter_used": self.meters.name, "meter_reason": self.meters.reason,
+                   "meters_skipped": self.meters.skipped,
+                   "energy_unavailable_reason": None if self.meters.name else self.meters.reason},
+            provenance=provenance.collect(self._needed_envs()),
+        )
 
 
-def base_record(session_id: str, cell: Cell, planned: PlannedRun) -> dict[str, Any]:
-    """Every run record has every field; the ones a run did not produce are null."""
-    return {
-        "schema_version": SCHEMA_VERSION, "session_id": session_id, "cell_id": cell.id,
-        "run_index": planned.run_index, "order_index": planned.order_index, "started_at": utc_now(),
-        "status": None, "failure_reason": None,
-        "backend": cell.backend, "env": cell.env, "device": cell.device or cell.compute_unit,
-        "precision": cell.precision, "resolution": cell.resolution,
-        "wall_s": None, "cooldown_s": None, "cooldown_mode": None, "cooldown_settled": None, "cooldown_settled_by": None, "worker_pid": None, "worker_uid": None, "worker_exit_code": None,
-        "python": None, "versions": {}, "realized": {},
-        "load_s": None, "warmup_s": None, "warmup_iterations": None,
-        "iterations": None, "window_s": None,
-        "latency_ms_median": None, "latency_ms_iqr": None, "latency_ms_min": None, "latency_ms_mean": None,
-        "output_sha256": None, "output_shape": None,
-        "mse": None, "mse_relative": None, "cosine": None, "max_abs_diff": None, "finite": None,
-        "numerically_divergent": None, "reference_file": None, "equivalence_unavailable_reason": None,
-        "meter": None, "min_window_s": None,
-        "baseline_w": None, "active_w": None, "energy_per_step_j": None, "gross_energy_per_step_j": None,
-        "estimated_energy_per_50_step_image_j": None, "energy_by_channel": {}, "baseline_window_s": None,
-        "meter_update_interval_s": None, "meter_intervals_in_window": None, "meter_intervals_in_baseline": None, "short_window": None,
-        "energy_unavailable_reason": None, "throttled": None, "meter_stats": {}, "meter_samples_file": None,
-        "nvml_check": None, "conversion": None,
-        "host_load_avg": None, "load_wait": None, "load_unsettled": None, "power_state": {}, "power_problems": [],
-        "forced_power": None, "thermal_before_run": None, "gpu_throttle_before_run": None,
-        "samples_file": None, "output_file": None, "log_file": None,
-    }
-
-
-def fill_from_outcome(rec: dict[str, Any], o: RunOutcome) -> None:
-    realized = dict(o.ready.get("realized", {}))
-    rec.update(
-        status=o.status, failure_reason=o.reason, wall_s=o.wall_s,
-        worker_pid=o.hello.get("pid"), worker_uid=o.hello.get("uid"), worker_exit_code=o.exit_code,
-        python=o.hello.get("python"), versions=o.ready.get("versions") or o.unsupported_versions,
-        realized=realized, load_s=o.ready.get("load_s"), warmup_s=o.ready.get("warmup_s"),
+def fill_from_outcome(rec: RunRecord, o: RunOutcome) -> None:
+    """What the worker's own messages tell about the run, whatever its status."""
+    rec.status, rec.failure_reason, rec.wall_s, rec.worker_exit_code = o.status, o.reason, o.wall_s, o.exit_code
+    if o.hello is not None:
+        rec.worker_pid, rec.worker_uid, rec.python = o.hello.pid, o.hello.uid, o.hello.python
+    if o.ready is not None:
+        realized = dict(o.ready.realized)
         # a converting backend's facts (cache hit, step timings, sizes, spec checks), ok or not
-        conversion=realized.pop("conversion", None) or o.unsupported_facts.get("conversion"),
-    )
+        rec.conversion = realized.pop("conversion", None)
+        rec.versions, rec.realized, rec.load_s, rec.warmup_s = o.ready.versions, realized, o.ready.load_s, o.ready.warmup_s
+    elif o.unsupported is not None:
+        rec.versions, rec.conversion = o.unsupported.versions, o.unsupported.facts.get("conversion")
 
 
 def check_resume(sdir: SessionDir, matrix: Matrix) -> None:
     s = sdir.read_session()
-    if s["matrix"]["sha256"] != matrix.sha256:
-        raise UserError(f"--resume {sdir.root}: the session ran matrix sha256 {s['matrix']['sha256'][:12]}…, "
+    sha = s.matrix.get("sha256", "")
+    if sha != matrix.sha256:
+        raise UserError(f"--resume {sdir.root}: the session ran matrix sha256 {sha[:12]}…, "
                         f"{matrix.path} is now {matrix.sha256[:12]}…; start a new session instead")

@@ -1,38 +1,45 @@
-"""One run: a fresh worker process in the cell's env, driven through the protocol.
+"""One run: a fresh worker process in the cell's env, driven through the protocol in two phases.
+
+`WorkerRun.start()` brings the worker to ready (loaded and warm) or unsupported; the caller does
+what must happen with the worker idle (cooldown, the baseline window), then `measure()` runs the
+timed loop and `close()` ends the process. The time between ready and measure does not count
+against the run's timeout.
 
 Any ending other than hello, ready, result and exit 0 (a non-zero exit, a signal, a timeout, a
-malformed frame, an error message) becomes a `failed` outcome with a one-line reason; nothing
-here raises for a misbehaving worker, so a session always goes on to its next run.
+malformed frame or message, another protocol version, an error message) becomes a `failed`
+outcome with a one-line reason; nothing here raises for a misbehaving worker, so a session
+always goes on to its next run.
 """
 
 from __future__ import annotations
 
 import os
+import select
 import signal
 import subprocess
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from orchestrator.config.envs import Env
 from orchestrator.config.privileges import child_kwargs
-from workers.contract.protocol import FrameReader, PeerClosed, ProtocolError, encode
+from workers.contract.messages import Error, Hello, M, Measure, Message, Ready, Result, Setup, Unsupported, parse, wire
+from workers.contract.protocol import PROTOCOL_VERSION, FrameReader, PeerClosed, ProtocolError, encode
+from workers.contract.typed import Invalid
 
 STOP_GRACE_S = 5.0
 
 
 @dataclass
 class RunOutcome:
-    status: str  # "ok" | "failed" | "unsupported"
+    status: str = "failed"  # "ok" | "failed" | "unsupported"
     reason: str | None = None
-    hello: dict[str, Any] = field(default_factory=dict)
-    ready: dict[str, Any] = field(default_factory=dict)
-    result: dict[str, Any] = field(default_factory=dict)
-    unsupported_versions: dict[str, Any] = field(default_factory=dict)
-    unsupported_facts: dict[str, Any] = field(default_factory=dict)  # what the worker established first
-    wait_s: float = 0.0  # time spent in `between` (cooldown), not counted against the timeout
+    hello: Hello | None = None
+    ready: Ready | None = None
+    unsupported: Unsupported | None = None
+    result: Result | None = None
+    wait_s: float = 0.0  # between ready and measure (cooldown, baseline): not counted against the timeout
     wall_s: float = 0.0
     exit_code: int | None = None
 
@@ -64,93 +71,170 @@ def _last_line(log: Path) -> str:
     return lines[-1].strip()[:300] if lines else ""
 
 
-def run_worker(
-    env: Env,
-    setup: dict[str, Any],
-    *,
-    label: str,
-    log_path: Path,
-    timeout_s: float,
-    between: Callable[[dict[str, Any]], None] = lambda ready: None,
-) -> RunOutcome:
-    """Run one worker to completion. `between(ready)` runs after the worker reported ready and
-    before `measure` is sent (cooldown, baseline); its time does not count against `timeout_s`."""
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    outcome = RunOutcome(status="failed")
-    t0 = time.monotonic()
-    with open(log_path, "ab") as log:
+class WorkerRun:
+    """One worker process, from start() through an optional measure() to close(); `outcome`
+    says how it went. close() always ends the process and anything it started."""
+
+    def __init__(self, env: Env, setup: Setup, *, label: str, log_path: Path, timeout_s: float):
+        self.env, self.setup, self.label, self.log_path, self.timeout_s = env, setup, label, log_path, timeout_s
+        self.outcome = RunOutcome()
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._reader: FrameReader | None = None
+        self._log: IO[bytes] | None = None
+        self._t0 = self._deadline = self._ready_at = 0.0
+
+    def start(self) -> Ready | Unsupported | None:
+        """Start the worker and send its setup: Ready (loaded and warm, waiting for measure),
+        Unsupported, or None when the run failed (`outcome.reason` says why)."""
+        o = self.outcome
+        self._t0 = time.monotonic()
+        self._deadline = self._t0 + self.timeout_s
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log = open(self.log_path, "ab")
         try:
-            proc = subprocess.Popen(
-                worker_command(env, label), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log,
-                start_new_session=True, **child_kwargs(env.worker_environ()),
+            self._proc = subprocess.Popen(
+                worker_command(self.env, self.label), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                stderr=self._log, start_new_session=True, **child_kwargs(self.env.worker_environ()),
             )
         except OSError as e:
-            outcome.reason = f"cannot start the worker ({env.python}): {e.strerror or e}"
-            outcome.wall_s = time.monotonic() - t0
-            return outcome
-        reader = FrameReader(proc.stdout)
-        deadline = t0 + timeout_s
+            o.reason = f"cannot start the worker ({self.env.python}): {e.strerror or e}"
+            return None
+        assert self._proc.stdout is not None
+        self._reader = FrameReader(self._proc.stdout)
+        try:
+            o.hello = self._parse(self._receive(Hello), Hello)
+            self._send(self.setup)
+            msg = self._receive(Ready, Unsupported)
+            if msg["type"] == Unsupported.TYPE:
+                o.unsupported = self._parse(msg, Unsupported)
+                self._exit()
+                o.status, o.reason = "unsupported", o.unsupported.reason
+                return o.unsupported
+            o.ready = self._parse(msg, Ready)
+        except _Failed as e:
+            o.reason = str(e)
+            return None
+        self._ready_at = time.monotonic()
+        return o.ready
 
-        def expect(*types: str) -> dict[str, Any]:
+    def measure(self) -> Result | None:
+        """Run the timed loop of a ready worker: its Result, or None when the run failed."""
+        o = self.outcome
+        if o.ready is None or o.result is not None or o.reason is not None:
+            raise RuntimeError("measure() needs a worker that start() brought to ready")
+        o.wait_s = time.monotonic() - self._ready_at
+        self._deadline += o.wait_s
+        try:
+            self._send(Measure())
+            result = self._parse(self._receive(Result), Result)
+            self._exit()
+        except _Failed as e:
+            o.reason = str(e)
+            return None
+        o.result, o.status = result, "ok"
+        return result
+
+    def close(self) -> RunOutcome:
+        """End the worker however far it got; the outcome, final."""
+        o = self.outcome
+        started = self._proc is not None
+        if self._proc is not None:
+            _stop(self._proc)
+            o.exit_code = self._proc.returncode
+            self._proc = None
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+            o.wall_s = time.monotonic() - self._t0
+        if o.status == "failed" and started:
+            o.reason = o.reason or "the run ended before the worker was asked to measure"
+            if (last := _last_line(self.log_path)) and last not in o.reason:
+                o.reason = f"{o.reason} (log: {last})"
+        return o
+
+    def __enter__(self) -> WorkerRun:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def _receive(self, *kinds: type[Message]) -> dict[str, Any]:
+        """The next frame, if it is one of `kinds` (and, for hello, of this protocol version)."""
+        assert self._proc is not None and self._reader is not None
+        names = " or ".join(k.TYPE for k in kinds)
+        try:
+            msg = self._reader.recv(self._deadline)
+        except TimeoutError:
+            raise _Failed(f"timeout: no {names} within run_timeout_s={self.timeout_s:g}") from None
+        except PeerClosed:
             try:
-                msg = reader.recv(deadline)
-            except TimeoutError:
-                raise _Failed(f"timeout: no {' or '.join(types)} within run_timeout_s={timeout_s:g}") from None
-            except PeerClosed:
+                self._proc.wait(timeout=STOP_GRACE_S)
+            except subprocess.TimeoutExpired:
+                pass  # described as still running; _stop ends it
+            raise _Failed(f"worker {_describe_exit(self._proc.returncode)} before sending {kinds[0].TYPE}") from None
+        except ProtocolError as e:
+            raise _Failed(str(e)) from None
+        if msg["type"] == Error.TYPE:
+            raise _Failed(f"worker error: {self._parse(msg, Error).message}")
+        if msg["type"] not in {k.TYPE for k in kinds}:
+            raise _Failed(f"protocol: expected {names}, got {msg['type']!r}")
+        if msg["type"] == Hello.TYPE and msg.get("protocol") != PROTOCOL_VERSION:
+            raise _Failed(f"protocol: the worker speaks version {msg.get('protocol')!r}, "
+                          f"this orchestrator version {PROTOCOL_VERSION}")
+        return msg
+
+    @staticmethod
+    def _parse(msg: dict[str, Any], kind: type[M]) -> M:
+        try:
+            return parse(msg, kind)
+        except Invalid as e:
+            raise _Failed(str(e)) from None
+
+    def _send(self, message: Message) -> None:
+        """Write one message, within the run's deadline: a worker that stops reading (hung after
+        hello, say) cannot block the orchestrator on a full pipe."""
+        assert self._proc is not None and self._proc.stdin is not None
+        fd = self._proc.stdin.fileno()
+        os.set_blocking(fd, False)
+        data = memoryview(encode(wire(message)))
+        while data:
+            remaining = self._deadline - time.monotonic()
+            if remaining <= 0 or not select.select([], [fd], [], remaining)[1]:
+                raise _Failed(f"timeout: the worker did not read its {message.TYPE} within "
+                              f"run_timeout_s={self.timeout_s:g}")
+            try:
+                data = data[os.write(fd, data):]
+            except BlockingIOError:
+                continue
+            except OSError:
                 try:
-                    proc.wait(timeout=STOP_GRACE_S)
+                    self._proc.wait(timeout=STOP_GRACE_S)
                 except subprocess.TimeoutExpired:
                     pass  # described as still running; _stop ends it
-                raise _Failed(f"worker {_describe_exit(proc.returncode)} before sending {types[0]}") from None
-            except ProtocolError as e:
-                raise _Failed(str(e)) from None
-            if msg["type"] == "error":
-                raise _Failed(f"worker error: {msg.get('message', '')}")
-            if msg["type"] not in types:
-                raise _Failed(f"protocol: expected {' or '.join(types)}, got {msg['type']!r}")
-            return msg
+                raise _Failed(f"worker {_describe_exit(self._proc.returncode)} before reading its "
+                              f"{message.TYPE}") from None
 
-        def send(msg: dict[str, Any]) -> None:
-            try:
-                proc.stdin.write(encode(msg))
-                proc.stdin.flush()
-            except (BrokenPipeError, OSError):
-                raise _Failed(f"worker closed its input ({_describe_exit(proc.poll())})") from None
-
+    def _exit(self) -> None:
+        """The worker said its last message: it must now exit 0 on its own."""
+        assert self._proc is not None and self._proc.stdin is not None
+        self._proc.stdin.close()
         try:
-            outcome.hello = expect("hello")
-            send(setup)
-            msg = expect("ready", "unsupported")
-            if msg["type"] == "unsupported":
-                outcome.status, outcome.reason = "unsupported", msg.get("reason")
-                outcome.unsupported_versions = msg.get("versions", {})
-                outcome.unsupported_facts = msg.get("facts") or {}
-            else:
-                outcome.ready = msg
-                w0 = time.monotonic()
-                between(msg)
-                outcome.wait_s = time.monotonic() - w0
-                deadline += outcome.wait_s
-                send({"type": "measure"})
-                outcome.result = expect("result")
-                outcome.status = "ok"
-            proc.stdin.close()
-            try:
-                outcome.exit_code = proc.wait(timeout=max(0.1, min(STOP_GRACE_S, deadline - time.monotonic())))
-            except subprocess.TimeoutExpired:
-                raise _Failed("worker did not exit after sending its result") from None
-            if outcome.exit_code != 0:
-                raise _Failed(f"worker {_describe_exit(outcome.exit_code)} after its result")
-        except _Failed as e:
-            outcome.status, outcome.reason = "failed", str(e)
-        finally:
-            _stop(proc)
-            reader.close()
-            outcome.exit_code = proc.returncode
-    if outcome.status == "failed" and (last := _last_line(log_path)) and last not in (outcome.reason or ""):
-        outcome.reason = f"{outcome.reason} (log: {last})"
-    outcome.wall_s = time.monotonic() - t0
-    return outcome
+            code = self._proc.wait(timeout=max(0.1, min(STOP_GRACE_S, self._deadline - time.monotonic())))
+        except subprocess.TimeoutExpired:
+            raise _Failed("worker did not exit after sending its result") from None
+        if code != 0:
+            raise _Failed(f"worker {_describe_exit(code)} after its result")
+
+
+def run_worker(env: Env, setup: Setup, *, label: str, log_path: Path, timeout_s: float) -> RunOutcome:
+    """One run with nothing between ready and measure (a reference output, a debug run)."""
+    with WorkerRun(env, setup, label=label, log_path=log_path, timeout_s=timeout_s) as run:
+        if isinstance(run.start(), Ready):
+            run.measure()
+    return run.outcome
 
 
 def _stop(proc: subprocess.Popen) -> None:

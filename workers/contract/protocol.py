@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import selectors
 import time
-from typing import Any, BinaryIO
+from typing import IO, Any, BinaryIO
 
 import msgpack
 import numpy as np
@@ -63,7 +63,7 @@ def _checked(obj: Any) -> dict[str, Any]:
 class FrameReader:
     """Reads messages from a pipe with a deadline (orchestrator side)."""
 
-    def __init__(self, stream: BinaryIO, max_bytes: int = MAX_FRAME_BYTES):
+    def __init__(self, stream: IO[bytes], max_bytes: int = MAX_FRAME_BYTES):
         self._fd = stream.fileno()
         self._max_bytes = max_bytes
         self._unpacker = unpacker(max_bytes)

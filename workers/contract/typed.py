@@ -4,8 +4,9 @@ field, never a crash later. Plain dataclasses and no validation library, because
 definitions run in every worker env, which holds only numpy, msgpack and its toolchain.
 
 Supported annotations: str, int, float, bool, Any, `X | None`, `list[X]`, `dict[str, X]`,
-`tuple[X, ...]`, and nested typed dataclasses. A float field takes an int; numbers must be
-finite unless the field says otherwise in its metadata (`finite=False`)."""
+`tuple[X, ...]`, `numpy.ndarray` (the worker protocol carries arrays), and nested typed
+dataclasses. A float field takes an int; numbers must be finite unless the field says otherwise
+in its metadata (`finite=False`)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ import types
 import typing
 from functools import cache
 from typing import Any, TypeVar
+
+import numpy as np
 
 T = TypeVar("T")
 
@@ -49,6 +52,8 @@ def _describe(tp: Any) -> str:
         return "null"
     if dataclasses.is_dataclass(tp):
         return "a table"
+    if tp is np.ndarray:
+        return "an array"
     return {str: "a string", int: "an integer", float: "a number", bool: "true or false"}.get(tp, str(tp))
 
 
@@ -96,6 +101,9 @@ def check(value: Any, tp: Any, where: str, finite: bool = True) -> Any:
                 if not isinstance(k, str):
                     raise Invalid(f"{where}: key {k!r} is not a string")
             return {k: check(v, item, f"{where}.{k}", finite) for k, v in value.items()}
+    elif tp is np.ndarray:
+        if isinstance(value, np.ndarray):
+            return value
     elif isinstance(tp, type) and dataclasses.is_dataclass(tp):
         if isinstance(value, dict):
             return _build(tp, value, where, "refuse")

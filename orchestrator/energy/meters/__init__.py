@@ -1,8 +1,10 @@
 """Power meters, one module per source, and the choice of one for a session.
 
-`power.meter = "auto"` takes the first available of powermetrics (macOS), nvml (NVIDIA), rapl
-(Linux CPUs) and records why each other was skipped; a named meter that is unavailable is an
-error; "none" measures no energy and says so in every record."""
+`REGISTRY` lists every source's `MeterSpec` (each module's `METER`); a new meter is one module
+plus one line there. `power.meter = "auto"` takes the first available of those marked `auto`,
+in registry order (powermetrics on macOS, nvml on NVIDIA, rapl on Linux CPUs), and records why
+each other was skipped; a named meter that is unavailable is an error; "none" measures no
+energy and says so in every record."""
 
 from __future__ import annotations
 
@@ -10,10 +12,14 @@ from dataclasses import dataclass, field
 
 from orchestrator.config.matrix import Cell, Power
 from orchestrator.energy.meters import nvml, powermetrics, rapl
-from orchestrator.energy.meters.base import Availability, Meter
+from orchestrator.energy.meters.base import Meter, MeterSpec, NoMeter
 from orchestrator.errors import UserError
 
-ORDER = ("powermetrics", "nvml", "rapl")
+REGISTRY: tuple[MeterSpec, ...] = (
+    powermetrics.METER,
+    nvml.METER,
+    rapl.METER,
+)
 
 
 def gpu_index(cell: Cell) -> int:
@@ -23,28 +29,32 @@ def gpu_index(cell: Cell) -> int:
 
 @dataclass
 class Meters:
-    """The session's meter source; NVML gets one meter per GPU index, following each cell."""
+    """The session's meter source (None: no energy is measured, `reason` says why); a per-GPU
+    source gets one meter per GPU index, following each cell."""
 
-    name: str | None
+    spec: MeterSpec | None
     reason: str  # what was chosen and why, or why no energy is measured
     skipped: dict[str, str] = field(default_factory=dict)
     power: Power | None = None
     _made: dict[int, Meter] = field(default_factory=dict)
 
-    def for_cell(self, cell: Cell) -> Meter | None:
-        if self.name is None:
-            return None
-        key = gpu_index(cell) if self.name == "nvml" else 0
+    @property
+    def name(self) -> str | None:
+        return self.spec.name if self.spec is not None else None
+
+    def for_cell(self, cell: Cell) -> Meter:
+        if self.spec is None or self.power is None:
+            return NoMeter(self.reason)
+        key = gpu_index(cell) if self.spec.per_gpu else 0
         if key not in self._made:
-            self._made[key] = self._make(key)
+            self._made[key] = self.spec.make(self.power, key)
         return self._made[key]
 
-    def _make(self, index: int) -> Meter:
-        if self.name == "powermetrics":
-            return powermetrics.PowermetricsMeter(self.power.interval_ms, self.power.powermetrics)
-        if self.name == "nvml":
-            return nvml.NvmlMeter(index)
-        return rapl.RaplMeter()
+    def throttle_reasons(self, cell: Cell) -> list[str] | None:
+        """The slowdowns the source sees on the cell's GPU now; None where it cannot tell."""
+        if self.spec is None or self.spec.throttle_reasons is None:
+            return None
+        return self.spec.throttle_reasons(gpu_index(cell))
 
     def versions(self) -> dict[int, str]:
         return {k: m.version() for k, m in self._made.items()}
@@ -54,27 +64,25 @@ class Meters:
             m.close()
 
 
-def availability(name: str, power: Power) -> Availability:
-    if name == "powermetrics":
-        return powermetrics.available(power.powermetrics)
-    if name == "nvml":
-        return nvml.available()
-    return rapl.available()
-
-
 def choose(power: Power) -> Meters:
     if power.meter == "none":
         return Meters(None, "power.meter = \"none\": energy is not measured")
     if power.meter != "auto":
-        a = availability(power.meter, power)
+        spec = next((s for s in REGISTRY if s.name == power.meter), None)
+        if spec is None:
+            known = ", ".join(["auto", "none", *(s.name for s in REGISTRY)])
+            raise UserError(f"[power] meter = \"{power.meter}\" is not a meter this harness knows ({known})")
+        a = spec.available(power)
         if not a.ok:
             raise UserError(f"[power] meter = \"{power.meter}\" is not available here: {a.reason}")
-        return Meters(power.meter, a.reason, power=power)
-    skipped = {}
-    for name in ORDER:
-        a = availability(name, power)
+        return Meters(spec, a.reason, power=power)
+    skipped: dict[str, str] = {}
+    for spec in REGISTRY:
+        if not spec.auto:
+            continue
+        a = spec.available(power)
         if a.ok:
-            return Meters(name, f"auto: {a.reason}", skipped, power)
-        skipped[name] = a.reason
+            return Meters(spec, f"auto: {a.reason}", skipped, power)
+        skipped[spec.name] = a.reason
     why = "; ".join(f"{k}: {v}" for k, v in skipped.items())
     return Meters(None, f"no power meter available on this host ({why}); energy is not measured", skipped)

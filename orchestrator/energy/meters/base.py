@@ -3,13 +3,19 @@
 A meter runs in the background from `start()` to `stop()` and yields intervals
 `(start_ns, end_ns, {channel: joules})` on the `time.monotonic_ns()` axis, which workers also
 stamp their windows with, plus time-stamped extra readings (temperature, clocks, thermal
-pressure, throttle reasons)."""
+pressure, throttle reasons). `NoMeter` stands in where no energy is measured, and says why.
+
+A source registers itself with one `MeterSpec` (its module's `METER`) listed in the registry,
+meters/__init__.py."""
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+from orchestrator.config.matrix import Power
 
 
 @dataclass(frozen=True)
@@ -49,6 +55,7 @@ class MeterRecord:
 
 class Meter(ABC):
     name: str = ""
+    measures: bool = True  # False only for NoMeter
 
     @abstractmethod
     def version(self) -> str:
@@ -75,3 +82,41 @@ class Meter(ABC):
 
     def close(self) -> None:  # noqa: B027  (a meter with nothing to release needs no override)
         """Release the source for good (end of session)."""
+
+
+class NoMeter(Meter):
+    """No energy source for this run: records nothing; `reason` says why energy is not measured."""
+
+    name = "none"
+    measures = False
+
+    def __init__(self, reason: str):
+        self.reason = reason
+
+    def version(self) -> str:
+        return "none"
+
+    def update_interval_s(self) -> float:
+        return 0.0
+
+    def start(self) -> None:
+        pass
+
+    def stop(self) -> MeterRecord:
+        return MeterRecord()
+
+    def peek(self) -> MeterRecord:
+        return MeterRecord()
+
+
+@dataclass(frozen=True)
+class MeterSpec:
+    """A power source's registry entry: what `power.meter` calls it, whether this host has it,
+    how to make one, and what the session must know about it."""
+
+    name: str
+    available: Callable[[Power], Availability]
+    make: Callable[[Power, int], Meter]  # (power settings, GPU index: 0 unless per_gpu)
+    per_gpu: bool = False  # one meter per GPU index, following each cell's device
+    auto: bool = True  # `power.meter = "auto"` considers it, in registry order
+    throttle_reasons: Callable[[int], list[str] | None] | None = None  # slowdowns active on a GPU now

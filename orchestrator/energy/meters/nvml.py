@@ -4,9 +4,10 @@ SM clock and clocks-event (throttle) reasons at 10 Hz.
 
 The counter itself moves in steps (about every 100 ms on an H200), far slower than we poll.
 Intervals are therefore cut at the counter's changes, each stamped with the first poll that saw
-the new value, and carry the energy of that step: a window edge that falls inside a step gets
-the step's energy in proportion to the overlap, i.e. linear interpolation between counter
-changes. Each edge is uncertain by one poll period (10 ms), not by one counter step."""
+the new value, and carry the energy of that step. A window edge that falls inside a step is split
+at the baseline power (energy/arithmetic.py): the part outside the window is charged the loaded,
+idle worker's power and the window keeps the rest. Each edge's position is uncertain by one poll
+period (10 ms), not by one counter step."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import time
 
 import numpy as np
 
-from orchestrator.energy.meters.base import Availability, Interval, Meter, MeterRecord, Reading
+from orchestrator.energy.meters.base import Availability, Interval, Meter, MeterRecord, MeterSpec, Reading
 from orchestrator.energy.meters.polling import Poller
 
 POLL_S = 0.01
@@ -139,3 +140,7 @@ class NvmlMeter(Meter):
 
     def close(self) -> None:
         self._nv.nvmlShutdown()
+
+
+METER = MeterSpec("nvml", available=lambda power: available(), make=lambda power, index: NvmlMeter(index),
+                  per_gpu=True, throttle_reasons=throttle_reasons)

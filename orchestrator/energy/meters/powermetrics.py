@@ -16,7 +16,7 @@ import threading
 import time
 from pathlib import Path
 
-from orchestrator.energy.meters.base import Availability, Interval, Meter, MeterRecord, Reading
+from orchestrator.energy.meters.base import Availability, Interval, Meter, MeterRecord, MeterSpec, Reading
 from orchestrator.energy.meters.plist_stream import PlistStream, Sample
 
 DEFAULT_EXECUTABLE = "/usr/bin/powermetrics"
@@ -105,3 +105,7 @@ class PowermetricsMeter(Meter):
         if not seen:
             return None
         return any(p != "Nominal" for p in seen)
+
+
+METER = MeterSpec("powermetrics", available=lambda power: available(power.powermetrics),
+                  make=lambda power, index: PowermetricsMeter(power.interval_ms, power.powermetrics))

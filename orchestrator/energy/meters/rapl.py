@@ -8,7 +8,7 @@ import platform
 from dataclasses import dataclass
 from pathlib import Path
 
-from orchestrator.energy.meters.base import Availability, Interval, Meter, MeterRecord
+from orchestrator.energy.meters.base import Availability, Interval, Meter, MeterRecord, MeterSpec
 from orchestrator.energy.meters.polling import Poller
 
 SYSFS = Path("/sys/class/powercap")
@@ -101,3 +101,6 @@ class RaplMeter(Meter):
 
     def stop(self) -> MeterRecord:
         return self._record(self._poller.stop())
+
+
+METER = MeterSpec("rapl", available=lambda power: available(), make=lambda power, index: RaplMeter())

@@ -11,7 +11,6 @@ from typing import Any
 
 import psutil
 
-from orchestrator.energy.meters import nvml
 from orchestrator.energy.preflight import pmset
 
 PMSET_ENV = "CDB_PMSET"
@@ -70,7 +69,3 @@ def thermal_state(pmset_exe: str | None) -> dict[str, Any] | None:
     except (OSError, subprocess.SubprocessError) as e:
         return {"error": str(e), "limited": None}
     return {**asdict(t), "limited": t.limited}
-
-
-def gpu_throttle(index: int) -> list[str] | None:
-    return nvml.throttle_reasons(index)

@@ -12,7 +12,7 @@ from dataclasses import asdict
 from typing import Any
 
 from orchestrator.config.matrix import Cell, Preflight
-from orchestrator.energy.meters import gpu_index
+from orchestrator.energy.meters import Meters
 from orchestrator.energy.preflight import checks, load
 from orchestrator.errors import UserError
 
@@ -38,7 +38,7 @@ class PreflightGate:
                 "load_settle_max_s": self.config.load_settle_max_s, "force_power": self.force_power,
                 "power": {**power.facts, "problems": power.problems}, "pmset": self.pmset}
 
-    def before_run(self, cell: Cell, gpu_meter: bool) -> dict[str, Any]:
+    def before_run(self, cell: Cell, meters: Meters) -> dict[str, Any]:
         """Wait for a quiet host, then take the run's preconditions; the fields go into its record."""
         out: dict[str, Any] = {"host_load_avg": list(load.load_average() or []) or None,
                                "load_wait": None, "load_unsettled": None}
@@ -54,7 +54,7 @@ class PreflightGate:
             power_state=power.facts, power_problems=power.problems,
             forced_power=bool(power.problems) and self.force_power,
             thermal_before_run=thermal,
-            gpu_throttle_before_run=checks.gpu_throttle(gpu_index(cell)) if gpu_meter else None,
+            gpu_throttle_before_run=meters.throttle_reasons(cell),
         )
         return out
 

@@ -1,0 +1,123 @@
+"""The worker protocol's messages, one typed class each, in the order a run sends them:
+hello (worker), setup (orchestrator), ready or unsupported (worker), measure (orchestrator),
+result (worker); error (worker) at any point. Each side builds what it sends from these classes
+and checks what it receives against them, so a message that does not fit is named by its field.
+
+On the wire a message is its fields plus `type` (`wire`); numpy arrays travel as protocol.py
+encodes them, bit for bit."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar, TypeVar
+
+import numpy as np
+
+from workers.contract.typed import Invalid, build, field, to_dict
+
+
+@dataclass
+class Hello:
+    TYPE: ClassVar[str] = "hello"
+    protocol: int = field(doc="the worker's PROTOCOL_VERSION; the orchestrator refuses another")
+    pid: int = field(doc="the worker process, fresh for each run")
+    uid: int | None = field(doc="the user it runs as (null where the OS has none)")
+    python: str = field(doc="the worker's Python version")
+    python_executable: str | None = field(None, doc="its interpreter")
+    platform: str | None = field(None, doc="platform.platform()")
+    machine: str | None = field(None, doc="platform.machine()")
+    env: str | None = field(None, doc="the env it runs in")
+
+
+@dataclass
+class SetupModel:
+    source: str = field(doc="`checkpoint` or `synthetic`")
+    path: str = field(doc="the weights file")
+    sha256: str = field(doc="pinned digest of the weights file, checked again by the worker")
+    arch: dict[str, Any] = field(doc="the UNet preset's architecture (presets.UNetArch.as_dict)")
+
+
+@dataclass
+class SetupInputs:
+    latent: np.ndarray = field(doc="[batch, 4, res/8, res/8] float32")
+    text_embedding: np.ndarray = field(doc="[batch, 77, 768] float32")
+    timestep: int = field(doc="the UNet timestep")
+    sha256: dict[str, str] = field(doc="pinned digests of `latent` and `text_embedding`")
+
+
+@dataclass
+class Setup:
+    TYPE: ClassVar[str] = "setup"
+    cell: dict[str, Any] = field(doc="the cell as the worker receives it (Cell.as_setup)")
+    model: SetupModel = field(doc="the pinned weights")
+    inputs: SetupInputs = field(doc="the pinned inputs")
+    warmup: int = field(doc="iterations run and discarded before `ready`")
+    iterations: int = field(doc="timed iterations at least")
+    min_window_s: float = field(0.0, unit="s", doc="the timed window lasts at least this long")
+    cache_dir: str | None = field(None, doc="where a backend may cache conversions")
+    nvml_check: bool = field(False, doc="read the NVML energy counter around the timed loop")
+
+
+@dataclass
+class Ready:
+    TYPE: ClassVar[str] = "ready"
+    load_s: float = field(unit="s", doc="model load, imports included")
+    warmup_s: float = field(unit="s", doc="the warmup iterations")
+    realized: dict[str, Any] = field(doc="what runs: device, dtype, attention, threads, conversion facts")
+    versions: dict[str, Any] = field(doc="the toolchain's versions")
+    model_sha256: str = field(doc="the weights loaded")
+
+
+@dataclass
+class Unsupported:
+    TYPE: ClassVar[str] = "unsupported"
+    reason: str = field(doc="why this host cannot run the cell")
+    versions: dict[str, Any] = field(factory=dict, doc="the toolchain's versions")
+    facts: dict[str, Any] = field(factory=dict, doc="what the backend established first (a conversion)")
+
+
+@dataclass
+class Measure:
+    TYPE: ClassVar[str] = "measure"
+
+
+@dataclass
+class NvmlCheck:
+    start_ns: int = field(unit="ns", doc="monotonic stamp of the first counter read")
+    end_ns: int = field(unit="ns", doc="monotonic stamp of the second counter read")
+    joules: float = field(unit="J", doc="the counter's change between them")
+
+
+@dataclass
+class Result:
+    TYPE: ClassVar[str] = "result"
+    window_start_ns: int = field(unit="ns", doc="monotonic: the first iteration's start")
+    window_end_ns: int = field(unit="ns", doc="monotonic: the last iteration's end")
+    iteration_start_ns: list[int] = field(unit="ns", doc="each timed iteration's start")
+    iteration_end_ns: list[int] = field(unit="ns", doc="each timed iteration's end")
+    output: np.ndarray = field(doc="the UNet output of the last iteration")
+    output_sha256: str = field(doc="of `output`")
+    nvml_check: NvmlCheck | None = field(None, doc="with `nvml_check`: the worker's own counter reads")
+
+
+@dataclass
+class Error:
+    TYPE: ClassVar[str] = "error"
+    message: str = field(doc="one line: the exception that ended the worker")
+
+
+Message = Hello | Setup | Ready | Unsupported | Measure | Result | Error
+M = TypeVar("M", Hello, Setup, Ready, Unsupported, Measure, Result, Error)
+
+
+def wire(message: Message) -> dict[str, Any]:
+    """The message as protocol.encode sends it."""
+    return {"type": message.TYPE, **to_dict(message)}
+
+
+def parse(data: dict[str, Any], cls: type[M]) -> M:
+    """A received frame as `cls`; Invalid names the message and field (`protocol: result:
+    field iteration_start_ns[3]: expected an integer, got 'x'`)."""
+    if data.get("type") != cls.TYPE:
+        raise Invalid(f"protocol: expected {cls.TYPE}, got {data.get('type')!r}")
+    return build(cls, {k: v for k, v in data.items() if k != "type"}, f"protocol: {cls.TYPE}")
