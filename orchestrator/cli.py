@@ -9,6 +9,7 @@ import json
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -125,7 +126,7 @@ def envs_sync(names: tuple[str, ...]) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def envs_list(env_overrides: tuple[str, ...], as_json: bool) -> None:
     """Name, python, synced or not, lock sha256, key package versions."""
-    rows = []
+    rows: list[dict[str, Any]] = []
     for env in envs_mod.discover(envs_mod.parse_overrides(env_overrides)).values():
         rows.append({"name": env.name, "python": env.python_version() or str(env.python), "synced": env.synced,
                      "lock_sha256": env.lock_sha256(), "packages": env.locked_versions()})

@@ -38,7 +38,7 @@ class AcrossRuns:
     outliers: list[int]  # positions (into the values given) more than 3 scaled MADs from the median
 
 
-def within_run(values: Sequence[float]) -> WithinRun:
+def within_run(values: Sequence[float] | np.ndarray) -> WithinRun:
     a = np.asarray(values, dtype=np.float64)
     if a.size == 0:
         raise ValueError("no values")

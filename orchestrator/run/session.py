@@ -79,8 +79,8 @@ class Session:
             env = self.envs.get(cell.env)
             if env is None or env.lock is None or env.lock.is_file():
                 continue
-            if env.settings().get("lock-note"):
-                self.unsupported[cell.id] = env.unready_reason
+            if env.settings().get("lock-note") and (reason := env.unready_reason):
+                self.unsupported[cell.id] = reason
         for reason in sorted(set(self.unsupported.values())):
             self.display.warn(f"{reason}; its cells are recorded unsupported")
 
@@ -267,7 +267,7 @@ class Session:
         rec.latency_ms_median, rec.latency_ms_iqr, rec.latency_ms_min, rec.latency_ms_mean = w.median, w.iqr, w.min, w.mean
         rec.output_sha256, rec.output_shape = res.output_sha256, list(output.shape)
         rec.samples_file, rec.output_file = sdir.rel(samples), sdir.rel(out_path)
-        if reference.ok:
+        if reference.output is not None:
             rec = replace(rec, **asdict(compare(output, reference.output, self.matrix.equivalence)))
             rec.reference_file = str(reference.path)
         else:

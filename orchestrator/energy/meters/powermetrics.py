@@ -77,13 +77,14 @@ class PowermetricsMeter(Meter):
         self._thread.start()
 
     def _read(self) -> None:
+        assert self._proc is not None and self._proc.stdout is not None
         fd = self._proc.stdout.fileno()
         while chunk := os.read(fd, 1 << 16):
             self._stream.feed(chunk, time.monotonic_ns())
         self._stream.finish()
 
     def stop(self) -> MeterRecord:
-        assert self._proc is not None and self._thread is not None
+        assert self._proc is not None and self._proc.stdout is not None and self._thread is not None
         self._proc.terminate()
         try:
             self._proc.wait(timeout=5)
