@@ -16,6 +16,7 @@ import click
 from orchestrator.config import envs as envs_mod
 from orchestrator.config.matrix import load_matrix
 from orchestrator.console import Display
+from orchestrator.energy import meters
 from orchestrator.errors import UserError
 from orchestrator.report.tables import comparison_table
 from orchestrator.report.tables import fmt as fmt_number
@@ -73,6 +74,7 @@ def run(matrix: Path, out: Path, resume: Path | None, runs: int | None, quiet: b
     display = Display(quiet=quiet)
     envs = envs_mod.discover(envs_mod.parse_overrides(env_overrides))
     m = load_matrix(matrix, set(envs))
+    meters.check_name(m.power, str(matrix))
     if runs is not None:
         if runs < 1:
             raise UserError("--runs must be >= 1")

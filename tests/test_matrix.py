@@ -158,6 +158,14 @@ def test_cli_exits_2_without_traceback(tmp_path):
     assert not (tmp_path / "results").exists()
 
 
+def test_cli_refuses_an_unknown_meter_before_anything_runs(tmp_path):
+    bad = _write(tmp_path, QUICK.replace('meter = "auto"', 'meter = "wattmeter"'))
+    p = cli(str(bad), "--out", str(tmp_path / "results"))
+    assert p.returncode == 2 and "Traceback" not in p.stderr
+    assert f"{bad}: [power]: field 'meter': 'wattmeter' is not one of auto, none, powermetrics" in p.stderr
+    assert not (tmp_path / "results").exists()
+
+
 def test_cli_missing_matrix_file(tmp_path):
     p = cli(str(tmp_path / "none.toml"))
     assert p.returncode == 2 and "cannot read matrix file" in p.stderr and "Traceback" not in p.stderr

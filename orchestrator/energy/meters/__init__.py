@@ -64,14 +64,22 @@ class Meters:
             m.close()
 
 
+def check_name(power: Power, where: str) -> MeterSpec | None:
+    """The registry entry `power.meter` names (None for auto and none); a UserError naming the
+    known meters otherwise. Called as soon as a matrix is loaded, before anything runs."""
+    if power.meter in ("auto", "none"):
+        return None
+    spec = next((s for s in REGISTRY if s.name == power.meter), None)
+    if spec is None:
+        known = ", ".join(["auto", "none", *(s.name for s in REGISTRY)])
+        raise UserError(f"{where}: [power]: field 'meter': {power.meter!r} is not one of {known}")
+    return spec
+
+
 def choose(power: Power) -> Meters:
     if power.meter == "none":
         return Meters(None, "power.meter = \"none\": energy is not measured")
-    if power.meter != "auto":
-        spec = next((s for s in REGISTRY if s.name == power.meter), None)
-        if spec is None:
-            known = ", ".join(["auto", "none", *(s.name for s in REGISTRY)])
-            raise UserError(f"[power] meter = \"{power.meter}\" is not a meter this harness knows ({known})")
+    if (spec := check_name(power, "matrix")) is not None:
         a = spec.available(power)
         if not a.ok:
             raise UserError(f"[power] meter = \"{power.meter}\" is not available here: {a.reason}")
