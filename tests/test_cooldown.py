@@ -2,7 +2,8 @@
 
 import pytest
 
-from orchestrator.energy.meters.base import Interval, MeterRecord, Reading
+from orchestrator.energy.arithmetic import Interval
+from orchestrator.energy.meters.base import MeterRecord, Reading
 from orchestrator.run.cooldown import adaptive, cooled, temperature_falling
 
 S = 10**9

@@ -12,9 +12,9 @@ from types import SimpleNamespace
 import pytest
 from conftest import REPO
 
-from orchestrator.energy.arithmetic import median_power, overlap_energy, run_energy
+from orchestrator.energy.arithmetic import Interval, median_power, overlap_energy, run_energy
 from orchestrator.energy.meters import nvml, rapl
-from orchestrator.energy.meters.base import Availability, Interval, Meter, MeterRecord, MeterSpec
+from orchestrator.energy.meters.base import Availability, Meter, MeterRecord, MeterSpec
 from orchestrator.energy.meters.plist_stream import PlistStream
 from orchestrator.energy.meters.powermetrics import PowermetricsMeter, intervals
 

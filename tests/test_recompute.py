@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 from conftest import REPO, cli
 
-from orchestrator.energy.arithmetic import run_energy
-from orchestrator.energy.meters.base import Interval
+from orchestrator.energy.arithmetic import Interval, run_energy
 from orchestrator.results.recompute import recompute_energy
 from orchestrator.results.records import SCHEMA_VERSION
 from orchestrator.results.store import SessionDir

@@ -21,7 +21,23 @@ from typing import Any
 
 import numpy as np
 
-from orchestrator.energy.meters.base import Interval
+
+@dataclass(frozen=True)
+class Interval:
+    """What every meter yields and all the arithmetic below consumes: joules per channel counted
+    between two instants on the `time.monotonic_ns()` axis."""
+
+    start_ns: int
+    end_ns: int
+    joules: dict[str, float]
+    duration_ns: int | None = None  # the source's own measure of the interval, when it has one
+
+    @property
+    def seconds(self) -> float:
+        """Duration for power: the source's own where given (powermetrics' elapsed_ns), so that
+        where a sample is placed on our time axis never changes the power it reports."""
+        return (self.duration_ns if self.duration_ns is not None else self.end_ns - self.start_ns) / 1e9
+
 
 STEPS_PER_IMAGE = 50
 TOTAL = "total"

@@ -11,8 +11,7 @@ import json
 import os
 from dataclasses import dataclass, replace
 
-from orchestrator.energy.arithmetic import record_fields, run_energy
-from orchestrator.energy.meters.base import Interval
+from orchestrator.energy.arithmetic import Interval, record_fields, run_energy
 from orchestrator.results.provenance import harness
 from orchestrator.results.records import RunRecord
 from orchestrator.results.store import RUNS, SessionDir, utc_now

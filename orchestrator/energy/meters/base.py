@@ -16,20 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from orchestrator.config.matrix import Power
-
-
-@dataclass(frozen=True)
-class Interval:
-    start_ns: int
-    end_ns: int
-    joules: dict[str, float]
-    duration_ns: int | None = None  # the source's own measure of the interval, when it has one
-
-    @property
-    def seconds(self) -> float:
-        """Duration for power: the source's own where given (powermetrics' elapsed_ns), so that
-        where a sample is placed on our time axis never changes the power it reports."""
-        return (self.duration_ns if self.duration_ns is not None else self.end_ns - self.start_ns) / 1e9
+from orchestrator.energy.arithmetic import Interval
 
 
 @dataclass(frozen=True)

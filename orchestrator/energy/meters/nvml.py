@@ -15,7 +15,8 @@ import time
 
 import numpy as np
 
-from orchestrator.energy.meters.base import Availability, Interval, Meter, MeterRecord, MeterSpec, Reading
+from orchestrator.energy.arithmetic import Interval
+from orchestrator.energy.meters.base import Availability, Meter, MeterRecord, MeterSpec, Reading
 from orchestrator.energy.meters.polling import Poller
 
 POLL_S = 0.01

@@ -16,7 +16,8 @@ import threading
 import time
 from pathlib import Path
 
-from orchestrator.energy.meters.base import Availability, Interval, Meter, MeterRecord, MeterSpec, Reading
+from orchestrator.energy.arithmetic import Interval
+from orchestrator.energy.meters.base import Availability, Meter, MeterRecord, MeterSpec, Reading
 from orchestrator.energy.meters.plist_stream import PlistStream, Sample
 
 DEFAULT_EXECUTABLE = "/usr/bin/powermetrics"

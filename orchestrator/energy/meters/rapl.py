@@ -8,7 +8,8 @@ import platform
 from dataclasses import dataclass
 from pathlib import Path
 
-from orchestrator.energy.meters.base import Availability, Interval, Meter, MeterRecord, MeterSpec
+from orchestrator.energy.arithmetic import Interval
+from orchestrator.energy.meters.base import Availability, Meter, MeterRecord, MeterSpec
 from orchestrator.energy.meters.polling import Poller
 
 SYSFS = Path("/sys/class/powercap")
