@@ -272,7 +272,8 @@ def test_energy_through_a_powermetrics_replay(diffusers_python, cache_dir, tmp_p
         assert set(r["energy_by_channel"]) == {"cpu", "gpu", "ane", "total"}
         assert r["throttled"] is False  # the capture says Nominal
         # the replay draws the same power at idle and under load: adaptive cooldown settles at its minimum
-        assert r["cooldown_mode"] == "adaptive" and r["cooldown_settled"] is True and 1 <= r["cooldown_s"] < 10
+        # (settled: it ended before cooldown_max_s by its own rule; a busy host only lengthens it)
+        assert r["cooldown_mode"] == "adaptive" and r["cooldown_settled"] is True and 1 <= r["cooldown_s"]
         # the replayed capture draws a steady 3.049 J per 1.0237 s of samples, whatever the step does
         cpu = r["energy_by_channel"]["cpu"]
         assert cpu["active_w"] == pytest.approx(3.049 / 1.023685416, rel=0.2)
@@ -306,7 +307,10 @@ def test_battery_power_refuses_energy_unless_forced(diffusers_python, cache_dir,
     assert run["status"] == "ok" and run["forced_power"] is True and run["energy_per_step_j"] is not None
     assert run["power_problems"] == ["drawing from Battery Power, battery 100%, not AC power"]
     assert run["power_state"]["source"] == "Battery Power" and run["thermal_before_run"]["limited"] is False
-    assert run["load_wait"]["waited_s"] <= 2 + 1.5 and run["load_unsettled"] is (not run["load_wait"]["settled"])
+    # a wait that did not settle lasted its whole bound (load_settle_max_s = 2); test_preflight.py
+    # checks with a fake clock that it stops there
+    assert run["load_wait"]["settled"] or run["load_wait"]["waited_s"] >= 2
+    assert run["load_unsettled"] is (not run["load_wait"]["settled"])
     session = json.loads((d / "session.json").read_text())
     assert session["preflight"]["force_power"] is True and session["preflight"]["power"]["source"] == "Battery Power"
 

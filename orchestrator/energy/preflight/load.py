@@ -35,11 +35,12 @@ def idle_level() -> float | None:
 
 
 def settle(limit: float, max_s: float, read: Callable[[], float] = lambda: os.getloadavg()[0],
-           sleep: Callable[[float], None] = time.sleep, poll_s: float = POLL_S) -> LoadWait:
+           sleep: Callable[[float], None] = time.sleep, poll_s: float = POLL_S,
+           clock: Callable[[], float] = time.monotonic) -> LoadWait:
     """Wait until `read()` (the 1-minute load average) is at most `limit`, for at most `max_s`."""
-    t0 = time.monotonic()
+    t0 = clock()
     before = now = read()
-    while now > limit and (waited := time.monotonic() - t0) < max_s:
+    while now > limit and (waited := clock() - t0) < max_s:
         sleep(min(poll_s, max_s - waited))
         now = read()
-    return LoadWait(limit, before, now, time.monotonic() - t0, now <= limit)
+    return LoadWait(limit, before, now, clock() - t0, now <= limit)
