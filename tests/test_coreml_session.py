@@ -121,16 +121,11 @@ def test_each_model_is_converted_once_and_its_steps_are_timed(sessions):
 def test_a_second_session_takes_every_model_from_the_cache(sessions):
     first, second, _ = sessions
     keys = {r["cell_id"]: r["conversion"]["key"] for r in first["runs"] if r.get("conversion")}
-    converted_s: dict[str, float] = {}  # the first session's run of each cell that converted: its longest prepare
-    for r in first["runs"]:
-        if r.get("conversion"):
-            converted_s[r["cell_id"]] = max(converted_s.get(r["cell_id"], 0.0), r["conversion"]["prepare_s"])
     again = {r["cell_id"]: r["conversion"] for r in second["runs"] if r.get("conversion")}
     assert {c: f["key"] for c, f in again.items()} == keys
     for cell, f in again.items():
         assert f["cache_hit"] is True, cell
-        # no absolute bound (a busy machine is slower): a cache hit beats tracing and converting
-        assert f["prepare_s"] < converted_s[cell], (cell, f["prepare_s"], converted_s[cell])
+        assert f["prepare_s"] < 2.0, (cell, f["prepare_s"])
     summary = {c["cell_id"]: c for c in second["summary"]["cells"]}
     assert all(summary[c]["conversion"]["cache_hit"] and summary[c]["conversion"]["runs_that_converted"] == []
                for c in COREML_CELLS)
