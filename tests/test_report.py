@@ -292,6 +292,31 @@ def test_compare_one_cell_across_sessions_and_refuse_other_inputs(energy, tmp_pa
     assert not any("text embedding" in x for x in e.value.lines)
 
 
+def _rename_cells(folder, names):
+    """The session in `folder` with its cells recorded under other ids, as an older harness wrote them."""
+    runs = [json.loads(x) for x in (folder / "runs.jsonl").read_text().splitlines()]
+    (folder / "runs.jsonl").write_text("".join(json.dumps({**r, "cell_id": names[r["cell_id"]]}) + "\n" for r in runs))
+    session = json.loads((folder / "session.json").read_text())
+    session["cells"] = [{**c, "id": names[c["id"]]} for c in session["cells"]]
+    session["matrix"]["content"]["report"]["baseline"] = names["gpu"]
+    (folder / "session.json").write_text(json.dumps(session))
+
+
+def test_sessions_recorded_with_the_study_s_old_cell_ids_report_and_compare_under_the_new(energy, tmp_path):
+    old, new = tmp_path / "20260101T000000Z-old", tmp_path / "20260102T000000Z-new"
+    shutil.copytree(energy, old)
+    shutil.copytree(energy, new)
+    _rename_cells(old, {"gpu": "diffusers-mps-fp16", "ane": "ours-ct9-ane-w4"})
+    _rename_cells(new, {"gpu": "diffusers-mps-fp16", "ane": "ours-ane-w4"})
+    summary = derive(SessionDir(old)).summary
+    assert [c.cell_id for c in summary.cells] == ["diffusers-mps-fp16", "ours-ane-w4"]
+    assert summary.comparisons and summary.comparisons[0].other == "ours-ane-w4"
+    cmp = compare_sides(parse_side(str(old)), parse_side(str(new)))  # the common cells, found by their new ids
+    assert {c.other for c in cmp} == {"20260102T000000Z-new:diffusers-mps-fp16", "20260102T000000Z-new:ours-ane-w4"}
+    typed_old = _compare(f"{old}:ours-ct9-ane-w4", f"{new}:ours-ane-w4")  # the old id, as a user remembers it
+    assert typed_old["latency"].ratio_of_medians == pytest.approx(1.0)
+
+
 def test_compare_needs_two_cells_within_a_session(energy):
     with pytest.raises(UserError, match="name two cells of the session"):
         _compare(str(energy), str(energy))
