@@ -184,6 +184,24 @@ def test_equivalence_figure_holds_every_run_and_the_thresholds(energy_report):
     assert [v for _, v in cells["ane"]["cosine"]] == [0.9996] * 7 and [v for _, v in cells["gpu"]["mse"]] == [1e-5] * 7
 
 
+def test_an_mse_of_zero_is_drawn_at_the_floor_of_the_log_panel_and_said_so(energy):
+    runs = [json.loads(x) for x in (energy / "runs.jsonl").read_text().splitlines()]
+    for r in runs:
+        if r["cell_id"] == "gpu":
+            r["mse"], r["cosine"] = 0.0, 1.0  # bit-identical to the reference
+    (energy / "runs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in runs))
+    f = _figure(_report(energy), "equivalence")
+    cells = {c["cell_id"]: c for c in f.data["cells"]}
+    assert [v for _, v in cells["gpu"]["mse"]] == [0.0] * 7  # every run is in the figure's data
+    smallest = min([v for _, v in cells["ane"]["mse"]] + [f.data["mse_max"]])
+    assert f.data["mse_floor"] == pytest.approx(smallest / 10)
+    assert f.note.startswith("Runs of gpu have an MSE of exactly 0 (output identical to the reference)")
+    svg = (energy / "figures" / "equivalence.svg").read_text()
+    assert "MSE = 0 (identical output) drawn here" in svg
+    assert f.note in (energy / "report.md").read_text()
+    assert "Runs of gpu have an MSE of exactly 0" in (energy / "report.html").read_text()
+
+
 def test_comparisons_against_the_matrix_baseline(energy):
     s = to_dict(derive(SessionDir(energy)).summary)
     assert s["baseline"] == "gpu"

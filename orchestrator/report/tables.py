@@ -210,6 +210,8 @@ def render_markdown(r: ReportInputs) -> str:
     lines += ["", "## Figures", ""]
     for f in r.figures:
         lines.append(f"![{f.title}]({f.files[0]})" if f.skipped is None else f"- {f.title}: left out: {f.skipped}")
+        if f.skipped is None and f.note:
+            lines += ["", f"*{f.note}*"]
         lines.append("")
     failures = [(c.cell_id, f) for c in summary.cells for f in c.failures]
     if failures:
