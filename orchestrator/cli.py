@@ -127,22 +127,25 @@ def envs_sync(names: tuple[str, ...]) -> None:
 @_env_option
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def envs_list(env_overrides: tuple[str, ...], as_json: bool) -> None:
-    """Name, python, synced or not, lock sha256, key package versions."""
+    """Name, python, synced or not, lock sha256, key package versions (installed, or locked when not built)."""
     rows: list[dict[str, Any]] = []
     for env in envs_mod.discover(envs_mod.parse_overrides(env_overrides)).values():
-        rows.append({"name": env.name, "python": env.python_version() or str(env.python), "synced": env.synced,
-                     "lock_sha256": env.lock_sha256(), "packages": env.locked_versions()})
+        packages, source = env.package_versions()
+        rows.append({"name": env.name, "python": env.python_label(), "python_path": str(env.python),
+                     "synced": env.synced, "lock_sha256": env.lock_sha256(), "packages": packages,
+                     "packages_from": source})
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
     from rich.table import Table
 
     t = Table()
-    for col in ("env", "python", "synced", "lock sha256", "packages (locked)"):
+    for col in ("env", "python", "synced", "lock sha256", "packages (installed, or locked when not synced)"):
         t.add_column(col)
     for r in rows:
-        t.add_row(r["name"], r["python"], "yes" if r["synced"] else "no",
-                  (r["lock_sha256"] or "–")[:16], ", ".join(f"{k} {v}" for k, v in sorted(r["packages"].items())))
+        t.add_row(r["name"], r["python"], "yes" if r["synced"] else "no", (r["lock_sha256"] or "–")[:16],
+                  (", ".join(f"{k} {v}" for k, v in sorted(r["packages"].items())) + f" ({r['packages_from']})")
+                  if r["packages"] else "–")
     Display().out.print(t)
 
 
