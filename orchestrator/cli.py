@@ -18,7 +18,7 @@ from orchestrator.config.matrix import load_matrix
 from orchestrator.console import Display
 from orchestrator.energy import meters
 from orchestrator.errors import UserError
-from orchestrator.report.tables import comparison_table
+from orchestrator.report.tables import common_sessions, comparison_table
 from orchestrator.report.tables import fmt as fmt_number
 from orchestrator.results.compare import Comparison
 from workers.contract.typed import to_dict
@@ -231,7 +231,9 @@ def compare(a: str, b: str, fmt: str) -> None:
     if fmt == "json":
         click.echo(json.dumps([to_dict(c) for c in comparisons], indent=2))
         return
-    _print_comparisons(display, comparisons, "B against A (ratios are B / A)")
+    sessions = common_sessions(comparisons)
+    _print_comparisons(display, comparisons, f"B ({sessions[0]}) against A ({sessions[1]}) (ratios are B / A)"
+                       if sessions else "B against A (ratios are B / A)")
 
 
 def _print_comparisons(display: Display, comparisons: list[Comparison], title: str) -> None:

@@ -68,10 +68,12 @@ class Display:
                 console.width = 160
 
     def log(self, message: str) -> None:
-        self.err.print(message, highlight=False, markup=False)
+        """One line, never wrapped by us (commands and paths in it stay pasteable; a terminal wraps
+        only its display)."""
+        self.err.print(message, highlight=False, markup=False, soft_wrap=True)
 
     def warn(self, message: str) -> None:
-        self.err.print(f"[yellow]warning:[/] {escape(message)}", highlight=False)  # brackets in it are text
+        self.err.print(f"[yellow]warning:[/] {escape(message)}", highlight=False, soft_wrap=True)  # brackets are text
 
     @contextmanager
     def status(self, message: str) -> Iterator[None]:
@@ -89,8 +91,11 @@ class Display:
     def table(self, t: Table, title: str | None = None) -> None:
         """Cells as plain text: brackets such as [p10–p90] are data, not rich markup."""
         rt = RichTable(title=title, title_justify="left")
-        for col in t.headers:
-            rt.add_column(Text(col))
+        for i, col in enumerate(t.headers):
+            if col in t.whole:  # as wide as its longest value; the other columns wrap to make room
+                rt.add_column(Text(col), no_wrap=True, min_width=max((len(r[i]) for r in t.rows), default=0))
+            else:
+                rt.add_column(Text(col), overflow="fold")  # a long word breaks across lines, never cut
         for row in t.rows:
             rt.add_row(*map(Text, row))
         self.out.print(rt)

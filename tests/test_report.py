@@ -3,6 +3,7 @@ functions in-process, and the CLI itself in a few subprocesses for what only it 
 messages on stderr, several folders at once)."""
 
 import json
+import re
 import shutil
 
 import pytest
@@ -184,6 +185,19 @@ def test_equivalence_figure_holds_every_run_and_the_thresholds(energy_report):
     assert [v for _, v in cells["ane"]["cosine"]] == [0.9996] * 7 and [v for _, v in cells["gpu"]["mse"]] == [1e-5] * 7
 
 
+def test_an_interrupted_session_shows_every_planned_cell(known, tmp_path):
+    runs = [x for x in (known / "runs.jsonl").read_text().splitlines() if '"cell_id": "ane"' in x]
+    (known / "runs.jsonl").write_text("\n".join(runs) + "\n")  # stopped before gpu or mlx finished a run
+    cells = {c.cell_id: c for c in derive(SessionDir(known)).summary.cells}
+    assert list(cells) == ["ane", "gpu", "mlx"]
+    assert (cells["gpu"].n_ok, cells["gpu"].n_runs, cells["gpu"].status) == (0, 0, "not run")
+    assert cells["ane"].n_ok > 0
+    (known / "runs.jsonl").write_text("")  # stopped before any run finished
+    assert [(c.cell_id, c.n_ok) for c in derive(SessionDir(known)).summary.cells] == [("ane", 0), ("gpu", 0), ("mlx", 0)]
+    created = SessionDir.create(tmp_path / "results")
+    assert (created.root / "runs.jsonl").read_text() == ""  # a session has its runs.jsonl from the start
+
+
 def test_an_mse_of_zero_is_drawn_at_the_floor_of_the_log_panel_and_said_so(energy):
     runs = [json.loads(x) for x in (energy / "runs.jsonl").read_text().splitlines()]
     for r in runs:
@@ -333,6 +347,23 @@ def test_sessions_recorded_with_the_study_s_old_cell_ids_report_and_compare_unde
     assert {c.other for c in cmp} == {"20260102T000000Z-new:diffusers-mps-fp16", "20260102T000000Z-new:ours-ane-w4"}
     typed_old = _compare(f"{old}:ours-ct9-ane-w4", f"{new}:ours-ane-w4")  # the old id, as a user remembers it
     assert typed_old["latency"].ratio_of_medians == pytest.approx(1.0)
+
+
+def test_compare_tables_print_whole_cell_and_session_ids(energy, tmp_path):
+    long = {"gpu": "diffusers-mps-fp16-compiled-reduce-overhead", "ane": "ours-ane-w4-split-einsum-v2-palettized"}
+    a, b = tmp_path / "20260101T000000Z-before-driver-update", tmp_path / "20260102T000000Z-after-driver-update"
+    shutil.copytree(energy, a)
+    shutil.copytree(energy, b)
+    _rename_cells(a, long)
+    _rename_cells(b, long)
+    p = cli("compare", str(a), str(b))  # not a terminal: 160 columns
+    assert p.returncode == 0, p.stderr
+    table, verdicts = p.stdout.split("\nlatency: ", 1)
+    assert table.startswith(f"B ({b.name}) against A ({a.name})")  # the sessions, named once in full
+    for cell in long.values():
+        assert any(re.match(rf"│ \w+ +│ {cell} +│ {cell} +│", line) for line in table.splitlines())
+        assert f"{b.name}:{cell} vs {a.name}:{cell}: " in "latency: " + verdicts
+    assert "…" not in table
 
 
 def test_compare_needs_two_cells_within_a_session(energy):
