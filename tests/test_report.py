@@ -2,13 +2,16 @@
 functions in-process, and the CLI itself in a few subprocesses for what only it does (exit codes,
 messages on stderr, several folders at once)."""
 
+import io
 import json
 import re
 import shutil
 
 import pytest
 from conftest import REPO, cli
+from rich.console import Console
 
+from orchestrator.console import Display
 from orchestrator.errors import UserError
 from orchestrator.report.compare_sessions import compare_sides, parse_side
 from orchestrator.report.write import derive, write_report
@@ -183,6 +186,31 @@ def test_equivalence_figure_holds_every_run_and_the_thresholds(energy_report):
     assert (f.data["cosine_min"], f.data["mse_max"]) == (0.999, 0.001)
     cells = {c["cell_id"]: c for c in f.data["cells"]}
     assert [v for _, v in cells["ane"]["cosine"]] == [0.9996] * 7 and [v for _, v in cells["gpu"]["mse"]] == [1e-5] * 7
+
+
+NO_METER = ("no power meter available on this host (powermetrics: /usr/bin/powermetrics not found (powermetrics is "
+            "macOS-only); nvml: NVML unavailable (NVMLError_LibraryNotFound: NVML Shared Library Not Found); rapl: "
+            "/sys/class/powercap does not exist (not Linux, or no powercap)); energy is not measured")
+
+
+def test_the_long_no_meter_reason_is_given_once_in_full_and_referred_to_after(known):
+    session = json.loads((known / "session.json").read_text())
+    session["power"]["energy_unavailable_reason"] = NO_METER  # what a Linux box without counters records
+    (known / "session.json").write_text(json.dumps(session))
+    rep = _report(known)
+    md = (known / "report.md").read_text()
+    for text in (md, (known / "report.html").read_text()):
+        assert text.count("NVML Shared Library Not Found") == 1
+    assert f"- Energy: {NO_METER}" in md
+    assert md.count("no power meter available on this host; energy is not measured; in full under Energy") == 3
+    out = io.StringIO()
+    display = Display()
+    display.err = display.out = Console(file=out, width=80)
+    display.explain("power: none", NO_METER)  # a session's first line about power
+    display.summary_table(rep.summary)  # and its table at the end
+    assert out.getvalue().count("NVML Shared Library Not Found") == 1
+    assert "energy: no power meter available on this host; energy is not measured; in full under 'power: none'" \
+        in out.getvalue()
 
 
 def test_an_interrupted_session_shows_every_planned_cell(known, tmp_path):

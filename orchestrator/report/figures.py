@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from orchestrator.report.reasons import again
 from orchestrator.results.records import RunRecord
 from orchestrator.results.summary import Summary
 from orchestrator.results.values import run_values
@@ -69,7 +70,7 @@ def latency_vs_energy(summary: Summary, out_dir: Path) -> Figure:
         points.append({"cell_id": c.cell_id, "x": c.latency_ms_median, "x_p10": c.latency_ms_p10,
                        "x_p90": c.latency_ms_p90, "y": m.median, "y_p10": m.p10, "y_p90": m.p90})
     if not points:
-        f.skipped = f"no cell has energy ({summary.energy_unavailable_reason or 'no energy in any ok run'})"
+        f.skipped = f"no cell has energy ({again(summary.energy_unavailable_reason or 'no energy in any ok run')})"
         return f
     f.data = {"points": points, "x_label": "latency per UNet step, ms (median, p10-p90)",
               "y_label": f"energy per 50-step image, J\n({IMAGE_NOTE}; median, p10-p90)"}
@@ -196,6 +197,6 @@ def all_figures(summary: Summary, runs: list[RunRecord], out_dir: Path) -> list[
     energy = energy_metrics(summary)
     figs += [runs_per_cell(summary, runs, *m, out_dir) for m in energy] or [
         Figure("runs_energy", "Energy per step per run",
-               skipped=f"no energy ({summary.energy_unavailable_reason or 'no energy in any ok run'})")]
+               skipped=f"no energy ({again(summary.energy_unavailable_reason or 'no energy in any ok run')})")]
     figs.append(equivalence(summary, runs, out_dir))
     return figs
