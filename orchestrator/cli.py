@@ -154,10 +154,12 @@ def envs_list(env_overrides: tuple[str, ...], as_json: bool) -> None:
 @click.option("--out", type=click.Path(path_type=Path, file_okay=False),
               help="Write the reports here instead of into each session folder (one subfolder per session when several).")
 @click.option("--baseline", metavar="CELL", help="Compare every other cell with this one (overrides [report] baseline).")
-@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
-def report(dirs: tuple[Path, ...], out: Path | None, baseline: str | None, fmt: str) -> None:
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True,
+              help="json: print summary.json's content and write nothing, unless --write or --out.")
+@click.option("--write", is_flag=True, help="With --format json: also write the report files.")
+def report(dirs: tuple[Path, ...], out: Path | None, baseline: str | None, fmt: str, write: bool) -> None:
     """Regenerate summary.json, runs.csv, figures/, report.md and report.html of session folder(s)."""
-    from orchestrator.report.write import write_report
+    from orchestrator.report.write import derive, write_report
     from orchestrator.results.store import SessionDir
 
     display = Display()
@@ -169,6 +171,12 @@ def report(dirs: tuple[Path, ...], out: Path | None, baseline: str | None, fmt: 
         target = None if out is None else (out if len(dirs) == 1 else out / d.resolve().name)
         if len(dirs) > 1:
             display.log(f"[{k}/{len(dirs)}] {d}")
+        if fmt == "json" and not write and out is None:  # printing a summary changes no file
+            summary = derive(SessionDir(d), baseline).summary
+            for line in (*summary.problems, *summary.warnings):
+                display.warn(line)
+            summaries.append(summary)
+            continue
         rep = write_report(SessionDir(d), target, baseline)
         for line in (*rep.summary.problems, *rep.summary.warnings):
             display.warn(line)

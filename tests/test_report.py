@@ -319,6 +319,20 @@ def test_many_sessions_show_progress_and_go_to_out(known, energy, tmp_path):
     assert "ane" in p.stdout and "6.29x (5.48-6.56x) lower energy" in p.stdout  # the terminal tables
 
 
+def test_report_as_json_prints_the_summary_and_changes_no_file(known):
+    def files():
+        return {p.relative_to(known): p.read_bytes() for p in known.rglob("*") if p.is_file()}
+
+    before = files()
+    p = cli("report", str(known), "--format", "json")
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout)["cells"][0]["cell_id"] == "ane"
+    assert files() == before
+    p = cli("report", str(known), "--format", "json", "--write")  # asked: the files are written
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout)["figures"] and (known / "report.md").is_file() and (known / "summary.json").is_file()
+
+
 # --- orchestrate compare ---
 
 def _compare(a, b):
