@@ -77,7 +77,7 @@ def test_report_files_are_written(known_report):
     _, known = known_report
     md = (known / "report.md").read_text()
     assert "| ane | coreml CPU_AND_NE fp16 | 7/0 | 10.00 [8.90–10.24] |" in md
-    assert "outlier runs: run 4 (7.40 ms)" in md
+    assert "outlier runs: run 4 (7.40 ms, -26.0% from the median)" in md  # the median is 10.00 ms
     assert "DIVERGENT (runs 1)" in md
     assert "gpu run 3: timeout" in md
     assert json.loads((known / "summary.json").read_text())["cells"][0]["latency_ms_median"] == 10.0
@@ -270,7 +270,7 @@ def test_stability_warnings(energy):
     s = derive(SessionDir(energy)).summary
     assert s.warnings == [
         "gpu: energy p10-p90 spread is 14.0% of the median (above 10%)",
-        "gpu: run 4 is an outlier in energy (7.4 J, more than 3 scaled MADs from the median)",
+        "gpu: run 4 is an outlier in energy (7.4 J, -26.0% from the median; more than 3 scaled MADs from it)",
         "gpu: throttled run(s) 2",
         "ane: run(s) 6 timed fewer than 10 meter updates",
     ]
@@ -280,7 +280,7 @@ def test_report_files_tables_and_reproduce_panel(energy_report):
     _, energy = energy_report
     md = (energy / "report.md").read_text()
     assert ("| gpu | diffusers mps fp16 | 7/0 | 20.10 [19.86–20.34] | 0.2 | – | 1 [0.884–1.024] | "
-            "9 [7.956–9.216] | 10 [8.84–10.24] | 500 [442–512] | 0.9999000 | 1e-05 | ok | energy outlier runs: run 4 (7.4 J); "
+            "9 [7.956–9.216] | 10 [8.84–10.24] | 500 [442–512] | 0.9999000 | 1e-05 | ok | energy outlier runs: run 4 (7.4 J, -26.0% from the median); "
             "throttled: runs 2 |") in md  # channels ane (none on this cell), cpu, gpu, then total
     assert "![Latency vs energy per image (estimated, 50 x step)](figures/latency_vs_energy.svg)" in md
     reproduce = md.split("## Reproduce")[1]

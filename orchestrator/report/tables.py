@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from orchestrator.report.reproduce import panel
+from orchestrator.report.stability import deviation
 from orchestrator.results.compare import Comparison
 from orchestrator.results.flags import FLAGS
 from orchestrator.results.records import RunRecord, SessionRecord
@@ -57,8 +58,9 @@ def flags(c: CellSummary) -> str:
             continue
         if flag.name in OUTLIER_VALUES:
             spec, unit = OUTLIER_VALUES[flag.name]
-            out.append(f"{flag.column}: " + ", ".join(f"run {o.run_index} ({o.value:{spec}} {unit})"
-                                               for o in runs if isinstance(o, RunValue)))
+            out.append(f"{flag.column}: " + ", ".join(
+                f"run {o.run_index} ({o.value:{spec}} {unit}, {deviation(c, flag.name, o.value)})"
+                for o in runs if isinstance(o, RunValue)))
         else:
             out.append(f"{flag.column}: runs " + ", ".join(map(str, runs)))
     if c.n_ok and c.output_sha256_distinct > 1:
