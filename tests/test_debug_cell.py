@@ -51,6 +51,11 @@ def test_a_study_cell_is_taken_from_matrix_toml_and_a_missing_checkpoint_names_i
                                 " (set SD15_CHECKPOINT to the checkpoint's path)")
 
 
+def test_a_study_cell_s_old_id_finds_it_under_its_new_one(tmp_path):
+    p = _worker("--cell", "ours-ct9-ane-w4", cwd=REPO, env={"SD15_CHECKPOINT": str(tmp_path / "absent.safetensors")})
+    assert p.stdout.splitlines()[0] == "cell ours-ane-w4 from matrix.toml"
+
+
 def test_an_example_cell_is_found_in_the_examples(tmp_path):
     p = _worker("--cell", "mlx-cpu-fp32", "--iterations", "0", cwd=REPO)
     assert p.stdout.splitlines()[0] == "cell mlx-cpu-fp32 from examples/quick.toml"

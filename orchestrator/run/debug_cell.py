@@ -16,6 +16,7 @@ from orchestrator.config.envs import discover, ensure_synced, parse_overrides
 from orchestrator.config.matrix import load_matrix
 from orchestrator.config.paths import REPO_ROOT
 from orchestrator.errors import UserError
+from orchestrator.results.records import current_cell_id
 from orchestrator.results.stats import within_run
 from orchestrator.run.pins import pin_inputs, pin_model, setup_message
 from orchestrator.run.worker_client import run_worker
@@ -51,14 +52,15 @@ def _shown(path: Path) -> str:
         return str(path)
 
 
-def find_matrix(cell_id: str) -> Path:
-    """The first matrix file of `_matrix_files` that has `cell_id`; UserError listing the close
-    matches across all of them otherwise."""
+def find_matrix(cell_id: str) -> tuple[Path, str]:
+    """The first matrix file of `_matrix_files` that has `cell_id` (or the id the study gives it
+    now, for one of its old ids), and that id; UserError listing the close matches otherwise."""
     files = _matrix_files()
     ids = {f: _cell_ids(f) for f in files}
-    for f in files:
-        if cell_id in ids[f]:
-            return f
+    for wanted in dict.fromkeys([cell_id, current_cell_id(cell_id)]):
+        for f in files:
+            if wanted in ids[f]:
+                return f, wanted
     everywhere = {i: f for f in reversed(files) for i in ids[f]}
     close = difflib.get_close_matches(cell_id, list(everywhere), n=6, cutoff=0.5)
     raise UserError(f"no cell {cell_id!r} in {', '.join(_shown(f) for f in files) or 'any matrix file'} "
@@ -69,7 +71,8 @@ def find_matrix(cell_id: str) -> Path:
 def debug_cell(matrix_path: str | None, cell_id: str, iterations: int | None, env_overrides: list[str]) -> int:
     try:
         if matrix_path is None:
-            matrix_path = _shown(find_matrix(cell_id))
+            found, cell_id = find_matrix(cell_id)
+            matrix_path = _shown(found)
             _say(f"cell {cell_id} from {matrix_path}")
         if iterations is not None and iterations < 1:
             raise UserError("--iterations must be >= 1")
