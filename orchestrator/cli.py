@@ -18,7 +18,7 @@ from orchestrator.config.matrix import load_matrix
 from orchestrator.console import Display
 from orchestrator.energy import meters
 from orchestrator.errors import UserError
-from orchestrator.report.tables import comparison_table
+from orchestrator.report.tables import common_sessions, comparison_table
 from orchestrator.report.tables import fmt as fmt_number
 from orchestrator.results.compare import Comparison
 from workers.contract.typed import to_dict
@@ -127,22 +127,25 @@ def envs_sync(names: tuple[str, ...]) -> None:
 @_env_option
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def envs_list(env_overrides: tuple[str, ...], as_json: bool) -> None:
-    """Name, python, synced or not, lock sha256, key package versions."""
+    """Name, python, synced or not, lock sha256, key package versions (installed, or locked when not built)."""
     rows: list[dict[str, Any]] = []
     for env in envs_mod.discover(envs_mod.parse_overrides(env_overrides)).values():
-        rows.append({"name": env.name, "python": env.python_version() or str(env.python), "synced": env.synced,
-                     "lock_sha256": env.lock_sha256(), "packages": env.locked_versions()})
+        packages, source = env.package_versions()
+        rows.append({"name": env.name, "python": env.python_label(), "python_path": str(env.python),
+                     "synced": env.synced, "lock_sha256": env.lock_sha256(), "packages": packages,
+                     "packages_from": source})
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
     from rich.table import Table
 
     t = Table()
-    for col in ("env", "python", "synced", "lock sha256", "packages (locked)"):
+    for col in ("env", "python", "synced", "lock sha256", "packages (installed, or locked when not synced)"):
         t.add_column(col)
     for r in rows:
-        t.add_row(r["name"], r["python"], "yes" if r["synced"] else "no",
-                  (r["lock_sha256"] or "–")[:16], ", ".join(f"{k} {v}" for k, v in sorted(r["packages"].items())))
+        t.add_row(r["name"], r["python"], "yes" if r["synced"] else "no", (r["lock_sha256"] or "–")[:16],
+                  (", ".join(f"{k} {v}" for k, v in sorted(r["packages"].items())) + f" ({r['packages_from']})")
+                  if r["packages"] else "–")
     Display().out.print(t)
 
 
@@ -151,10 +154,12 @@ def envs_list(env_overrides: tuple[str, ...], as_json: bool) -> None:
 @click.option("--out", type=click.Path(path_type=Path, file_okay=False),
               help="Write the reports here instead of into each session folder (one subfolder per session when several).")
 @click.option("--baseline", metavar="CELL", help="Compare every other cell with this one (overrides [report] baseline).")
-@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
-def report(dirs: tuple[Path, ...], out: Path | None, baseline: str | None, fmt: str) -> None:
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True,
+              help="json: print summary.json's content and write nothing, unless --write or --out.")
+@click.option("--write", is_flag=True, help="With --format json: also write the report files.")
+def report(dirs: tuple[Path, ...], out: Path | None, baseline: str | None, fmt: str, write: bool) -> None:
     """Regenerate summary.json, runs.csv, figures/, report.md and report.html of session folder(s)."""
-    from orchestrator.report.write import write_report
+    from orchestrator.report.write import derive, write_report
     from orchestrator.results.store import SessionDir
 
     display = Display()
@@ -166,6 +171,12 @@ def report(dirs: tuple[Path, ...], out: Path | None, baseline: str | None, fmt: 
         target = None if out is None else (out if len(dirs) == 1 else out / d.resolve().name)
         if len(dirs) > 1:
             display.log(f"[{k}/{len(dirs)}] {d}")
+        if fmt == "json" and not write and out is None:  # printing a summary changes no file
+            summary = derive(SessionDir(d), baseline).summary
+            for line in (*summary.problems, *summary.warnings):
+                display.warn(line)
+            summaries.append(summary)
+            continue
         rep = write_report(SessionDir(d), target, baseline)
         for line in (*rep.summary.problems, *rep.summary.warnings):
             display.warn(line)
@@ -228,7 +239,9 @@ def compare(a: str, b: str, fmt: str) -> None:
     if fmt == "json":
         click.echo(json.dumps([to_dict(c) for c in comparisons], indent=2))
         return
-    _print_comparisons(display, comparisons, "B against A (ratios are B / A)")
+    sessions = common_sessions(comparisons)
+    _print_comparisons(display, comparisons, f"B ({sessions[0]}) against A ({sessions[1]}) (ratios are B / A)"
+                       if sessions else "B against A (ratios are B / A)")
 
 
 def _print_comparisons(display: Display, comparisons: list[Comparison], title: str) -> None:

@@ -22,6 +22,7 @@ from rich.table import Table as RichTable
 from rich.text import Text
 
 from orchestrator.config.plan import PlannedRun
+from orchestrator.report.reasons import again
 from orchestrator.report.tables import Table, cell_table, fmt
 from orchestrator.results.flags import run_labels
 from orchestrator.results.records import RunRecord
@@ -66,12 +67,21 @@ class Display:
         for console in (self.err, self.out):
             if not console.is_terminal:
                 console.width = 160
+        self.explained: dict[str, str] = {}  # reason -> the line that gave it in full
 
     def log(self, message: str) -> None:
-        self.err.print(message, highlight=False, markup=False)
+        """One line, never wrapped by us (commands and paths in it stay pasteable; a terminal wraps
+        only its display)."""
+        self.err.print(message, highlight=False, markup=False, soft_wrap=True)
+
+    def explain(self, label: str, reason: str) -> None:
+        """`label: reason`, the reason in full the first time this display gives it, then referred to."""
+        self.err.print(f"{label}: {again(reason, self.explained[reason]) if reason in self.explained else reason}",
+                       highlight=False, markup=False, soft_wrap=True)
+        self.explained.setdefault(reason, f"'{label}'")
 
     def warn(self, message: str) -> None:
-        self.err.print(f"[yellow]warning:[/] {escape(message)}", highlight=False)  # brackets in it are text
+        self.err.print(f"[yellow]warning:[/] {escape(message)}", highlight=False, soft_wrap=True)  # brackets are text
 
     @contextmanager
     def status(self, message: str) -> Iterator[None]:
@@ -89,8 +99,11 @@ class Display:
     def table(self, t: Table, title: str | None = None) -> None:
         """Cells as plain text: brackets such as [p10–p90] are data, not rich markup."""
         rt = RichTable(title=title, title_justify="left")
-        for col in t.headers:
-            rt.add_column(Text(col))
+        for i, col in enumerate(t.headers):
+            if col in t.whole:  # as wide as its longest value; the other columns wrap to make room
+                rt.add_column(Text(col), no_wrap=True, min_width=max((len(r[i]) for r in t.rows), default=0))
+            else:
+                rt.add_column(Text(col), overflow="fold")  # a long word breaks across lines, never cut
         for row in t.rows:
             rt.add_row(*map(Text, row))
         self.out.print(rt)
@@ -98,4 +111,6 @@ class Display:
     def summary_table(self, summary: Summary) -> None:
         self.table(cell_table(summary), f"session {summary.session_id}")
         if reason := summary.energy_unavailable_reason:
-            self.out.print(f"energy: {reason}", highlight=False)
+            self.out.print(f"energy: {again(reason, self.explained[reason]) if reason in self.explained else reason}",
+                           highlight=False, soft_wrap=True)
+            self.explained.setdefault(reason, "'energy'")

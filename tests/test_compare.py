@@ -2,9 +2,13 @@
 
 import itertools
 import math
+import re
+import shutil
 
 import pytest
+from conftest import REPO, cli
 
+from orchestrator.report.compare_sessions import compare_sides, parse_side
 from orchestrator.results.compare import _u_counts, compare, rank_test
 
 BASE = [100.0, 101.0, 102.0, 103.0, 104.0]
@@ -82,4 +86,42 @@ def test_too_few_runs_and_non_positive_energy():
 def test_too_few_runs_to_decide_is_not_called_indistinguishable():
     c = compare("latency", "ms", "a", [1.0, 2.0, 3.0], "b", [4.0, 5.0, 6.0])
     assert c.test.p == pytest.approx(0.1)  # the smallest p 3 vs 3 runs can give: 2 / C(6, 3)
-    assert c.verdict == "undecided: 3 vs 3 runs cannot reach p < 0.05 (smallest p 0.1); 2.50x (1.50-4.83x) slower; intervals disjoint"  # [4.2, 5.8] / [1.2, 2.8]
+    assert c.verdict == "undecided: 3 vs 3 runs cannot reach p < 0.05 (smallest p 0.1); intervals disjoint"
+
+
+VERDICTS = {  # tests/fixtures/verdict-session: (baseline, cell) -> the verdict its runs call for
+    ("base", "overlapping"): "indistinguishable (p = 0.71; intervals overlap)",
+    ("base", "disjoint"): "18.9% slower; intervals disjoint; p = 0.00058",
+    ("base", "crossing"): "undecided: p = 0.015 but the intervals overlap (the ratio range spans 1)",
+    ("base", "zero-spread"): "41.5% slower; intervals disjoint; p = 0.0011",
+    ("base", "two-runs"): "undecided: 2 vs 7 runs cannot reach p < 0.05 (smallest p 0.056); intervals disjoint",
+    ("base", "one-run"): "too few runs for a test (n = 1 vs 7); intervals disjoint",
+    ("base-3", "spread-3"): "undecided: 3 vs 3 runs cannot reach p < 0.05 (smallest p 0.1); intervals overlap",
+}
+DIRECTION = re.compile(r"(slower|faster|more energy|less energy|lower energy)")
+
+
+@pytest.fixture
+def verdicts(tmp_path):
+    return shutil.copytree(REPO / "tests" / "fixtures" / "verdict-session", tmp_path / "20260103T000000Z-verdicts")
+
+
+def test_verdicts_of_sessions_with_known_outcomes_name_one_direction_or_none(verdicts):
+    for (base, cell), verdict in VERDICTS.items():
+        (c,) = compare_sides(parse_side(f"{verdicts}:{base}"), parse_side(f"{verdicts}:{cell}"))
+        assert c.verdict == verdict, (base, cell)
+        named = DIRECTION.findall(c.verdict)
+        if named:  # the ratio, its range, the shift and the word all agree
+            up = named[0] in ("slower", "more energy")
+            assert len(named) == 1 and c.test is not None and c.ratio_range is not None
+            assert (c.ratio_of_medians > 1) == up and (c.test.hl_shift > 0) == up
+            assert (min(c.ratio_range) > 1) if up else (max(c.ratio_range) < 1)
+        else:
+            assert c.verdict.startswith(("indistinguishable", "undecided", "too few runs"))
+
+
+def test_the_compare_command_prints_the_known_verdicts(verdicts):
+    p = cli("compare", f"{verdicts}:base", f"{verdicts}:crossing")
+    assert p.returncode == 0, p.stderr
+    assert f"latency: crossing vs base: {VERDICTS['base', 'crossing']}" in p.stdout
+    assert "faster" not in p.stdout and "slower" not in p.stdout

@@ -21,8 +21,8 @@ COREML_CELLS = {  # cell -> (env, converter, palettization)
     "harness-ct8-ane-w4": ("coreml-ct8", "harness", "w4"),
     "harness-ct9-ane-fp16": ("coreml-ct9", "harness", None),
     "harness-ct9-ane-w4": ("coreml-ct9", "harness", "w4"),
-    "ours-ct9-ane-fp16": ("coreml-ct9", "coreml-diffusion", None),
-    "ours-ct9-ane-w4": ("coreml-ct9", "coreml-diffusion", "w4"),
+    "ours-ane-fp16": ("coreml-ct9", "coreml-diffusion", None),
+    "ours-ane-w4": ("coreml-ct9", "coreml-diffusion", "w4"),
 }
 COREMLTOOLS = {"coreml-ct8": "8.3.0", "coreml-ct9": "9.0"}
 
@@ -91,7 +91,7 @@ def test_w4_weights_are_under_a_third_of_fp16(sessions):
     first, _, _ = sessions
     facts = {r["cell_id"]: r["conversion"] for r in first["runs"] if r.get("conversion")}
     for fp16, w4 in (("harness-ct8-ane-fp16", "harness-ct8-ane-w4"), ("harness-ct9-ane-fp16", "harness-ct9-ane-w4"),
-                     ("ours-ct9-ane-fp16", "ours-ct9-ane-w4")):
+                     ("ours-ane-fp16", "ours-ane-w4")):
         assert facts[w4]["weight_bytes"] < facts[fp16]["weight_bytes"] / 3, (w4, facts[w4]["weight_bytes"])
         assert facts[w4]["package_bytes"] < facts[fp16]["package_bytes"]
         assert facts[w4]["bits_per_weight"] < 5 < 16 <= facts[fp16]["bits_per_weight"]
@@ -136,7 +136,7 @@ def test_a_second_session_takes_every_model_from_the_cache(sessions):
 
 def test_an_env_without_its_lock_is_reported_not_fatal(sessions):
     first, _, _ = sessions
-    runs = _by_cell(first["runs"])["apple-ct8-ane-fp16"]
+    runs = _by_cell(first["runs"])["apple-ane-fp16"]
     assert [r["status"] for r in runs] == ["unsupported", "unsupported"]
     assert "coreml-apple has no uv.lock" in runs[0]["failure_reason"] and "GitHub" in runs[0]["failure_reason"]
     p = cli("doctor", "--json")

@@ -11,6 +11,7 @@ from conftest import BIN, REPO, cli
 
 from orchestrator.config.envs import Env, discover, ensure_synced, parse_overrides, sync
 from orchestrator.errors import UserError
+from orchestrator.results.provenance import env_record
 
 
 def test_diffusers_env_is_discovered_with_its_lock():
@@ -82,7 +83,51 @@ def test_envs_list_json(diffusers_python):
     d = rows["diffusers"]
     assert d["synced"] is True and d["python"].startswith("3.")
     assert d["lock_sha256"] == discover()["diffusers"].lock_sha256()
-    assert "torch" in d["packages"]
+    assert d["packages_from"] == "installed" and "torch" in d["packages"]
+    (site,) = (REPO / "envs" / "diffusers" / ".venv" / "lib").glob("python*/site-packages")
+    assert [f"numpy-{d['packages']['numpy']}.dist-info"] == [p.name for p in site.glob("numpy-*.dist-info")]
+    assert all(not r["python"].startswith("/") for r in rows.values())  # a version or "not built", never a path
+
+
+TWO_NUMPYS = """version = 1
+requires-python = ">=3.11"
+
+[[package]]
+name = "numpy"
+version = "2.4.6"
+resolution-markers = ["python_full_version < '3.12'"]
+
+[[package]]
+name = "numpy"
+version = "2.5.5"
+resolution-markers = ["python_full_version >= '3.12'"]
+
+[[package]]
+name = "torch"
+version = "2.15.0"
+"""
+
+
+@pytest.mark.parametrize(("python", "numpy"), [("3.11.7", "2.4.6"), ("3.12.1", "2.5.5")])
+def test_versions_are_the_installed_ones_or_the_lock_entry_for_the_env_s_python(tmp_path, python, numpy):
+    """A lock pinning numpy once per Python range: the entry whose markers match the env's Python."""
+    project = tmp_path / "envs" / "x"
+    site = project / ".venv" / "lib" / f"python{python[:4]}" / "site-packages"
+    site.mkdir(parents=True)
+    (project / "uv.lock").write_text(TWO_NUMPYS)
+    env = Env("x", project)
+    assert env.python_label() == "not built"
+    (project / ".venv" / "pyvenv.cfg").write_text(f"home = /usr/bin\nversion_info = {python}\n")
+    assert env.locked_versions() == {"numpy": numpy, "torch": "2.15.0"}
+    assert env.python_label() == python
+    (site / "numpy-2.4.0.dist-info").mkdir()  # what is installed wins once the env is synced
+    (project / ".venv" / "bin").mkdir()
+    (project / ".venv" / "bin" / "python").write_text("")
+    assert env.package_versions() == ({"numpy": numpy, "torch": "2.15.0"}, "lock")
+    (project / ".venv" / ".cdb-synced-lock").write_text(env.lock_sha256())
+    assert env.package_versions() == ({"numpy": "2.4.0"}, "installed")
+    record = env_record(env)  # what session.json keeps of the env
+    assert record["installed_versions"] == {"numpy": "2.4.0"} and record["locked_versions"]["numpy"] == numpy
 
 
 def test_a_changed_lock_means_not_synced(tmp_path):

@@ -48,15 +48,17 @@ def test_reference_study_matrix_holds_the_seven_cells(tmp_path, monkeypatch):
     eq = m.equivalence
     assert (eq.backend, eq.device, eq.precision, eq.mse_max, eq.cosine_min) == ("diffusers", "cpu", "fp32", 1e-3, 0.999)
     cells = m.enabled_cells
-    assert len(cells) == 7
+    # the ids the study's published figures are labelled with, in its order
+    assert [c.id for c in cells] == ["apple-ane-fp16", "ours-ane-fp16", "ours-ane-w4", "apple-gpu-fp16",
+                                     "ours-gpu-fp16", "diffusers-mps-fp16", "mlx-gpu-fp16"]
     coreml = [c for c in cells if c.backend == "coreml"]
     assert sorted(c.compute_unit for c in coreml) == ["CPU_AND_GPU", "CPU_AND_GPU", "CPU_AND_NE", "CPU_AND_NE", "CPU_AND_NE"]
     assert [c.options.get("palettization") for c in coreml].count("w4") == 1
     # the study's two toolchains: Apple's converter on ct8, coreml-diffusion on ct9
     assert {(c.id, c.env, c.options["converter"]) for c in coreml} == {
-        ("apple-ct8-ane-fp16", "coreml-apple", "apple"), ("apple-ct8-gpu-fp16", "coreml-apple", "apple"),
-        ("ours-ct9-ane-fp16", "coreml-ct9", "coreml-diffusion"), ("ours-ct9-ane-w4", "coreml-ct9", "coreml-diffusion"),
-        ("ours-ct9-gpu-fp16", "coreml-ct9", "coreml-diffusion")}
+        ("apple-ane-fp16", "coreml-apple", "apple"), ("apple-gpu-fp16", "coreml-apple", "apple"),
+        ("ours-ane-fp16", "coreml-ct9", "coreml-diffusion"), ("ours-ane-w4", "coreml-ct9", "coreml-diffusion"),
+        ("ours-gpu-fp16", "coreml-ct9", "coreml-diffusion")}
     assert {(c.backend, c.device, c.precision) for c in cells if c.backend != "coreml"} == {
         ("diffusers", "mps", "fp16"), ("mlx", "gpu", "fp16")}
 

@@ -2,12 +2,16 @@
 functions in-process, and the CLI itself in a few subprocesses for what only it does (exit codes,
 messages on stderr, several folders at once)."""
 
+import io
 import json
+import re
 import shutil
 
 import pytest
 from conftest import REPO, cli
+from rich.console import Console
 
+from orchestrator.console import Display
 from orchestrator.errors import UserError
 from orchestrator.report.compare_sessions import compare_sides, parse_side
 from orchestrator.report.write import derive, write_report
@@ -73,7 +77,7 @@ def test_report_files_are_written(known_report):
     _, known = known_report
     md = (known / "report.md").read_text()
     assert "| ane | coreml CPU_AND_NE fp16 | 7/0 | 10.00 [8.90–10.24] |" in md
-    assert "outlier runs: run 4 (7.40 ms)" in md
+    assert "outlier runs: run 4 (7.40 ms, -26.0% from the median)" in md  # the median is 10.00 ms
     assert "DIVERGENT (runs 1)" in md
     assert "gpu run 3: timeout" in md
     assert json.loads((known / "summary.json").read_text())["cells"][0]["latency_ms_median"] == 10.0
@@ -184,6 +188,62 @@ def test_equivalence_figure_holds_every_run_and_the_thresholds(energy_report):
     assert [v for _, v in cells["ane"]["cosine"]] == [0.9996] * 7 and [v for _, v in cells["gpu"]["mse"]] == [1e-5] * 7
 
 
+NO_METER = ("no power meter available on this host (powermetrics: /usr/bin/powermetrics not found (powermetrics is "
+            "macOS-only); nvml: NVML unavailable (NVMLError_LibraryNotFound: NVML Shared Library Not Found); rapl: "
+            "/sys/class/powercap does not exist (not Linux, or no powercap)); energy is not measured")
+
+
+def test_the_long_no_meter_reason_is_given_once_in_full_and_referred_to_after(known):
+    session = json.loads((known / "session.json").read_text())
+    session["power"]["energy_unavailable_reason"] = NO_METER  # what a Linux box without counters records
+    (known / "session.json").write_text(json.dumps(session))
+    rep = _report(known)
+    md = (known / "report.md").read_text()
+    for text in (md, (known / "report.html").read_text()):
+        assert text.count("NVML Shared Library Not Found") == 1
+    assert f"- Energy: {NO_METER}" in md
+    assert md.count("no power meter available on this host; energy is not measured; in full under Energy") == 3
+    out = io.StringIO()
+    display = Display()
+    display.err = display.out = Console(file=out, width=80)
+    display.explain("power: none", NO_METER)  # a session's first line about power
+    display.summary_table(rep.summary)  # and its table at the end
+    assert out.getvalue().count("NVML Shared Library Not Found") == 1
+    assert "energy: no power meter available on this host; energy is not measured; in full under 'power: none'" \
+        in out.getvalue()
+
+
+def test_an_interrupted_session_shows_every_planned_cell(known, tmp_path):
+    runs = [x for x in (known / "runs.jsonl").read_text().splitlines() if '"cell_id": "ane"' in x]
+    (known / "runs.jsonl").write_text("\n".join(runs) + "\n")  # stopped before gpu or mlx finished a run
+    cells = {c.cell_id: c for c in derive(SessionDir(known)).summary.cells}
+    assert list(cells) == ["ane", "gpu", "mlx"]
+    assert (cells["gpu"].n_ok, cells["gpu"].n_runs, cells["gpu"].status) == (0, 0, "not run")
+    assert cells["ane"].n_ok > 0
+    (known / "runs.jsonl").write_text("")  # stopped before any run finished
+    assert [(c.cell_id, c.n_ok) for c in derive(SessionDir(known)).summary.cells] == [("ane", 0), ("gpu", 0), ("mlx", 0)]
+    created = SessionDir.create(tmp_path / "results")
+    assert (created.root / "runs.jsonl").read_text() == ""  # a session has its runs.jsonl from the start
+
+
+def test_an_mse_of_zero_is_drawn_at_the_floor_of_the_log_panel_and_said_so(energy):
+    runs = [json.loads(x) for x in (energy / "runs.jsonl").read_text().splitlines()]
+    for r in runs:
+        if r["cell_id"] == "gpu":
+            r["mse"], r["cosine"] = 0.0, 1.0  # bit-identical to the reference
+    (energy / "runs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in runs))
+    f = _figure(_report(energy), "equivalence")
+    cells = {c["cell_id"]: c for c in f.data["cells"]}
+    assert [v for _, v in cells["gpu"]["mse"]] == [0.0] * 7  # every run is in the figure's data
+    smallest = min([v for _, v in cells["ane"]["mse"]] + [f.data["mse_max"]])
+    assert f.data["mse_floor"] == pytest.approx(smallest / 10)
+    assert f.note.startswith("Runs of gpu have an MSE of exactly 0 (output identical to the reference)")
+    svg = (energy / "figures" / "equivalence.svg").read_text()
+    assert "MSE = 0 (identical output) drawn here" in svg
+    assert f.note in (energy / "report.md").read_text()
+    assert "Runs of gpu have an MSE of exactly 0" in (energy / "report.html").read_text()
+
+
 def test_comparisons_against_the_matrix_baseline(energy):
     s = to_dict(derive(SessionDir(energy)).summary)
     assert s["baseline"] == "gpu"
@@ -210,7 +270,7 @@ def test_stability_warnings(energy):
     s = derive(SessionDir(energy)).summary
     assert s.warnings == [
         "gpu: energy p10-p90 spread is 14.0% of the median (above 10%)",
-        "gpu: run 4 is an outlier in energy (7.4 J, more than 3 scaled MADs from the median)",
+        "gpu: run 4 is an outlier in energy (7.4 J, -26.0% from the median; more than 3 scaled MADs from it)",
         "gpu: throttled run(s) 2",
         "ane: run(s) 6 timed fewer than 10 meter updates",
     ]
@@ -220,7 +280,7 @@ def test_report_files_tables_and_reproduce_panel(energy_report):
     _, energy = energy_report
     md = (energy / "report.md").read_text()
     assert ("| gpu | diffusers mps fp16 | 7/0 | 20.10 [19.86–20.34] | 0.2 | – | 1 [0.884–1.024] | "
-            "9 [7.956–9.216] | 10 [8.84–10.24] | 500 [442–512] | 0.9999000 | 1e-05 | ok | energy outlier runs: run 4 (7.4 J); "
+            "9 [7.956–9.216] | 10 [8.84–10.24] | 500 [442–512] | 0.9999000 | 1e-05 | ok | energy outlier runs: run 4 (7.4 J, -26.0% from the median); "
             "throttled: runs 2 |") in md  # channels ane (none on this cell), cpu, gpu, then total
     assert "![Latency vs energy per image (estimated, 50 x step)](figures/latency_vs_energy.svg)" in md
     reproduce = md.split("## Reproduce")[1]
@@ -259,6 +319,20 @@ def test_many_sessions_show_progress_and_go_to_out(known, energy, tmp_path):
     assert "ane" in p.stdout and "6.29x (5.48-6.56x) lower energy" in p.stdout  # the terminal tables
 
 
+def test_report_as_json_prints_the_summary_and_changes_no_file(known):
+    def files():
+        return {p.relative_to(known): p.read_bytes() for p in known.rglob("*") if p.is_file()}
+
+    before = files()
+    p = cli("report", str(known), "--format", "json")
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout)["cells"][0]["cell_id"] == "ane"
+    assert files() == before
+    p = cli("report", str(known), "--format", "json", "--write")  # asked: the files are written
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout)["figures"] and (known / "report.md").is_file() and (known / "summary.json").is_file()
+
+
 # --- orchestrate compare ---
 
 def _compare(a, b):
@@ -290,6 +364,48 @@ def test_compare_one_cell_across_sessions_and_refuse_other_inputs(energy, tmp_pa
     assert f"model sha256 differs: {energy} has {'b' * 64}, {after} has {'9' * 64}" in e.value.lines
     assert any("input latent sha256 differs" in x for x in e.value.lines)
     assert not any("text embedding" in x for x in e.value.lines)
+
+
+def _rename_cells(folder, names):
+    """The session in `folder` with its cells recorded under other ids, as an older harness wrote them."""
+    runs = [json.loads(x) for x in (folder / "runs.jsonl").read_text().splitlines()]
+    (folder / "runs.jsonl").write_text("".join(json.dumps({**r, "cell_id": names[r["cell_id"]]}) + "\n" for r in runs))
+    session = json.loads((folder / "session.json").read_text())
+    session["cells"] = [{**c, "id": names[c["id"]]} for c in session["cells"]]
+    session["matrix"]["content"]["report"]["baseline"] = names["gpu"]
+    (folder / "session.json").write_text(json.dumps(session))
+
+
+def test_sessions_recorded_with_the_study_s_old_cell_ids_report_and_compare_under_the_new(energy, tmp_path):
+    old, new = tmp_path / "20260101T000000Z-old", tmp_path / "20260102T000000Z-new"
+    shutil.copytree(energy, old)
+    shutil.copytree(energy, new)
+    _rename_cells(old, {"gpu": "diffusers-mps-fp16", "ane": "ours-ct9-ane-w4"})
+    _rename_cells(new, {"gpu": "diffusers-mps-fp16", "ane": "ours-ane-w4"})
+    summary = derive(SessionDir(old)).summary
+    assert [c.cell_id for c in summary.cells] == ["diffusers-mps-fp16", "ours-ane-w4"]
+    assert summary.comparisons and summary.comparisons[0].other == "ours-ane-w4"
+    cmp = compare_sides(parse_side(str(old)), parse_side(str(new)))  # the common cells, found by their new ids
+    assert {c.other for c in cmp} == {"20260102T000000Z-new:diffusers-mps-fp16", "20260102T000000Z-new:ours-ane-w4"}
+    typed_old = _compare(f"{old}:ours-ct9-ane-w4", f"{new}:ours-ane-w4")  # the old id, as a user remembers it
+    assert typed_old["latency"].ratio_of_medians == pytest.approx(1.0)
+
+
+def test_compare_tables_print_whole_cell_and_session_ids(energy, tmp_path):
+    long = {"gpu": "diffusers-mps-fp16-compiled-reduce-overhead", "ane": "ours-ane-w4-split-einsum-v2-palettized"}
+    a, b = tmp_path / "20260101T000000Z-before-driver-update", tmp_path / "20260102T000000Z-after-driver-update"
+    shutil.copytree(energy, a)
+    shutil.copytree(energy, b)
+    _rename_cells(a, long)
+    _rename_cells(b, long)
+    p = cli("compare", str(a), str(b))  # not a terminal: 160 columns
+    assert p.returncode == 0, p.stderr
+    table, verdicts = p.stdout.split("\nlatency: ", 1)
+    assert table.startswith(f"B ({b.name}) against A ({a.name})")  # the sessions, named once in full
+    for cell in long.values():
+        assert any(re.match(rf"│ \w+ +│ {cell} +│ {cell} +│", line) for line in table.splitlines())
+        assert f"{b.name}:{cell} vs {a.name}:{cell}: " in "latency: " + verdicts
+    assert "…" not in table
 
 
 def test_compare_needs_two_cells_within_a_session(energy):

@@ -206,7 +206,7 @@ def test_sigterm_keeps_finished_runs_and_resume_completes_the_session(diffusers_
     proc = subprocess.Popen([str(BIN / "orchestrate"), str(matrix), "--out", str(out)], cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and not list(out.glob("*/runs.jsonl")):
+    while time.monotonic() < deadline and not any(f.stat().st_size for f in out.glob("*/runs.jsonl")):
         time.sleep(0.2)
     proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=60)
@@ -218,7 +218,10 @@ def test_sigterm_keeps_finished_runs_and_resume_completes_the_session(diffusers_
     done = _runs(d)
     assert 1 <= len(done) < 3
     assert not _workers_of(cache_dir), "a worker outlived the orchestrator"
-    p = cli(str(matrix), "--resume", str(d), env={"CDB_CACHE_DIR": str(cache_dir)})
+    (hint,) = [line for line in stderr.splitlines() if line.startswith("continue with: ")]
+    assert hint == f"continue with: uv run orchestrate {matrix} --resume {d}"  # one line, whatever the width
+    p = subprocess.run(hint.removeprefix("continue with: "), shell=True, capture_output=True, text=True, cwd=REPO,
+                       env=env, timeout=900)  # pasted as printed
     assert p.returncode == 0, p.stderr[-2000:]
     runs = _runs(d)
     assert [(r["cell_id"], r["run_index"]) for r in runs] == [("cpu", i) for i in range(3)]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -12,6 +13,8 @@ import time
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
+
+from packaging.markers import Marker
 
 from orchestrator.config.paths import ENVS_DIR, REPO_ROOT
 from orchestrator.config.privileges import child_kwargs, give_to_invoking_user
@@ -51,12 +54,28 @@ class Env:
         return self.python.exists() and stamp.is_file() and stamp.read_text().strip() == self.lock_sha256()
 
     def locked_versions(self) -> dict[str, str]:
-        """Versions of the key packages as the lock pins them (what `envs sync` installs)."""
+        """Versions of the key packages as the lock pins them for this env's Python (a lock may pin
+        one version per Python range: the entry whose `resolution-markers` match)."""
         lock = self.lock
         if not lock or not lock.is_file():
             return {}
+        python = self.python_version() or self.settings().get("python") or platform.python_version()
+        where = {"python_full_version": python, "python_version": ".".join(python.split(".")[:2])}
         packages = tomllib.loads(lock.read_text()).get("package", [])
-        return {p["name"]: p["version"] for p in packages if p.get("name") in KEY_PACKAGES and "version" in p}
+        return {p["name"]: p["version"] for p in packages if p.get("name") in KEY_PACKAGES and "version" in p
+                and (not p.get("resolution-markers") or any(Marker(m).evaluate(where) for m in p["resolution-markers"]))}
+
+    def installed_versions(self) -> dict[str, str]:
+        """Versions of the key packages installed in the env's venv, from their `.dist-info` folders
+        (no interpreter started); empty for an unbuilt env or an `--env` interpreter."""
+        if self.project is None or self.external_python is not None:
+            return {}
+        out = {}
+        for info in (self.project / ".venv").glob("lib/python*/site-packages/*.dist-info"):
+            name, _, version = info.name.removesuffix(".dist-info").partition("-")
+            if name.lower() in KEY_PACKAGES:
+                out[name.lower()] = version
+        return out
 
     def python_version(self) -> str | None:
         """From the venv's pyvenv.cfg, so listing envs starts no interpreter."""
@@ -70,6 +89,26 @@ class Env:
             if key.strip() in ("version", "version_info"):
                 return value.strip()
         return None
+
+    def python_label(self) -> str:
+        """The env's Python as a version, built or not: the venv's, an `--env` interpreter's (asked),
+        or `not built` with the version the env needs."""
+        if version := self.python_version():
+            return version
+        if self.external_python is not None:
+            try:
+                p = subprocess.run([str(self.python), "-c", "import platform; print(platform.python_version())"],
+                                   capture_output=True, text=True, timeout=60)
+            except (OSError, subprocess.TimeoutExpired) as e:
+                return f"unusable ({e})"
+            return p.stdout.strip() if p.returncode == 0 else "unusable (it did not start)"
+        needs = self.settings().get("python")
+        return f"not built (needs {needs})" if needs else "not built"
+
+    def package_versions(self) -> tuple[dict[str, str], str]:
+        """The key packages' versions and where they come from: installed in a synced env, else
+        as the lock pins them for its Python."""
+        return (self.installed_versions(), "installed") if self.synced else (self.locked_versions(), "lock")
 
     def settings(self) -> dict:
         """The project's `[tool.cdb]` table: `python` (an interpreter version the env needs, which

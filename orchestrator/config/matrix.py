@@ -215,7 +215,9 @@ def _model(raw: Any, base: Path, problems: Problems) -> ModelSpec:
         if "path" not in given:
             problems.add(where, "field 'path' is required when source = \"checkpoint\"")
         elif m["path"] is not None and not m["path"].is_file():
-            problems.add(where, f"field 'path': file not found: {m['path']}")
+            named = re.findall(r"\$\{(\w+)", str(given["path"]))
+            problems.add(where, f"field 'path': file not found: {m['path']}"
+                         + (f" (set {named[0]} to the checkpoint's path)" if named else ""))
         if m["sha256"] is None:
             problems.add(where, "field 'sha256' is required when source = \"checkpoint\" (a checkpoint is pinned)")
     elif m["source"] == "synthetic" and "path" in given:

@@ -10,7 +10,7 @@ from typing import Any
 
 from orchestrator.errors import UserError
 from orchestrator.results.compare import Comparison, compare_runs
-from orchestrator.results.records import RunRecord, SessionRecord
+from orchestrator.results.records import RunRecord, SessionRecord, current_cell_id
 from orchestrator.results.store import SessionDir
 
 
@@ -36,7 +36,7 @@ def parse_side(arg: str) -> Side:
     if not runs.records:
         raise UserError(f"{path}: no readable runs ({'; '.join(runs.problems) or 'runs.jsonl is empty'})")
     session = sdir.read_session() if sdir.has_session() else None
-    return Side(sdir, cell or None, session, runs.records, runs.problems)
+    return Side(sdir, current_cell_id(cell) if cell else None, session, runs.records, runs.problems)
 
 
 def _cells(side: Side) -> list[str]:

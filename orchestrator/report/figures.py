@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from orchestrator.report.reasons import again
 from orchestrator.results.records import RunRecord
 from orchestrator.results.summary import Summary
 from orchestrator.results.values import run_values
@@ -36,6 +37,7 @@ class Figure:
     title: str
     data: dict[str, Any] = field(default_factory=dict)
     skipped: str | None = None  # why it was left out
+    note: str | None = None  # what a reader must know to read it, shown under it
     files: list[str] = field(default_factory=list)  # relative to the report folder: SVG first, then PNG
 
 
@@ -68,7 +70,7 @@ def latency_vs_energy(summary: Summary, out_dir: Path) -> Figure:
         points.append({"cell_id": c.cell_id, "x": c.latency_ms_median, "x_p10": c.latency_ms_p10,
                        "x_p90": c.latency_ms_p90, "y": m.median, "y_p10": m.p10, "y_p90": m.p90})
     if not points:
-        f.skipped = f"no cell has energy ({summary.energy_unavailable_reason or 'no energy in any ok run'})"
+        f.skipped = f"no cell has energy ({again(summary.energy_unavailable_reason or 'no energy in any ok run')})"
         return f
     f.data = {"points": points, "x_label": "latency per UNet step, ms (median, p10-p90)",
               "y_label": f"energy per 50-step image, J\n({IMAGE_NOTE}; median, p10-p90)"}
@@ -143,11 +145,17 @@ def equivalence(summary: Summary, runs: list[RunRecord], out_dir: Path) -> Figur
         f.skipped = "no run was compared with a reference"
         return f
     f.data = {"cells": cells, "cosine_min": eq.get("cosine_min"), "mse_max": eq.get("mse_max")}
+    positive = [v for c in cells for _, v in c["mse"] if v > 0] + ([f.data["mse_max"]] if f.data["mse_max"] else [])
+    floor = min(positive) / 10 if positive else None  # a log axis has no 0: an MSE of 0 is drawn here
+    zero = [c["cell_id"] for c in cells if any(v == 0 for _, v in c["mse"])]
+    f.data["mse_floor"] = floor
     fig, (ax_cos, ax_mse) = _pyplot().subplots(1, 2, figsize=(max(7, 1.4 * len(cells) + 4), 4))
     for i, drawn in enumerate(cells):  # divergent runs in red
         for ax, key in ((ax_cos, "cosine"), (ax_mse, "mse")):
             for run_index, v in drawn[key]:
-                ax.plot([i], [v], "o", color="tab:red" if run_index in drawn["divergent_runs"] else "tab:blue", alpha=0.7)
+                at_floor = key == "mse" and v == 0 and floor is not None
+                ax.plot([i], [floor if at_floor else v], "v" if at_floor else "o", alpha=0.7,
+                        color="tab:red" if run_index in drawn["divergent_runs"] else "tab:blue")
     for ax, key, title in ((ax_cos, "cosine_min", "cosine (higher is closer)"), (ax_mse, "mse_max", "MSE (lower is closer)")):
         if f.data[key] is not None:
             ax.axhline(f.data[key], linestyle="--", color="tab:red", label=f"threshold {f.data[key]:g}")
@@ -156,8 +164,15 @@ def equivalence(summary: Summary, runs: list[RunRecord], out_dir: Path) -> Figur
         ax.set_xticklabels([c["cell_id"] for c in cells], rotation=30, ha="right", fontsize=7)
         ax.set_title(title, fontsize=9)
         ax.grid(alpha=0.3)
-    if any(v > 0 for c in cells for _, v in c["mse"]):
+    if floor is not None:
         ax_mse.set_yscale("log")
+        ax_mse.set_ylim(bottom=floor / 2)
+    if zero and floor is not None:
+        ax_mse.axhline(floor, color="grey", linewidth=0.8, linestyle=":")
+        ax_mse.annotate("MSE = 0 (identical output) drawn here", (0, floor), textcoords="offset points",
+                        xytext=(0, 4), fontsize=7, color="grey")
+        f.note = (f"Runs of {', '.join(zero)} have an MSE of exactly 0 (output identical to the reference): the log "
+                  f"scale has no 0, so they are drawn as ▼ at the panel's floor ({floor:.3g}).")
     fig.suptitle(f.title)
     fig.tight_layout()
     return _save(fig, f, out_dir)
@@ -182,6 +197,6 @@ def all_figures(summary: Summary, runs: list[RunRecord], out_dir: Path) -> list[
     energy = energy_metrics(summary)
     figs += [runs_per_cell(summary, runs, *m, out_dir) for m in energy] or [
         Figure("runs_energy", "Energy per step per run",
-               skipped=f"no energy ({summary.energy_unavailable_reason or 'no energy in any ok run'})")]
+               skipped=f"no energy ({again(summary.energy_unavailable_reason or 'no energy in any ok run')})")]
     figs.append(equivalence(summary, runs, out_dir))
     return figs

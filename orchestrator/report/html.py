@@ -60,7 +60,8 @@ def render_html(r: ReportInputs, root: Path) -> str:
     for f in r.figures:
         if f.skipped is None:
             parts.append(f'<figure id="fig-{escape(f.name)}">{inline_svg(root / f.files[0])}'
-                         f"<figcaption>{escape(f.title)} ({escape(', '.join(f.files))})</figcaption></figure>")
+                         f"<figcaption>{escape(f.title)} ({escape(', '.join(f.files))})"
+                         f"{f'<br>{escape(f.note)}' if f.note else ''}</figcaption></figure>")
         else:
             parts.append(f'<p class="note skipped">{escape(f.title)}: left out: {escape(f.skipped)}</p>')
     failures = [(c.cell_id, f) for c in s.cells for f in c.failures]

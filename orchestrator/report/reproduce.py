@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from orchestrator.report.reasons import again
 from orchestrator.results.records import RunRecord, SessionRecord
 
 UNKNOWN = "not recorded"
@@ -49,7 +50,7 @@ def panel(recorded: SessionRecord | None, runs: list[RunRecord]) -> list[tuple[s
     if power.get("meter_used"):
         items.append(("Meter", f"{power['meter_used']}" + (f" ({meter_versions})" if meter_versions else "")))
     else:
-        items.append(("Meter", f"none: {_or_unknown(power.get('energy_unavailable_reason'))}"))
+        items.append(("Meter", f"none: {again(_or_unknown(power.get('energy_unavailable_reason')))}"))
     kind = "synthetic (harness-generated weights: right compute, not real images)" if model.get("synthetic") \
         else f"checkpoint {_or_unknown(model.get('path'))}"
     items.append(("Model", f"{kind}; preset {_or_unknown(model.get('preset'))}; sha256 {_or_unknown(model.get('sha256'))}"))

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from orchestrator.report.reproduce import panel
+from orchestrator.report.stability import deviation
 from orchestrator.results.compare import Comparison
 from orchestrator.results.flags import FLAGS
 from orchestrator.results.records import RunRecord, SessionRecord
@@ -57,8 +58,9 @@ def flags(c: CellSummary) -> str:
             continue
         if flag.name in OUTLIER_VALUES:
             spec, unit = OUTLIER_VALUES[flag.name]
-            out.append(f"{flag.column}: " + ", ".join(f"run {o.run_index} ({o.value:{spec}} {unit})"
-                                               for o in runs if isinstance(o, RunValue)))
+            out.append(f"{flag.column}: " + ", ".join(
+                f"run {o.run_index} ({o.value:{spec}} {unit}, {deviation(c, flag.name, o.value)})"
+                for o in runs if isinstance(o, RunValue)))
         else:
             out.append(f"{flag.column}: runs " + ", ".join(map(str, runs)))
     if c.n_ok and c.output_sha256_distinct > 1:
@@ -105,6 +107,7 @@ def conversion_lines(cells: list[CellSummary]) -> list[str]:
 class Table:
     headers: list[str]
     rows: list[list[str]]
+    whole: tuple[str, ...] = ()  # columns never cut or wrapped (ids a reader pastes); the others wrap
 
 
 def energy_channels(summary: Summary) -> list[str]:
@@ -133,10 +136,20 @@ def cell_table(summary: Summary) -> Table:
             row += [energy_cell(c), image_estimate_cell(c)]
         row += [fmt(c.cosine_min, ".7f"), fmt(c.mse_max), divergence_cell(c), flags(c)]
         rows.append(row)
-    return Table(headers, rows)
+    return Table(headers, rows, whole=("cell",))
+
+
+def common_sessions(comparisons: list[Comparison]) -> tuple[str, str] | None:
+    """(B's session, A's session) when every row compares one session with another (labels
+    `SESSION:CELL`): the table then names them once and shows the cell ids alone."""
+    others = {c.other.partition(":")[0] for c in comparisons if ":" in c.other}
+    baselines = {c.baseline.partition(":")[0] for c in comparisons if ":" in c.baseline}
+    every = all(":" in c.other and ":" in c.baseline for c in comparisons)
+    return (others.pop(), baselines.pop()) if every and len(others) == len(baselines) == 1 else None
 
 
 def comparison_table(comparisons: list[Comparison]) -> Table:
+    across = common_sessions(comparisons) is not None
     headers = ["metric", "cell", "vs", "medians", "ratio of medians", "ratio range (p10–p90 / p10–p90)",
                "Hodges-Lehmann shift [CI]", "Mann-Whitney p", "verdict"]
     rows = []
@@ -146,9 +159,10 @@ def comparison_table(comparisons: list[Comparison]) -> Table:
         p = "–" if t is None else f"{t.p:.3g} ({t.method}, U = {t.u:g})"
         ratio = "–" if c.ratio_of_medians is None else f"{c.ratio_of_medians:.4g}x"
         rng = "–" if c.ratio_range is None else f"{c.ratio_range[0]:.4g}–{c.ratio_range[1]:.4g}x"
-        rows.append([c.metric, c.other, c.baseline, f"{c.other_median:.4g} vs {c.baseline_median:.4g} {c.unit}",
+        other, baseline = (c.other.partition(":")[2], c.baseline.partition(":")[2]) if across else (c.other, c.baseline)
+        rows.append([c.metric, other, baseline, f"{c.other_median:.4g} vs {c.baseline_median:.4g} {c.unit}",
                      ratio, rng, shift, p, c.verdict])
-    return Table(headers, rows)
+    return Table(headers, rows, whole=("cell", "vs"))
 
 
 def markdown_table(t: Table) -> list[str]:
@@ -210,6 +224,8 @@ def render_markdown(r: ReportInputs) -> str:
     lines += ["", "## Figures", ""]
     for f in r.figures:
         lines.append(f"![{f.title}]({f.files[0]})" if f.skipped is None else f"- {f.title}: left out: {f.skipped}")
+        if f.skipped is None and f.note:
+            lines += ["", f"*{f.note}*"]
         lines.append("")
     failures = [(c.cell_id, f) for c in summary.cells for f in c.failures]
     if failures:

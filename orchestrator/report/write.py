@@ -14,7 +14,7 @@ from orchestrator.report.html import render_html
 from orchestrator.report.stability import warnings as stability_warnings
 from orchestrator.report.tables import ReportInputs, render_markdown
 from orchestrator.results.compare import Comparison, compare_runs
-from orchestrator.results.records import RunRecord, SessionRecord
+from orchestrator.results.records import RunRecord, SessionRecord, current_cell_id
 from orchestrator.results.store import SessionDir, write_json
 from orchestrator.results.summary import FigureEntry, Summary, build_summary
 from workers.contract.typed import to_dict
@@ -36,6 +36,7 @@ def choose_baseline(summary: Summary, session: SessionRecord | None, requested: 
     chosen, source = (requested, "--baseline") if requested else (from_matrix, "[report] baseline in the matrix")
     if chosen is None:
         return None, 'No baseline: set [report] baseline = "<cell id>" in the matrix or pass --baseline ID.'
+    chosen = current_cell_id(chosen)
     ids = [c.cell_id for c in summary.cells]
     if chosen not in ids and not requested:  # an interrupted session may not have reached it
         return None, f"No comparisons: the baseline {chosen} ({source}) has no runs in this session."

@@ -127,6 +127,30 @@ def _size(ratio: float, metric: str, ratio_range: tuple[float, float]) -> str:
     return f"{1 / ratio:.2f}x ({1 / hi:.2f}-{1 / lo:.2f}x) {down.replace('less', 'lower')}"
 
 
+def _verdict(metric: str, unit: str, b_median: float, o_median: float, ratio: float | None,
+             rng: tuple[float, float] | None, disjoint: bool, test: RankTest | None, n_o: int, n_b: int) -> str:
+    """Names a direction only when every sign of one agrees: the test decides (p < alpha, which
+    these run counts can reach), the p10-p90 intervals are disjoint (so the ratio range does not
+    cross 1), and the ratio of medians and the Hodges-Lehmann shift point the same way."""
+    overlap = "intervals disjoint" if disjoint else "intervals overlap"
+    if test is None:
+        return f"too few runs for a test (n = {n_o} vs {n_b}); {overlap}"
+    smallest_p = 2 / math.comb(n_b + n_o, n_o)
+    if smallest_p >= ALPHA:  # every ordering of so few runs gives p >= alpha: no evidence either way
+        return (f"undecided: {n_o} vs {n_b} runs cannot reach p < {ALPHA:g} (smallest p {smallest_p:.2g}); "
+                f"{overlap}")
+    if test.p >= ALPHA:
+        return f"indistinguishable (p = {test.p:.2g}; {overlap})"
+    signs = {np.sign(o_median - b_median), np.sign(test.hl_shift)} | ({np.sign(ratio - 1)} if ratio is not None else set())
+    if not disjoint:
+        return f"undecided: p = {test.p:.2g} but the intervals overlap (the ratio range spans 1)"
+    if len(signs) != 1 or 0 in signs:
+        return (f"undecided: p = {test.p:.2g} but the ratio of medians and the Hodges-Lehmann shift do not point "
+                f"the same way; {overlap}")
+    size = _size(ratio, metric, rng) if ratio is not None and rng is not None else f"shift {test.hl_shift:+.4g} {unit}"
+    return f"{size}; {overlap}; p = {test.p:.2g}"
+
+
 def compare(metric: str, unit: str, baseline_id: str, baseline: Sequence[float], other_id: str,
             other: Sequence[float]) -> Comparison:
     """`other` against `baseline`, one value per ok run each."""
@@ -136,20 +160,7 @@ def compare(metric: str, unit: str, baseline_id: str, baseline: Sequence[float],
     rng = (o.p10 / b.p90, o.p90 / b.p10) if positive else None
     disjoint = o.p10 > b.p90 or o.p90 < b.p10
     test = rank_test(other, baseline) if min(len(baseline), len(other)) >= 2 else None
-    overlap = "intervals disjoint" if disjoint else "intervals overlap"
-    if test is None:
-        verdict = f"too few runs for a test (n = {len(other)} vs {len(baseline)}); {overlap}"
-    else:
-        size = _size(ratio, metric, rng) if ratio is not None and rng is not None else \
-            f"shift {test.hl_shift:+.4g} {unit}"
-        smallest_p = 2 / math.comb(len(baseline) + len(other), len(other))
-        if test.p < ALPHA:
-            verdict = f"{size}; {overlap}; p = {test.p:.2g}"
-        elif smallest_p >= ALPHA:  # every ordering of so few runs gives p >= alpha: not evidence of sameness
-            verdict = (f"undecided: {len(other)} vs {len(baseline)} runs cannot reach p < {ALPHA:g} (smallest p "
-                       f"{smallest_p:.2g}); {size}; {overlap}")
-        else:
-            verdict = f"indistinguishable (p = {test.p:.2g}; {overlap})"
+    verdict = _verdict(metric, unit, b.median, o.median, ratio, rng, disjoint, test, len(other), len(baseline))
     return Comparison(metric=metric, unit=unit, baseline=baseline_id, other=other_id, n_baseline=b.n, n_other=o.n,
                       baseline_median=b.median, other_median=o.median, ratio_of_medians=ratio, ratio_range=rng,
                       intervals_disjoint=disjoint, test=test, verdict=verdict)

@@ -72,7 +72,8 @@ def env_record(env: Env) -> dict[str, Any]:
         "python": str(env.python),
         "external_interpreter": env.external_python is not None,
         "lock_sha256": env.lock_sha256() if env.external_python is None else None,
-        "locked_versions": env.locked_versions() if env.external_python is None else {},
+        "locked_versions": env.locked_versions() if env.external_python is None else {},  # for the env's Python
+        "installed_versions": env.installed_versions(),
     }
 
 

@@ -26,6 +26,21 @@ def _v1(data: dict[str, Any]) -> dict[str, Any]:
 
 UPGRADES: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _v1}  # run records
 
+# Cell ids the reference study (matrix.toml) once had, and the ids it has now: results recorded
+# under an old id read, report and compare under the new one.
+CELL_ID_ALIASES: dict[str, str] = {
+    "apple-ct8-ane-fp16": "apple-ane-fp16",
+    "ours-ct9-ane-fp16": "ours-ane-fp16",
+    "ours-ct9-ane-w4": "ours-ane-w4",
+    "apple-ct8-gpu-fp16": "apple-gpu-fp16",
+    "ours-ct9-gpu-fp16": "ours-gpu-fp16",
+}
+
+
+def current_cell_id(cell_id: str) -> str:
+    """The id a cell has now, for one recorded under an id of the past (`CELL_ID_ALIASES`)."""
+    return CELL_ID_ALIASES.get(cell_id, cell_id)
+
 
 def _upgrade(data: dict[str, Any], where: str,
              upgrades: dict[int, Callable[[dict[str, Any]], dict[str, Any]]]) -> dict[str, Any]:
@@ -152,6 +167,7 @@ class RunRecord:
         if not isinstance(data, dict):
             raise Invalid(f"{where}: expected a JSON object, got {type(data).__name__}")
         record = build(cls, _upgrade(data, where, UPGRADES), where)
+        record.cell_id = current_cell_id(record.cell_id)
         if record.status is not None and record.status not in RUN_STATUSES:
             raise Invalid(f"{where}: field status: {record.status!r} is not one of {', '.join(RUN_STATUSES)}")
         return record
@@ -204,4 +220,7 @@ class SessionRecord:
     def read(cls, data: Any, where: str) -> SessionRecord:
         if not isinstance(data, dict):
             raise Invalid(f"{where}: expected a JSON object, got {type(data).__name__}")
-        return build(cls, _upgrade(data, where, SESSION_UPGRADES), where)
+        record = build(cls, _upgrade(data, where, SESSION_UPGRADES), where)
+        record.cells = [{**c, "id": current_cell_id(c["id"])} if isinstance(c, dict) and isinstance(c.get("id"), str)
+                        else c for c in record.cells]
+        return record

@@ -65,6 +65,7 @@ class SessionDir:
         root = results_root / new_session_id()
         (root / "samples").mkdir(parents=True)
         (root / "logs").mkdir()
+        (root / RUNS).touch()  # there from the start: an interrupted session always has one
         return cls(root)
 
     def sample_path(self, cell_id: str, run_index: int, suffix: str) -> Path:

@@ -90,7 +90,8 @@ class CellSummary:
     resolution: int | None = field(None, unit="px", doc="as the matrix resolved it")
     notes: str | None = field(None, doc="as the matrix resolved it")
     options: dict[str, Any] | None = field(None, doc="the backend's options, as the matrix resolved them")
-    status: str = field("unsupported", doc="`ok` (all runs ok), `partial` (some failed), `failed` or `unsupported`")
+    status: str = field("unsupported", doc="`ok` (all runs ok), `partial` (some failed), `failed`, `unsupported` or "
+                                           "`not run` (planned; the session ended before any of its runs)")
     n_runs: int = field(0, unit="count", doc="runs recorded")
     n_ok: int = field(0, unit="count", doc="runs with status ok")
     n_failed: int = field(0, unit="count", doc="runs with status failed")
@@ -173,6 +174,8 @@ def _metric(runs: list[RunRecord], key: str) -> MetricStats | None:
 
 
 def _cell_status(counts: Counter) -> str:
+    if not counts:
+        return "not run"
     if counts["ok"] and not counts["failed"]:
         return "ok"
     if counts["ok"]:
@@ -266,8 +269,9 @@ def build_summary(session: SessionRecord | None, session_id: str, runs: list[Run
     by_cell: dict[str, list[RunRecord]] = {}
     for r in runs:
         by_cell.setdefault(r.cell_id, []).append(r)
-    order = [c for c in info if c in by_cell] + [c for c in by_cell if c not in info]
-    cells = [summarize_cell(c, sorted(by_cell[c], key=lambda r: r.run_index), info.get(c, {})) for c in order]
+    planned = [c["id"] for c in session.cells if c.get("enabled", True)] if session else []
+    order = [c for c in info if c in by_cell or c in planned] + [c for c in by_cell if c not in info]
+    cells = [summarize_cell(c, sorted(by_cell.get(c, []), key=lambda r: r.run_index), info.get(c, {})) for c in order]
     summary = Summary(session_id=session_id, generated_at=utc_now(), matrix={"path": None, "sha256": None},
                       n_runs=len(runs), problems=problems, cells=cells)
     if session is None:

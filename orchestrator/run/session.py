@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import shlex
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, replace
@@ -15,6 +16,7 @@ import numpy as np
 
 from orchestrator.config.envs import Env, ensure_synced
 from orchestrator.config.matrix import Cell, Matrix
+from orchestrator.config.paths import REPO_ROOT
 from orchestrator.config.plan import PlannedRun, plan_runs
 from orchestrator.config.privileges import give_to_invoking_user, invoking_user
 from orchestrator.console import Display
@@ -39,6 +41,18 @@ from workers.contract.typed import to_dict
 
 WINDOW_UPDATES = 20  # a timed window spans at least this many meter updates (docs/methodology.md, "Energy")
 SHORT_WINDOW_UPDATES = 10  # fewer than this and the run is flagged
+
+
+def resume_command(matrix: Path, folder: Path) -> str:
+    """The command that continues this session, as one line to paste: `uv run` from the checkout,
+    or the README's `sudo -E .venv/bin/orchestrate` when the session ran under sudo."""
+    if invoking_user() is not None:
+        prefix = f"sudo -E {shlex.quote(str(REPO_ROOT / '.venv' / 'bin' / 'orchestrate'))}"
+    elif Path.cwd().resolve().is_relative_to(REPO_ROOT):
+        prefix = "uv run orchestrate"
+    else:
+        prefix = f"uv run --project {shlex.quote(str(REPO_ROOT))} orchestrate"
+    return f"{prefix} {shlex.quote(str(matrix))} --resume {shlex.quote(str(folder))}"
 
 
 @dataclass
@@ -279,7 +293,7 @@ class Session:
         m = self.matrix
         model, inputs = self.prepare()
         self.meters = choose(m.power)
-        self.display.log(f"power: {self.meters.name or 'none'} ({self.meters.reason})")
+        self.display.explain(f"power: {self.meters.name or 'none'}", self.meters.reason)
         preflight = self.preflight.session_start(records_power=self.meters.name is not None)
         for problem in preflight["power"]["problems"]:
             self.display.warn(f"preflight: {problem}" + ("; recording energy anyway (--force-power), runs flagged"
@@ -321,8 +335,8 @@ class Session:
         except KeyboardInterrupt:
             session.status = "interrupted"
             interrupted = True
-            self.display.warn(f"interrupted; finished runs are in {sdir.root / 'runs.jsonl'}; "
-                              f"continue with: orchestrate {m.path} --resume {sdir.root}")
+            self.display.warn(f"interrupted; finished runs are in {sdir.root / 'runs.jsonl'}")
+            self.display.log(f"continue with: {resume_command(m.path, sdir.root)}")
         finally:
             session.finished_at = utc_now()
             session.worker_versions = {**session.worker_versions, **self.worker_versions}
