@@ -18,7 +18,7 @@ from orchestrator.config.matrix import load_matrix
 from orchestrator.console import Display
 from orchestrator.energy import meters
 from orchestrator.errors import UserError
-from orchestrator.report.tables import comparison_table
+from orchestrator.report.tables import comparison_table, group_ratio_table
 from orchestrator.report.tables import fmt as fmt_number
 from orchestrator.results.compare import Comparison
 from workers.contract.typed import to_dict
@@ -214,14 +214,26 @@ def recompute_energy_cmd(dirs: tuple[Path, ...]) -> None:
 @click.argument("b")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
 def compare(a: str, b: str, fmt: str) -> None:
-    """B against A: two cells of a session (DIR:CELL_A DIR:CELL_B) or the same cell in two
-    sessions (DIR_A DIR_B:CELL, or DIR_A DIR_B for every common cell)."""
-    from orchestrator.report.compare_sessions import compare_sides, parse_side
+    """B against A: two cells of a session (DIR:CELL_A DIR:CELL_B), the same cell in two
+    sessions (DIR_A DIR_B:CELL, or DIR_A DIR_B for every common cell), or a group's cells or one
+    cell against a group of the matrix's `[report] groups` (DIR:GROUP DIR:GROUP_OR_CELL)."""
+    from orchestrator.report.compare_sessions import compare_sides, group_sides, parse_side
 
     side_a, side_b = parse_side(a), parse_side(b)
     display = Display()
     for line in (*side_a.problems, *side_b.problems):
         display.warn(line)
+    ratios = group_sides(side_a, side_b)
+    if ratios is not None:
+        if not ratios:
+            raise UserError("nothing to compare: no cell of B and no cell of group A has a median")
+        if fmt == "json":
+            click.echo(json.dumps([to_dict(r) for r in ratios], indent=2))
+            return
+        display.table(group_ratio_table(ratios), f"B against group {side_a.cell} (ratios are B's cell / A's cell)")
+        for r in ratios:
+            click.echo(r.statement)
+        return
     comparisons = compare_sides(side_a, side_b)
     if not comparisons:
         raise UserError("nothing to compare: a side has no ok run")

@@ -14,10 +14,10 @@ import tomllib
 from pathlib import Path
 
 import pytest
+from conftest import REPO, in_env
 
 from orchestrator.config.envs import Env, sync
 from orchestrator.errors import UserError
-from tests.conftest import REPO, in_env
 
 APPLE_URL = "https://github.com/apple/ml-stable-diffusion"
 APPLE_COMMIT = "e12202c1f6405b83918b58a5d097cd61e3e1f702"
