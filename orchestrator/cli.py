@@ -43,6 +43,7 @@ def cli() -> None:
     orchestrate report DIR...      regenerate a session's report (md, html, figures, csv)
     orchestrate compare A B        two cells, or one cell in two sessions, with a verdict
     orchestrate schema             the matrix file's JSON Schema, for editors
+    orchestrate selftest           what works on this host: every backend, device and meter, in minutes
     """
 
 
@@ -248,6 +249,24 @@ def _print_comparisons(display: Display, comparisons: list[Comparison], title: s
     display.table(comparison_table(comparisons), title)
     for c in comparisons:
         click.echo(f"{c.metric}: {c.other} vs {c.baseline}: {c.verdict}")
+
+
+@cli.command()
+@click.option("--out", type=click.Path(path_type=Path), default=Path("results") / "selftest", show_default=True,
+              help="Folder that receives the self-test's session folder, with selftest.json in it.")
+@_env_option
+def selftest(out: Path, env_overrides: tuple[str, ...]) -> None:
+    """Check every backend, device and meter this host has on the tiny synthetic UNet (a few
+    minutes): a capability table, and selftest.json to attach to a bug report. Exit 1 when a
+    check fails (unsupported is not a failure)."""
+    from orchestrator.selftest import capability_table, run_selftest
+
+    display = Display()
+    signal.signal(signal.SIGTERM, _interrupt)
+    report = run_selftest(out, display, envs_mod.parse_overrides(env_overrides))
+    display.table(capability_table(report), "selftest")
+    display.log(f"selftest {'passed' if report['passed'] else 'FAILED'}; attach {report['path']} to a bug report")
+    sys.exit(0 if report["passed"] else 1)
 
 
 @cli.command()
