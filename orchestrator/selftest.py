@@ -29,7 +29,8 @@ from orchestrator.run.session import Session
 SELFTEST_VERSION = 1
 RESOLUTION = 64
 
-# (id, backend, placement key and value, precision, attention or None): every device of each backend
+# (id, backend, placement key and value, precision, attention or None): every device of each backend;
+# Core ML in its default env (coreml-ct9) with the study's own converter
 CELLS: tuple[tuple[str, str, str, str, str, str | None], ...] = (
     ("diffusers-cpu-fp32", "diffusers", "device", "cpu", "fp32", None),
     ("diffusers-mps-fp16", "diffusers", "device", "mps", "fp16", None),
@@ -86,7 +87,7 @@ def matrix_text() -> str:
         lines = ["[[cells]]", f'id = "{cid}"', f'backend = "{backend}"', f'{key} = "{value}"',
                  f'precision = "{precision}"', f"resolution = {RESOLUTION}"]
         if attention:
-            lines += [f'attention = "{attention}"', 'converter = "harness"']
+            lines += [f'attention = "{attention}"', 'converter = "coreml-diffusion"']
         cells.append("\n".join(lines))
     return MATRIX_HEAD + "\n" + "\n\n".join(cells) + "\n"
 

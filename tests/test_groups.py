@@ -31,7 +31,7 @@ def test_each_end_of_the_range_is_a_real_cell_and_a_cell_without_a_median_is_nam
     assert (r.n_against, r.missing, r.unit) == (3, ["mlx-gpu-fp16"], "J")
     assert r.statement == ("apple-ane-fp16 energy against gpu: 0.1667x (diffusers-mps-fp16) to 0.3333x "
                            "(ours-gpu-fp16), i.e. 3x (ours-gpu-fp16) to 6x (diffusers-mps-fp16) less "
-                           "(mlx-gpu-fp16 without a median)")
+                           "(mlx-gpu-fp16 without a positive median)")
     both = group_ratios(GROUPS, {"energy": energy, "latency": {}})  # every ordered pair of groups
     assert {(r.group, r.against) for r in both} == {("gpu", "ane"), ("ane", "gpu")}
     slower = group_ratios(GROUPS, {"energy": {}, "latency": {**dict.fromkeys(GROUPS["gpu"], 10.0), "ours-ane-w4": 25.0}},

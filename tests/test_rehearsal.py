@@ -88,7 +88,7 @@ def test_all_seven_cells_run_in_matrix_order_with_their_backends(study):
     assert {realized[c]["compute_unit"] for c in COREML} == {"CPU_AND_NE", "CPU_AND_GPU"}
     assert realized["ours-ane-w4"]["palettization"] == "w4"
     session = json.loads((d / "session.json").read_text())
-    assert session["preflight"]["power"]["source"] == "AC"  # pmset's real capture, parsed
+    assert session["preflight"]["power"]["source"] == "AC Power"  # pmset's real capture, parsed
 
 
 def test_the_coreml_runtime_got_inputs_matching_the_converted_spec(study):

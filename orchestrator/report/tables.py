@@ -156,7 +156,7 @@ def group_ratio_table(ratios: list[GroupRatio]) -> Table:
     """Each cell of a group against another group: the range of cell / group-cell ratios of medians."""
     headers = ["metric", "cell", "group", "against", "median", "lowest ratio (cell)", "highest ratio (cell)",
                "in words"]
-    rows = [[r.metric, r.cell, r.group, f"{r.against} ({r.n_against} cells)", f"{r.median:.4g} {r.unit}",
+    rows = [[r.metric, r.cell, r.group, f"{r.against} ({r.n_against} of {r.n_against + len(r.missing)} cells)", f"{r.median:.4g} {r.unit}",
              f"{r.lowest.ratio:.4g}x ({r.lowest.cell}: {r.lowest.median:.4g} {r.unit})",
              f"{r.highest.ratio:.4g}x ({r.highest.cell}: {r.highest.median:.4g} {r.unit})", r.statement]
             for r in ratios]

@@ -33,8 +33,9 @@ class GroupRatio:
     against: str = field(doc="the other group")
     lowest: GroupEnd = field(doc="the other group's cell giving the lowest ratio")
     highest: GroupEnd = field(doc="the other group's cell giving the highest ratio")
-    n_against: int = field(unit="count", doc="cells of the other group with a median")
-    missing: list[str] = field(factory=list, doc="cells of the other group without a median (no ok run or no meter)")
+    n_against: int = field(unit="count", doc="cells of the other group with a positive median")
+    missing: list[str] = field(factory=list, doc="cells of the other group without a positive median (no ok run, no "
+                                                 "meter, or net energy <= 0)")
     statement: str = field("", doc="the range in words")
 
 
@@ -55,7 +56,7 @@ def statement(r: GroupRatio) -> str:
     if hi.ratio < 1:
         text += f", i.e. {_span((1 / hi.ratio, hi.cell), (1 / lo.ratio, lo.cell))} less"
     if r.missing:
-        text += f" ({', '.join(r.missing)} without a median)"
+        text += f" ({', '.join(r.missing)} without a positive median)"
     return text
 
 
