@@ -94,4 +94,4 @@ def test_selftest_on_this_host(diffusers_python, mlx_python, env_python, cache_d
         assert check["status"] == "unsupported" and "needs macOS" in check["detail"]
         assert check["figures"]["conversion"]["package_bytes"] > 0
     assert status["meter"] == "unavailable" and status["worker uid"] == "pass"
-    assert "selftest passed" in p.stdout and "selftest.json" in p.stdout
+    assert "backend mlx-cpu-fp32" in p.stdout and "selftest passed" in p.stderr and str(path) in p.stderr
