@@ -18,7 +18,7 @@ from orchestrator.config.matrix import load_matrix
 from orchestrator.console import Display
 from orchestrator.energy import meters
 from orchestrator.errors import UserError
-from orchestrator.report.tables import common_sessions, comparison_table
+from orchestrator.report.tables import common_sessions, comparison_table, group_ratio_table
 from orchestrator.report.tables import fmt as fmt_number
 from orchestrator.results.compare import Comparison
 from workers.contract.typed import to_dict
@@ -43,6 +43,7 @@ def cli() -> None:
     orchestrate report DIR...      regenerate a session's report (md, html, figures, csv)
     orchestrate compare A B        two cells, or one cell in two sessions, with a verdict
     orchestrate schema             the matrix file's JSON Schema, for editors
+    orchestrate selftest           what works on this host: every backend, device and meter, in minutes
     """
 
 
@@ -225,14 +226,26 @@ def recompute_energy_cmd(dirs: tuple[Path, ...]) -> None:
 @click.argument("b")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
 def compare(a: str, b: str, fmt: str) -> None:
-    """B against A: two cells of a session (DIR:CELL_A DIR:CELL_B) or the same cell in two
-    sessions (DIR_A DIR_B:CELL, or DIR_A DIR_B for every common cell)."""
-    from orchestrator.report.compare_sessions import compare_sides, parse_side
+    """B against A: two cells of a session (DIR:CELL_A DIR:CELL_B), the same cell in two
+    sessions (DIR_A DIR_B:CELL, or DIR_A DIR_B for every common cell), or a group's cells or one
+    cell against a group of the matrix's `[report] groups` (DIR:GROUP DIR:GROUP_OR_CELL)."""
+    from orchestrator.report.compare_sessions import compare_sides, group_sides, parse_side
 
     side_a, side_b = parse_side(a), parse_side(b)
     display = Display()
     for line in (*side_a.problems, *side_b.problems):
         display.warn(line)
+    ratios = group_sides(side_a, side_b)
+    if ratios is not None:
+        if not ratios:
+            raise UserError("nothing to compare: no cell of B and no cell of group A has a median")
+        if fmt == "json":
+            click.echo(json.dumps([to_dict(r) for r in ratios], indent=2))
+            return
+        display.table(group_ratio_table(ratios), f"B against group {side_a.cell} (ratios are B's cell / A's cell)")
+        for r in ratios:
+            click.echo(r.statement)
+        return
     comparisons = compare_sides(side_a, side_b)
     if not comparisons:
         raise UserError("nothing to compare: a side has no ok run")
@@ -249,6 +262,24 @@ def _print_comparisons(display: Display, comparisons: list[Comparison], title: s
     display.table(comparison_table(comparisons), title)
     for c in comparisons:
         click.echo(f"{c.metric}: {c.other} vs {c.baseline}: {c.verdict}")
+
+
+@cli.command()
+@click.option("--out", type=click.Path(path_type=Path), default=Path("results") / "selftest", show_default=True,
+              help="Folder that receives the self-test's session folder, with selftest.json in it.")
+@_env_option
+def selftest(out: Path, env_overrides: tuple[str, ...]) -> None:
+    """Check every backend, device and meter this host has on the tiny synthetic UNet (a few
+    minutes): a capability table, and selftest.json to attach to a bug report. Exit 1 when a
+    check fails (unsupported is not a failure)."""
+    from orchestrator.selftest import capability_table, run_selftest
+
+    display = Display()
+    signal.signal(signal.SIGTERM, _interrupt)
+    report = run_selftest(out, display, envs_mod.parse_overrides(env_overrides))
+    display.table(capability_table(report), "selftest")
+    display.log(f"selftest {'passed' if report['passed'] else 'FAILED'}; attach {report['path']} to a bug report")
+    sys.exit(0 if report["passed"] else 1)
 
 
 @cli.command()

@@ -61,6 +61,9 @@ def test_reference_study_matrix_holds_the_seven_cells(tmp_path, monkeypatch):
         ("ours-gpu-fp16", "coreml-ct9", "coreml-diffusion")}
     assert {(c.backend, c.device, c.precision) for c in cells if c.backend != "coreml"} == {
         ("diffusers", "mps", "fp16"), ("mlx", "gpu", "fp16")}
+    # the headline: the Neural Engine cells against the GPU camp (its GPU, MPS and MLX cells)
+    assert m.report.groups == {"gpu": ["apple-gpu-fp16", "ours-gpu-fp16", "diffusers-mps-fp16", "mlx-gpu-fp16"],
+                               "ane": ["apple-ane-fp16", "ours-ane-fp16", "ours-ane-w4"]}
 
 
 def test_coreml_toolchains_example_compares_ct8_and_ct9_with_one_converter(tmp_path, monkeypatch):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -207,12 +208,22 @@ def _uv(env: Env, *args: str, log=print) -> None:
     sys.stderr.write(proc.stderr)
     if proc.returncode != 0:
         tail = "\n".join(proc.stderr.strip().splitlines()[-5:])
-        hint = ""
-        if args[0] == "lock" and (note := env.settings().get("lock-note")):
-            hint = f" {note}"
-        elif "interpreter" in proc.stderr.lower() or "python" in proc.stderr.lower():
-            hint = " If no suitable Python was found, install one or set UV_PYTHON=/path/to/python."
-        raise UserError(f"env {env.name}: uv {args[0]} failed (exit {proc.returncode}).{hint}", *tail.splitlines())
+        raise UserError(f"env {env.name}: uv {args[0]} failed (exit {proc.returncode}).{_hint(env, args[0], proc.stderr)}",
+                        *tail.splitlines())
+
+
+def _hint(env: Env, command: str, stderr: str) -> str:
+    """What to do about a failed uv command, from its words: a git source that could not be
+    fetched says so (a package name such as python_coreml_stable_diffusion is no Python problem)."""
+    text = stderr.lower()
+    if "git operation failed" in text or "failed to fetch" in text or "git+" in text:
+        note = env.settings().get("lock-note")
+        return " A git source could not be fetched: this host must reach its repository." + (f" {note}" if note else "")
+    if command == "lock" and (note := env.settings().get("lock-note")):
+        return f" {note}"
+    if re.search(r"\binterpreter\b|\bno python\b|requested python", text):
+        return " If no suitable Python was found, install one or set UV_PYTHON=/path/to/python."
+    return ""
 
 
 def sync(env: Env, log=print) -> float:

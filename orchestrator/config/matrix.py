@@ -129,6 +129,9 @@ class Equivalence:
 @dataclass(frozen=True)
 class Report:
     baseline: str | None = setting(None, doc="cell id every other cell is compared with in reports")
+    groups: dict[str, list[str]] = setting(factory=dict, doc="named sets of cell ids (`gpu = [...]`); reports state "
+                                           "each cell of a group against each other group as the range of their "
+                                           "ratios of medians")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -194,6 +197,24 @@ def sections() -> dict[str, type]:
 def default_power() -> Power:
     """The [power] section as a matrix that leaves it out gets it."""
     return Power()
+
+
+def _check_groups(report: Report, ids: list[str], problems: Problems) -> None:
+    """Groups name cells of the matrix, none twice, and no group is named like a cell (so
+    `orchestrate compare DIR:NAME` means one thing)."""
+    seen: dict[str, str] = {}
+    for name, members in report.groups.items():
+        where = f"[report.groups] {name!r}"
+        if name in ids:
+            problems.add(where, "a group cannot be named like a cell")
+        if not members:
+            problems.add(where, "names no cell")
+        for cell in members:
+            if cell not in ids:
+                problems.add(where, f"{cell!r} is not a cell of the matrix (cells: {', '.join(ids)})")
+            elif cell in seen:
+                problems.add(where, f"{cell!r} is already in group {seen[cell]!r}")
+            seen.setdefault(cell, name)
 
 
 def read_report(content: Any, where: str) -> Report:
@@ -337,6 +358,7 @@ def load_matrix(path: str | Path, known_envs: set[str]) -> Matrix:
     if report.baseline is not None and cells and report.baseline not in enabled:
         problems.add("[report]", f"field 'baseline': {report.baseline!r} is not an enabled cell "
                      f"(enabled: {', '.join(enabled)})")
+    _check_groups(report, [c.id for c in cells], problems)
     if not enabled and not problems.lines:
         problems.add("cells", "no enabled cells: nothing to run")
     if problems.lines:

@@ -8,10 +8,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from orchestrator.config.matrix import read_report
 from orchestrator.errors import UserError
 from orchestrator.results.compare import Comparison, compare_runs
+from orchestrator.results.groups import GroupRatio, group_ratios, medians_of
 from orchestrator.results.records import RunRecord, SessionRecord, current_cell_id
 from orchestrator.results.store import SessionDir
+from orchestrator.results.summary import build_summary
 
 
 @dataclass(frozen=True)
@@ -81,6 +84,30 @@ def pairs(a: Side, b: Side) -> list[tuple[str, str]]:
         for ca, cb in chosen:
             check_same_inputs(a, b, ca, cb)
     return chosen
+
+
+def _groups(side: Side) -> dict[str, list[str]]:
+    content = (side.session.matrix.get("content") or {}) if side.session else {}
+    return read_report(content, f"{side.sdir.root}: session.json's matrix").groups
+
+
+def group_sides(a: Side, b: Side) -> list[GroupRatio] | None:
+    """`DIR:GROUP DIR:GROUP_OR_CELL`: each cell B names against the cells of group A, as the range
+    of ratios of medians (the report's group ratios); None when neither side names a group."""
+    groups = _groups(a)
+    if a.cell not in groups and b.cell not in _groups(b):
+        return None
+    if a.sdir.root.resolve() != b.sdir.root.resolve():
+        raise UserError("groups are compared within one session: orchestrate compare DIR:GROUP DIR:GROUP_OR_CELL")
+    if a.cell not in groups:
+        raise UserError(f"A must be a group of the session's matrix ({', '.join(groups)}); "
+                        "B, a group or a cell, is stated against it")
+    if b.cell is None or b.cell == a.cell or (b.cell not in groups and b.cell not in _cells(b)):
+        raise UserError(f"B must be another group ({', '.join(g for g in groups if g != a.cell)}) "
+                        f"or a cell ({', '.join(_cells(b))})")
+    summary = build_summary(a.session, a.sdir.id, a.runs, [])
+    return group_ratios({**groups, b.cell: groups.get(b.cell, [b.cell])}, medians_of(summary.cells),
+                        only=(a.cell, b.cell))
 
 
 def compare_sides(a: Side, b: Side) -> list[Comparison]:

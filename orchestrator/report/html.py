@@ -8,7 +8,16 @@ from html import escape
 from pathlib import Path
 
 from orchestrator.report.reproduce import panel
-from orchestrator.report.tables import EXPLANATION, ReportInputs, Table, cell_table, comparison_table, header_lines
+from orchestrator.report.tables import (
+    EXPLANATION,
+    GROUP_NOTE,
+    ReportInputs,
+    Table,
+    cell_table,
+    comparison_table,
+    group_ratio_table,
+    header_lines,
+)
 
 CSS = """
 body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2em auto; max-width: 1400px; padding: 0 1em; color: #222; }
@@ -56,6 +65,9 @@ def render_html(r: ReportInputs, root: Path) -> str:
              "<h2>Comparisons</h2>", f"<p>{escape(r.baseline_note)}</p>"]
     if r.comparisons:
         parts.append(_table(comparison_table(r.comparisons), "comparisons"))
+    if s.group_ratios:
+        parts += ['<h2 id="group-ratios">Group ratios</h2>', f"<p>{escape(GROUP_NOTE)}</p>",
+                  _table(group_ratio_table(s.group_ratios), "group-ratios")]
     parts.append("<h2>Figures</h2>")
     for f in r.figures:
         if f.skipped is None:

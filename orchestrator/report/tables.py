@@ -10,6 +10,7 @@ from orchestrator.report.reproduce import panel
 from orchestrator.report.stability import deviation
 from orchestrator.results.compare import Comparison
 from orchestrator.results.flags import FLAGS
+from orchestrator.results.groups import GroupRatio
 from orchestrator.results.records import RunRecord, SessionRecord
 from orchestrator.results.summary import CellSummary, ConversionSummary, RunValue, Summary
 
@@ -165,6 +166,21 @@ def comparison_table(comparisons: list[Comparison]) -> Table:
     return Table(headers, rows, whole=("cell", "vs"))
 
 
+def group_ratio_table(ratios: list[GroupRatio]) -> Table:
+    """Each cell of a group against another group: the range of cell / group-cell ratios of medians."""
+    headers = ["metric", "cell", "group", "against", "median", "lowest ratio (cell)", "highest ratio (cell)",
+               "in words"]
+    rows = [[r.metric, r.cell, r.group, f"{r.against} ({r.n_against} of {r.n_against + len(r.missing)} cells)", f"{r.median:.4g} {r.unit}",
+             f"{r.lowest.ratio:.4g}x ({r.lowest.cell}: {r.lowest.median:.4g} {r.unit})",
+             f"{r.highest.ratio:.4g}x ({r.highest.cell}: {r.highest.median:.4g} {r.unit})", r.statement]
+            for r in ratios]
+    return Table(headers, rows)
+
+
+GROUP_NOTE = ("Each cell of a group (`[report] groups` in the matrix) against every cell of the other group: the "
+              "ratios of medians, cell / group cell, from the lowest to the highest, each end a measured cell.")
+
+
 def markdown_table(t: Table) -> list[str]:
     def line(cells: list[str]) -> str:
         return "| " + " | ".join(x.replace("|", "\\|") for x in cells) + " |"
@@ -221,6 +237,8 @@ def render_markdown(r: ReportInputs) -> str:
     lines += ["", "## Comparisons", "", r.baseline_note]
     if r.comparisons:
         lines += ["", *markdown_table(comparison_table(r.comparisons))]
+    if summary.group_ratios:
+        lines += ["", "## Group ratios", "", GROUP_NOTE, "", *markdown_table(group_ratio_table(summary.group_ratios))]
     lines += ["", "## Figures", ""]
     for f in r.figures:
         lines.append(f"![{f.title}]({f.files[0]})" if f.skipped is None else f"- {f.title}: left out: {f.skipped}")

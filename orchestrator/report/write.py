@@ -14,6 +14,7 @@ from orchestrator.report.html import render_html
 from orchestrator.report.stability import warnings as stability_warnings
 from orchestrator.report.tables import ReportInputs, render_markdown
 from orchestrator.results.compare import Comparison, compare_runs
+from orchestrator.results.groups import group_ratios, medians_of
 from orchestrator.results.records import RunRecord, SessionRecord, current_cell_id
 from orchestrator.results.store import SessionDir, write_json
 from orchestrator.results.summary import FigureEntry, Summary, build_summary
@@ -46,6 +47,12 @@ def choose_baseline(summary: Summary, session: SessionRecord | None, requested: 
     return chosen, f"Each cell against the baseline {chosen} ({source}); ratios are cell / baseline."
 
 
+def matrix_groups(session: SessionRecord | None, session_id: str | None) -> dict[str, list[str]]:
+    """The matrix's `[report] groups`, as session.json recorded the matrix."""
+    content = (session.matrix.get("content") or {}) if session else {}
+    return read_report(content, f"session {session_id}: matrix").groups
+
+
 def comparisons(summary: Summary, runs: list[RunRecord], baseline: str) -> list[Comparison]:
     by_cell: dict[str, list[RunRecord]] = {}
     for r in runs:
@@ -75,6 +82,7 @@ def derive(sdir: SessionDir, baseline: str | None = None) -> Derived:
     chosen, note = choose_baseline(summary, session, baseline)
     summary.baseline = chosen
     summary.comparisons = comparisons(summary, runs.records, chosen) if chosen else []
+    summary.group_ratios = group_ratios(matrix_groups(session, summary.session_id), medians_of(summary.cells))
     summary.warnings = stability_warnings(summary)
     return Derived(summary, session, runs.records, note)
 

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from orchestrator.config.paths import REPO_ROOT
 from orchestrator.results.compare import Comparison, RankTest
 from orchestrator.results.flags import FLAGS, SEVERITIES
+from orchestrator.results.groups import GroupEnd, GroupRatio
 from orchestrator.results.records import RunRecord, SessionRecord
 from orchestrator.results.summary import (
     CellSummary,
@@ -57,6 +58,7 @@ TABLES: dict[str, Callable[[], list[str]]] = {
     "CellSummary": _fields(CellSummary), "MetricStats": _fields(MetricStats), "RunValue": _fields(RunValue),
     "Failure": _fields(Failure), "ConversionSummary": _fields(ConversionSummary),
     "FigureEntry": _fields(FigureEntry), "Comparison": _fields(Comparison), "RankTest": _fields(RankTest),
+    "GroupRatio": _fields(GroupRatio), "GroupEnd": _fields(GroupEnd),
     "flags": _flags, "severities": _severities,
 }
 

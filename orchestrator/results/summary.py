@@ -11,6 +11,7 @@ from typing import Any
 
 from orchestrator.results.compare import Comparison
 from orchestrator.results.flags import FLAGS, flagged
+from orchestrator.results.groups import GroupRatio
 from orchestrator.results.records import RunRecord, SessionRecord
 from orchestrator.results.stats import across_runs
 from orchestrator.results.store import utc_now
@@ -160,6 +161,8 @@ class Summary:
     baseline: str | None = field(None, doc="the cell the others are compared with")
     comparisons: list[Comparison] = field(factory=list, doc="each cell against the baseline (see the comparison "
                                                             "table)")
+    group_ratios: list[GroupRatio] = field(factory=list, doc="each cell of a `[report] groups` group against each "
+                                                             "other group (see the group ratio table)")
     warnings: list[str] = field(factory=list, doc="stability warnings, one line each")
     figures: list[FigureEntry] = field(factory=list, doc="each figure drawn or left out")
 

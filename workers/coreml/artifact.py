@@ -73,7 +73,9 @@ def _build(req: ConversionRequest, src: Source, cache: ConversionCache, out: Pat
 
 
 def prepare(req: ConversionRequest, src: Source, cache: ConversionCache) -> dict[str, Any]:
-    """The cell's artifact, verified, and the conversion facts for the run record."""
+    """The cell's artifact, verified, and the conversion facts for the run record. A new package
+    is verified in its staging folder, so one that fails never becomes an entry; a cached entry
+    that fails (written before that rule, or altered since) is removed, so the next run converts."""
     import coremltools  # noqa: F401  imported before the clocks start: its import is no step's time
 
     fields = key_fields(req, src)
@@ -82,10 +84,21 @@ def prepare(req: ConversionRequest, src: Source, cache: ConversionCache) -> dict
     with cache.lock(key) as lock_wait_s:
         facts = cache.facts(key)
         hit = facts is not None
-        if not hit:
+        if hit:
+            t1 = time.perf_counter()
+            try:
+                spec = verify.check(cache.entry(key) / PACKAGE, req)
+                verify_s = time.perf_counter() - t1
+            except verify.SpecMismatch:
+                shutil.rmtree(cache.entry(key), ignore_errors=True)
+                raise
+        else:
             with cache.staging(key) as tmp:
                 steps = _build(req, src, cache, tmp / PACKAGE)
                 package = tmp / PACKAGE
+                t1 = time.perf_counter()
+                spec = verify.check(package, req)
+                verify_s = time.perf_counter() - t1
                 n_weights = sum(math.prod(s.shape) for s in tensor_specs(src.arch))
                 facts = {
                     "key": key, "key_fields": fields, "request": req.as_dict(), "steps": steps,
@@ -94,11 +107,9 @@ def prepare(req: ConversionRequest, src: Source, cache: ConversionCache) -> dict
                     "bits_per_weight": palettize.bits_per_weight(package, n_weights),
                 }
                 (tmp / FACTS).write_text(json.dumps(facts, indent=1))
-    package = cache.entry(key) / PACKAGE
-    t1 = time.perf_counter()
-    spec = verify.check(package, req)
-    return {**facts, "cache_hit": hit, "package": str(package), "lock_wait_s": lock_wait_s,
-            "prepare_s": t1 - t0, "verify_s": time.perf_counter() - t1, "spec": spec}
+    assert facts is not None
+    return {**facts, "cache_hit": hit, "package": str(cache.entry(key) / PACKAGE), "lock_wait_s": lock_wait_s,
+            "prepare_s": time.perf_counter() - t0 - verify_s, "verify_s": verify_s, "spec": spec}
 
 
 def compiled(facts: dict[str, Any], cache: ConversionCache) -> tuple[Path, float | None]:

@@ -4,6 +4,7 @@ writes an .mlpackage and returns how long its steps took."""
 
 from __future__ import annotations
 
+import json
 import time
 import tomllib
 from importlib import metadata
@@ -35,9 +36,24 @@ def converter_version(name: str) -> str:
         return f"{harness_version()}+r{HARNESS_CONVERTER_REVISION}"
     package = {"coreml-diffusion": "coreml-diffusion", "apple": "python_coreml_stable_diffusion"}[name]
     try:
-        return metadata.version(package)
+        dist = metadata.distribution(package)
     except metadata.PackageNotFoundError:
         raise ConverterUnavailable(f"converter {name!r} needs the {package} package, which this env lacks") from None
+    commit = source_commit(dist)
+    return f"{dist.version}+{commit}" if commit else dist.version
+
+
+def source_commit(dist: metadata.Distribution) -> str | None:
+    """The VCS commit a package was installed from (PEP 610 direct_url.json), or None for an
+    index install: two commits of a git source can carry the same version string."""
+    text = dist.read_text("direct_url.json")
+    if not text:
+        return None
+    try:
+        commit = json.loads(text).get("vcs_info", {}).get("commit_id")
+    except (ValueError, AttributeError):
+        return None
+    return commit if isinstance(commit, str) else None
 
 
 def _example_inputs(req: ConversionRequest):
@@ -115,10 +131,12 @@ def convert_coreml_diffusion(req: ConversionRequest, arch: UNetArch, model_path:
 
 def convert_apple(req: ConversionRequest, arch: UNetArch, model_path: str, out: Path) -> dict[str, float]:
     """Apple's ml-stable-diffusion (`python_coreml_stable_diffusion.torch2coreml.convert_unet`,
-    v1.1.0) on the harness's UNet. Its command line loads a whole pipeline from the hub; here the
+    commit e12202c) on the harness's UNet. Its command line loads a whole pipeline from the hub; here the
     pipeline is only what `convert_unet` reads (the UNet, the text encoder's width and length, a
     scheduler for the trace timestep), and the arguments come from its own parser, so every
-    option keeps the package's default. Its UNet takes encoder_hidden_states as (B, 768, 1, 77)."""
+    option keeps the package's default. Its UNet takes encoder_hidden_states as (B, 768, 1, 77).
+    Its `--quantize-nbits` acts in its `main()`, after conversion, through `_quantize_weights`
+    (k-means palettes, embedding tables left alone): called here the same way."""
     converter_version("apple")
     import shutil
     import tempfile
@@ -148,6 +166,11 @@ def convert_apple(req: ConversionRequest, arch: UNetArch, model_path: str, out: 
         args = torch2coreml.parser_spec().parse_args(argv)
         t0 = time.perf_counter()
         torch2coreml.convert_unet(pipe, args)
-        convert_s = time.perf_counter() - t0
-        shutil.move(torch2coreml._get_out_path(args, "unet"), out)
-    return {"convert_s": convert_s}
+        timings: dict[str, float] = {"convert_s": time.perf_counter() - t0}
+        package = torch2coreml._get_out_path(args, "unet")
+        if req.palettization:
+            t0 = time.perf_counter()
+            torch2coreml._quantize_weights(package, "unet", args.quantize_nbits)
+            timings["palettize_s"] = time.perf_counter() - t0
+        shutil.move(package, out)
+    return timings
