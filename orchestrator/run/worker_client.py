@@ -127,6 +127,10 @@ class WorkerRun:
         try:
             self._send(Measure())
             result = self._parse(self._receive(Result), Result)
+            try:
+                result.check(self.setup)
+            except Invalid as e:
+                raise _Failed(str(e)) from None
             self._exit()
         except _Failed as e:
             o.reason = str(e)
