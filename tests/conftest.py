@@ -84,6 +84,13 @@ def fake_pmset(tmp_path, monkeypatch):
     return point_at
 
 
+def stand_in(path: Path, script: Path, python: str = sys.executable) -> Path:
+    """An executable at `path` that runs `script` (a fake worker's interpreter, a fake meter)."""
+    path.write_text(f'#!/bin/sh\nexec "{python}" "{script}" "$@"\n')
+    path.chmod(0o755)
+    return path
+
+
 def only_session(out: Path) -> Path:
     """The one session folder a run wrote under `out`."""
     (d,) = [p for p in out.iterdir() if p.is_dir()]

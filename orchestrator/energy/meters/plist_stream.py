@@ -17,7 +17,7 @@ from typing import Any
 
 CHANNELS = ("cpu", "gpu", "ane")
 END = b"</plist>"
-MAX_DOCUMENT_BYTES = 4 << 20
+MAX_DOCUMENT_BYTES = 16 << 20  # a real sample (M4, every sampler) is 260 KB
 
 
 @dataclass
