@@ -63,7 +63,7 @@ def _read_all(data: bytes) -> list[dict]:
         while True:
             got.append(reader.recv(time.monotonic() + 5))
     except PeerClosed:
-        event("stream: clean end after %d message(s)" % len(got))
+        event(f"stream: clean end after {len(got)} message(s)")
     except ProtocolError as e:
         event("stream: " + str(e).split(":")[0])
     finally:
