@@ -12,6 +12,7 @@ import numpy as np
 
 from orchestrator.config.envs import discover, ensure_synced, parse_overrides
 from orchestrator.config.matrix import load_matrix
+from orchestrator.config.privileges import drop_to, invoking_user
 from orchestrator.errors import UserError
 from orchestrator.results.stats import within_run
 from orchestrator.run.pins import pin_inputs, pin_model, setup_message
@@ -64,7 +65,10 @@ def debug_cell(matrix_path: str, cell_id: str, iterations: int | None, env_overr
 
 
 def main(argv: list[str] | None = None) -> int:
-    """The `worker` command: `worker --cell ID` runs one cell once in its env."""
+    """The `worker` command: `worker --cell ID` runs one cell once in its env. It measures no
+    power, so under sudo it first becomes the invoking user for good, like the orchestrator."""
+    if (user := invoking_user()) is not None:
+        drop_to(user)
     p = argparse.ArgumentParser(prog="worker", description="Run one cell of a matrix once, in its env, "
                                 "and print what it measured: no cooldown, no power, nothing saved.")
     p.add_argument("--cell", required=True, help="the cell's id")
