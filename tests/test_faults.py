@@ -7,7 +7,7 @@ import json
 import time
 
 import pytest
-from conftest import REPO, cli, only_session, stand_in
+from conftest import REPO, cli, fake_worker_matrix, only_session, stand_in
 
 from orchestrator.energy.arithmetic import invalid_reason
 from orchestrator.energy.meters.plist_stream import MAX_DOCUMENT_BYTES
@@ -102,49 +102,12 @@ SESSION_RUNS = [
 
 
 def test_every_worker_and_meter_fault_is_one_run_recorded_and_the_session_goes_on(tmp_path):
-    from workers.contract.inputs import pinned_inputs
-
     worker = stand_in(tmp_path / "python", FAKES / "fake_worker.py")
     meter = stand_in(tmp_path / "powermetrics", FAKES / "powermetrics_replay.py")
-    dig = pinned_inputs(64).digests()
-    (tmp_path / "faults.toml").write_text(f"""
-[model]
-source = "synthetic"
-preset = "tiny"
-seed = 0
-sha256 = "3e35badb1a7d322f44352cd6cf1b21a25ebb2a91e0c08a0c2a059b34c7c095fb"
-[inputs]
-seed = 0
-batch = 2
-timestep = 500
-[inputs.sha256]
-"64" = {{ latent = "{dig['latent']}", text_embedding = "{dig['text_embedding']}" }}
-[timing]
-warmup = 0
-iterations = 3
-runs = {len(SESSION_RUNS)}
-cooldown_s = 0
-order = "sequential"
-run_timeout_s = 60
-[power]
-meter = "powermetrics"
-powermetrics = "{meter}"
-interval_ms = 20
-baseline_s = 0.5
-[preflight]
-load_settle_max_s = 0
-[equivalence]
-reference = {{ backend = "diffusers", env = "diffusers", device = "cpu", precision = "fp32" }}
-[[cells]]
-id = "fake"
-backend = "diffusers"
-env = "diffusers"
-device = "cpu"
-precision = "fp32"
-resolution = 64
-""")
+    matrix = fake_worker_matrix(tmp_path / "faults.toml", len(SESSION_RUNS), f'meter = "powermetrics"\n'
+                                f'powermetrics = "{meter}"\ninterval_ms = 20\nbaseline_s = 0.5', order="sequential")
     modes = ";".join(f"run-{i:03d}={w}" for i, (w, _, _) in enumerate(SESSION_RUNS))
-    p = cli(str(tmp_path / "faults.toml"), "--out", str(tmp_path / "out"), "--env", f"diffusers={worker}",
+    p = cli(str(matrix), "--out", str(tmp_path / "out"), "--env", f"diffusers={worker}",
             env={"CDB_CACHE_DIR": str(tmp_path / "cache"), "FAKE_MODES": modes, "CDB_REPLAY_FILE": str(CAPTURE),
                  "CDB_REPLAY_MODES": ",".join(m for _, m, _ in SESSION_RUNS if m != "replay"),
                  "CDB_REPLAY_COUNTER": str(tmp_path / "meter-starts")}, timeout=600)

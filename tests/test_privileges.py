@@ -19,9 +19,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import REPO, only_session
-
-from workers.contract.inputs import pinned_inputs
+from conftest import REPO, fake_worker_matrix, only_session
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0 or shutil.which("useradd") is None
                                 or not Path("/usr/bin/python3").exists(),
@@ -89,42 +87,7 @@ def test_under_sudo_only_the_broker_and_powermetrics_run_as_root(shared):
     work = shared / "work"  # the user's own folder, as their checkout and home would be
     work.mkdir()
     os.chown(work, user.pw_uid, user.pw_gid)
-    dig = pinned_inputs(64).digests()
-    matrix = shared / "matrix.toml"
-    matrix.write_text(f"""
-[model]
-source = "synthetic"
-preset = "tiny"
-seed = 0
-sha256 = "3e35badb1a7d322f44352cd6cf1b21a25ebb2a91e0c08a0c2a059b34c7c095fb"
-[inputs]
-seed = 0
-batch = 2
-timestep = 500
-[inputs.sha256]
-"64" = {{ latent = "{dig['latent']}", text_embedding = "{dig['text_embedding']}" }}
-[timing]
-warmup = 0
-iterations = 3
-runs = 2
-cooldown_s = 0
-run_timeout_s = 120
-[power]
-meter = "powermetrics"
-interval_ms = 20
-baseline_s = 0.5
-[preflight]
-load_settle_max_s = 0
-[equivalence]
-reference = {{ backend = "diffusers", env = "diffusers", device = "cpu", precision = "fp32" }}
-[[cells]]
-id = "fake"
-backend = "diffusers"
-env = "diffusers"
-device = "cpu"
-precision = "fp32"
-resolution = 64
-""")
+    matrix = fake_worker_matrix(shared / "matrix.toml", 2, 'meter = "powermetrics"\ninterval_ms = 20\nbaseline_s = 0.5')
     start = (f"import orchestrator.energy.meters.broker as b; b.POWERMETRICS = {str(meter)!r}; "
              "from orchestrator.cli import main; main()")
     env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO), "SUDO_UID": str(user.pw_uid),
