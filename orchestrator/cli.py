@@ -17,6 +17,7 @@ from orchestrator.config import envs as envs_mod
 from orchestrator.config.matrix import load_matrix
 from orchestrator.console import Display
 from orchestrator.energy import meters
+from orchestrator.energy.meters.broker import separate
 from orchestrator.errors import UserError
 from orchestrator.report.tables import common_sessions, comparison_table, group_ratio_table
 from orchestrator.report.tables import fmt as fmt_number
@@ -348,6 +349,7 @@ def _interrupt(signum, frame) -> None:
 
 
 def main() -> None:
+    separate()  # first: under sudo, fork the root meter broker and become the invoking user
     try:
         cli.main(standalone_mode=False)
     except UserError as e:

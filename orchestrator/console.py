@@ -34,7 +34,7 @@ class RunProgress:
         self._p, self._task, self._console = progress, task, console
 
     def start_run(self, planned: PlannedRun, cell: Any, total: int) -> None:
-        self._p.update(self._task, description=f"{cell.id} run {planned.run_index}")
+        self._p.update(self._task, description=escape(f"{cell.id} run {planned.run_index}"))
 
     def end_run(self, rec: RunRecord, runs_per_cell: int) -> None:
         head = f"{rec.cell_id} run {rec.run_index} ({rec.run_index + 1} of {runs_per_cell})"
@@ -42,13 +42,13 @@ class RunProgress:
             eq = "" if rec.cosine is None else f"  cosine {rec.cosine:.6f}"
             if rec.energy_per_step_j is not None:
                 eq += f"  {rec.energy_per_step_j:.4g} J/step net ({fmt(rec.gross_energy_per_step_j)} gross)"
-            self._console.print(f"  {head}: ok  {fmt(rec.latency_ms_median, '.2f')} ms/step (IQR "
-                                f"{fmt(rec.latency_ms_iqr, '.2f')}, {rec.iterations} it){eq}{run_flags(rec)}",
+            self._console.print(escape(f"  {head}: ok  {fmt(rec.latency_ms_median, '.2f')} ms/step (IQR "
+                                       f"{fmt(rec.latency_ms_iqr, '.2f')}, {rec.iterations} it){eq}") + run_flags(rec),
                                 highlight=False)
-        elif rec.status == "unsupported":
-            self._console.print(f"  {head}: [yellow]unsupported[/]: {rec.failure_reason}", highlight=False)
-        else:
-            self._console.print(f"  {head}: [red]failed[/]: {rec.failure_reason}", highlight=False)
+        else:  # the reason is a worker's or a meter's text: printed as text, never as markup
+            style = "yellow" if rec.status == "unsupported" else "red"
+            self._console.print(f"  {escape(head)}: [{style}]{rec.status}[/]: {escape(rec.failure_reason or '')}",
+                                highlight=False)
         self._p.advance(self._task)
 
 
@@ -85,7 +85,7 @@ class Display:
 
     @contextmanager
     def status(self, message: str) -> Iterator[None]:
-        with self.err.status(message):
+        with self.err.status(Text(message)):
             yield
 
     @contextmanager
@@ -112,5 +112,5 @@ class Display:
         self.table(cell_table(summary), f"session {summary.session_id}")
         if reason := summary.energy_unavailable_reason:
             self.out.print(f"energy: {again(reason, self.explained[reason]) if reason in self.explained else reason}",
-                           highlight=False, soft_wrap=True)
+                           highlight=False, markup=False, soft_wrap=True)
             self.explained.setdefault(reason, "'energy'")

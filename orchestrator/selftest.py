@@ -16,7 +16,7 @@ from typing import Any
 
 from orchestrator.config import envs as envs_mod
 from orchestrator.config.matrix import load_matrix
-from orchestrator.config.privileges import give_to_invoking_user, invoking_user
+from orchestrator.config.privileges import invoking_user
 from orchestrator.console import Display
 from orchestrator.doctor import diagnose
 from orchestrator.energy.preflight import checks as preflight_checks
@@ -202,7 +202,6 @@ def run_selftest(out: Path, display: Display, env_overrides: dict[str, Path] | N
     }
     path = result.dir.root / "selftest.json"
     write_json(path, report)
-    give_to_invoking_user(path)
     report["path"] = str(path)
     return report
 

@@ -84,6 +84,56 @@ def fake_pmset(tmp_path, monkeypatch):
     return point_at
 
 
+def stand_in(path: Path, script: Path, python: str = sys.executable) -> Path:
+    """An executable at `path` that runs `script` (a fake worker's interpreter, a fake meter)."""
+    path.write_text(f'#!/bin/sh\nexec "{python}" "{script}" "$@"\n')
+    path.chmod(0o755)
+    return path
+
+
+def fake_worker_matrix(path: Path, runs: int, power: str, order: str = "interleaved") -> Path:
+    """A one-cell matrix for a fake worker given as `--env diffusers=...` (tests/fakes/fake_worker.py):
+    the tiny synthetic model at 64x64, 3 iterations, no cooldown or load wait; `power` is its
+    [power] table's lines."""
+    from workers.contract.inputs import pinned_inputs
+
+    dig = pinned_inputs(64).digests()
+    path.write_text(f"""
+[model]
+source = "synthetic"
+preset = "tiny"
+seed = 0
+sha256 = "3e35badb1a7d322f44352cd6cf1b21a25ebb2a91e0c08a0c2a059b34c7c095fb"
+[inputs]
+seed = 0
+batch = 2
+timestep = 500
+[inputs.sha256]
+"64" = {{ latent = "{dig['latent']}", text_embedding = "{dig['text_embedding']}" }}
+[timing]
+warmup = 0
+iterations = 3
+runs = {runs}
+cooldown_s = 0
+order = "{order}"
+run_timeout_s = 120
+[power]
+{power}
+[preflight]
+load_settle_max_s = 0
+[equivalence]
+reference = {{ backend = "diffusers", env = "diffusers", device = "cpu", precision = "fp32" }}
+[[cells]]
+id = "fake"
+backend = "diffusers"
+env = "diffusers"
+device = "cpu"
+precision = "fp32"
+resolution = 64
+""")
+    return path
+
+
 def only_session(out: Path) -> Path:
     """The one session folder a run wrote under `out`."""
     (d,) = [p for p in out.iterdir() if p.is_dir()]

@@ -108,7 +108,7 @@ def test_every_m1pro_document_parses_to_exactly_its_energy():
     stream = PlistStream()
     stream.feed(M1PRO.read_bytes(), 1)
     stream.finish()
-    assert stream.counters() == {"documents": 4, "garbage": 0, "truncated": 0}
+    assert stream.counters() == {"documents": 4, "garbage": 0, "truncated": 0, "overflow": 0}
     for i, s in enumerate(stream.samples):
         assert s.joules == {ch: M1PRO_MJ[ch][i] / 1e3 for ch in M1PRO_MJ}
         assert s.elapsed_ns == M1PRO_ELAPSED[i]
@@ -122,7 +122,7 @@ def test_garbage_and_a_truncated_last_document_are_skipped_and_counted():
     for i in range(0, len(data), 4096):  # arrives in pieces, as from a pipe
         stream.feed(data[i:i + 4096], i)
     stream.finish()
-    assert stream.counters() == {"documents": 2, "garbage": 1, "truncated": 1}
+    assert stream.counters() == {"documents": 2, "garbage": 1, "truncated": 1, "overflow": 0}
 
 
 def test_documents_framed_by_newlines_alone_parse_as_they_arrive():
@@ -135,7 +135,7 @@ def test_documents_framed_by_newlines_alone_parse_as_they_arrive():
     stream.feed(b"powermetrics: some warning\n" + doc + doc, 2)
     stream.finish()
     assert [s.arrival_ns for s in stream.samples] == [1, 2, 2]
-    assert stream.counters() == {"documents": 3, "garbage": 1, "truncated": 0}
+    assert stream.counters() == {"documents": 3, "garbage": 1, "truncated": 0, "overflow": 0}
     assert all(s.joules == {"cpu": 3.049, "gpu": 0.276, "ane": 0.0} for s in stream.samples)
 
 

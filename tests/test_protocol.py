@@ -6,7 +6,16 @@ import numpy as np
 import pytest
 
 from workers.contract.messages import Hello, Measure, NvmlCheck, Result, parse, wire
-from workers.contract.protocol import PROTOCOL_VERSION, Channel, FrameReader, PeerClosed, ProtocolError, encode
+from workers.contract.protocol import (
+    ARRAY_EXT,
+    HEADER,
+    PROTOCOL_VERSION,
+    Channel,
+    FrameReader,
+    PeerClosed,
+    ProtocolError,
+    encode,
+)
 from workers.contract.typed import Invalid
 
 
@@ -49,7 +58,8 @@ def test_oversized_frame_is_refused_not_buffered():
 
 
 def test_frame_that_is_not_a_typed_map_is_malformed():
-    reader, _ = _pipe_with(msgpack.packb([1, 2, 3]))
+    body = msgpack.packb([1, 2, 3])
+    reader, _ = _pipe_with(HEADER.pack(len(body)) + body)
     with pytest.raises(ProtocolError, match="malformed"):
         FrameReader(reader).recv(time.monotonic() + 5)
 
@@ -123,3 +133,59 @@ def test_the_worker_hello_carries_the_protocol_version():
 
     h = parse(wire(hello("diffusers")), Hello)
     assert h.protocol == PROTOCOL_VERSION and h.pid == os.getpid() and h.env == "diffusers"
+
+
+def _framed(body: bytes) -> bytes:
+    return HEADER.pack(len(body)) + body
+
+
+def test_a_bogus_length_fails_when_the_header_arrives_not_at_the_deadline():
+    """The stream stays open and silent after the header: a reader that waited for the body
+    would raise TimeoutError at its deadline instead."""
+    reader, w = _pipe_with(HEADER.pack(0xFFFFFFF0), close=False)
+    with pytest.raises(ProtocolError, match="oversized frame: the header announces 4294967280 bytes"):
+        FrameReader(reader).recv(time.monotonic() + 60)
+    os.close(w)
+
+
+def test_every_cut_of_a_hello_frame_is_truncated_never_a_clean_end():
+    from workers.serve import hello
+
+    frame = encode(wire(hello("diffusers")))
+    for cut in range(1, len(frame)):
+        reader, _ = _pipe_with(frame[:cut])
+        with pytest.raises(ProtocolError, match="truncated frame") as e:
+            FrameReader(reader).recv(time.monotonic() + 5)
+        assert not isinstance(e.value, PeerClosed), cut
+
+
+def test_the_worker_side_tells_a_cut_frame_from_a_closed_stream():
+    frame = encode({"type": "measure"})
+    for cut in range(1, len(frame)):
+        r, w = os.pipe()
+        os.write(w, frame[:cut])
+        os.close(w)
+        with pytest.raises(ProtocolError, match="truncated frame") as e:
+            Channel(os.fdopen(r, "rb", buffering=0), open(os.devnull, "wb")).recv()
+        assert not isinstance(e.value, PeerClosed), cut
+
+
+@pytest.mark.parametrize("ext,error", [
+    (msgpack.ExtType(ARRAY_EXT, msgpack.packb(["|O", [1], b"\0" * 8])), "bad array: ValueError: dtype '|O' is not numeric"),
+    (msgpack.ExtType(ARRAY_EXT, msgpack.packb(["no-such-dtype", [1], b""])), "bad array: TypeError"),
+    (msgpack.ExtType(ARRAY_EXT, msgpack.packb(["<f4", [3], b"\0" * 8])), "bad array: ValueError"),
+    (msgpack.ExtType(ARRAY_EXT, b"\xc1"), "bad array"),
+    (msgpack.ExtType(7, b""), "unknown ext type 7"),
+])
+def test_a_bad_array_is_a_protocol_error(ext, error):
+    reader, _ = _pipe_with(_framed(msgpack.packb({"type": "result", "output": ext})))
+    with pytest.raises(ProtocolError, match=error.replace("|", "\\|")):
+        FrameReader(reader).recv(time.monotonic() + 5)
+
+
+@pytest.mark.parametrize("body", [b"\xc1", msgpack.packb({"type": "x"}) + b"\x00", msgpack.packb({1: 2}),
+                                  msgpack.packb({"type": 3}), b"", msgpack.packb({(1,): 1})[:0] + b"\x81\x91\x01\x01"])
+def test_a_body_that_is_not_one_typed_map_is_malformed(body):
+    reader, _ = _pipe_with(_framed(body))
+    with pytest.raises(ProtocolError, match="malformed frame"):
+        FrameReader(reader).recv(time.monotonic() + 5)

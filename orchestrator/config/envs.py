@@ -18,7 +18,6 @@ from pathlib import Path
 from packaging.markers import Marker
 
 from orchestrator.config.paths import ENVS_DIR, REPO_ROOT
-from orchestrator.config.privileges import child_kwargs, give_to_invoking_user
 from orchestrator.errors import UserError
 
 KEY_PACKAGES = ("torch", "diffusers", "coremltools", "mlx", "numpy")
@@ -204,7 +203,7 @@ def _uv(env: Env, *args: str, log=print) -> None:
         cmd += ["--python", str(python)]  # also overrides a UV_PYTHON meant for the other envs
     log(f"env {env.name}: {' '.join(cmd[1:])}")
     environ = {k: v for k, v in os.environ.items() if k != "VIRTUAL_ENV"}  # the env's own venv, not the caller's
-    proc = subprocess.run(cmd, stderr=subprocess.PIPE, text=True, **child_kwargs(environ))
+    proc = subprocess.run(cmd, stderr=subprocess.PIPE, text=True, env=environ)
     sys.stderr.write(proc.stderr)
     if proc.returncode != 0:
         tail = "\n".join(proc.stderr.strip().splitlines()[-5:])
@@ -241,7 +240,6 @@ def sync(env: Env, log=print) -> float:
         _uv(env, "lock", log=log)
     _uv(env, "sync", "--locked", log=log)
     (env.project / ".venv" / SYNC_STAMP).write_text(f"{env.lock_sha256()}\n")
-    give_to_invoking_user(env.project / ".venv" / SYNC_STAMP)
     return time.monotonic() - t0
 
 

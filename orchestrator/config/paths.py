@@ -29,11 +29,8 @@ def expand(value: str, base: Path) -> Path:
 
 
 def cache_dir() -> Path:
-    """`CDB_CACHE_DIR`, else the (invoking, under sudo) user's cache folder."""
-    from orchestrator.config.privileges import invoking_user
-
+    """`CDB_CACHE_DIR`, else the user's cache folder (under sudo, the invoking user's: the
+    orchestrator is that user, with that HOME, before it reads any path)."""
     if env := os.environ.get("CDB_CACHE_DIR"):
         return Path(env).expanduser()
-    user = invoking_user()
-    home = Path(user.home) if user else Path.home()
-    return Path(os.environ.get("XDG_CACHE_HOME") or home / ".cache") / "coreml-diffusion-benchmarks"
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "coreml-diffusion-benchmarks"

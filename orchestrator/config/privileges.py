@@ -1,13 +1,13 @@
-"""Under `sudo`, only the meter needs root: workers, env syncing and uv run as the invoking user
-(SUDO_UID/SUDO_GID, with that user's HOME), and the files a session writes are theirs."""
+"""Under `sudo`, only powermetrics needs root. The orchestrator forks its meter broker
+(`energy/meters/broker.py`) and then drops to the user who invoked sudo, for good: from then on
+workers, env syncing, uv, pmset, doctor's probes and every file the session writes run as, and
+belong to, that user. Nothing is chowned afterwards, so nothing is ever chowned through a link."""
 
 from __future__ import annotations
 
 import os
 import pwd
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 
 @dataclass(frozen=True)
@@ -34,25 +34,23 @@ def invoking_user() -> InvokingUser | None:
     return InvokingUser(uid, gid, name, home)
 
 
-def child_kwargs(environ: dict[str, str]) -> dict[str, Any]:
-    """subprocess keyword arguments that start a child as the invoking user (or unchanged)."""
-    user = invoking_user()
-    if user is None:
-        return {"env": environ}
-    return {"user": user.uid, "group": user.gid, "extra_groups": [],
-            "env": {**environ, "HOME": user.home, "USER": user.name, "LOGNAME": user.name}}
-
-
-def give_to_invoking_user(*paths: Path) -> None:
-    """chown what the session wrote (recursively) to the invoking user."""
-    user = invoking_user()
-    if user is None:
-        return
-    for path in paths:
-        if not path.exists():
-            continue
-        os.chown(path, user.uid, user.gid)
-        if path.is_dir():
-            for root, dirs, files in os.walk(path):
-                for name in dirs + files:
-                    os.chown(os.path.join(root, name), user.uid, user.gid, follow_symlinks=False)
+def drop_to(user: InvokingUser) -> None:
+    """Become `user` for good: supplementary groups (the user's own), then the group ids, then
+    the user ids (real, effective and saved: root sets all three), then HOME and the user's
+    names. Raises OSError if root could be regained afterwards."""
+    try:
+        os.initgroups(user.name, user.gid)
+    except (OSError, KeyError):  # a uid without a passwd entry: its primary group only
+        os.setgroups([user.gid])
+    os.setgid(user.gid)
+    os.setuid(user.uid)
+    if hasattr(os, "getresuid") and (os.getresuid() != (user.uid,) * 3 or os.getresgid() != (user.gid,) * 3):
+        raise OSError(f"ids after the drop: uid {os.getresuid()}, gid {os.getresgid()}")
+    try:
+        os.setuid(0)
+    except PermissionError:
+        pass
+    else:
+        raise OSError("root could be regained after the drop")
+    os.environ.update(HOME=user.home, USER=user.name, LOGNAME=user.name)
+    os.umask(0o022)

@@ -15,6 +15,7 @@ energy per edge. Without a baseline, edges are split in proportion to time."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -41,6 +42,25 @@ class Interval:
 
 STEPS_PER_IMAGE = 50
 TOTAL = "total"
+MAX_CHANNEL_W = 5000.0  # far above any one channel of any meter here (an H200 draws 700 W): a reading above it is a fault
+
+
+def invalid_reason(intervals: Sequence[Interval]) -> str | None:
+    """Why these meter values cannot be energy, or None: a reading that is not finite or is
+    negative, a sample that claims no duration, or a power no channel can draw. A run whose meter
+    says such things records no energy (flag `energy_invalid`), so the values never reach a
+    statistic."""
+    for i, iv in enumerate(intervals):
+        if iv.duration_ns is not None and iv.duration_ns <= 0:
+            return f"sample {i} lasts {iv.duration_ns} ns"
+        for ch, j in iv.joules.items():
+            if not isinstance(j, (int, float)) or not math.isfinite(j):
+                return f"sample {i}: {ch} energy is {j!r}"
+            if j < 0:
+                return f"sample {i}: {ch} energy is negative ({j!r} J)"
+            if iv.seconds > 0 and j / iv.seconds > MAX_CHANNEL_W:
+                return f"sample {i}: {ch} at {j / iv.seconds!r} W, above the {MAX_CHANNEL_W:g} W no channel draws"
+    return None
 
 
 def overlap_energy(intervals: Sequence[Interval], a: int, b: int,

@@ -55,6 +55,10 @@ FLAGS: tuple[Flag, ...] = (
          "energy withheld: power preconditions failed", "energy withheld", "missing", True,
          "run(s) {runs} recorded no energy: power preconditions failed",
          lambda r: bool(r.power_problems) and not r.forced_power),
+    Flag("energy_invalid", "energy_invalid_runs", "the meter's values could not be energy (not finite, negative, a "
+         "sample of no duration, a power no channel draws), so the run recorded no energy; `energy_invalid` says "
+         "which value", "energy invalid: impossible meter values", "energy invalid", "missing", True,
+         "run(s) {runs} recorded no energy: the meter's values were impossible", lambda r: bool(r.energy_invalid)),
     Flag("load_unsettled", "load_unsettled_runs", "the run started without the host's load average settling",
          "load average never settled before the run", "load unsettled", "doubt", True,
          "run(s) {runs} started before the load average settled", lambda r: bool(r.load_unsettled)),

@@ -11,7 +11,7 @@ import json
 import os
 from dataclasses import dataclass, replace
 
-from orchestrator.energy.arithmetic import Interval, record_fields, run_energy
+from orchestrator.energy.arithmetic import Interval, invalid_reason, record_fields, run_energy
 from orchestrator.results.provenance import harness
 from orchestrator.results.records import RunRecord
 from orchestrator.results.store import RUNS, SessionDir, utc_now
@@ -44,6 +44,9 @@ def recompute_energy(sdir: SessionDir) -> Recomputed:
         m = json.loads((sdir.root / samples).read_text())
         intervals = [Interval(a, b, joules) for a, b, joules in m["intervals"]]
         baseline = tuple(m["baseline_ns"]) if m["baseline_ns"] else None
+        if invalid_reason(intervals) is not None:
+            out.append(line)  # values that cannot be energy: the run keeps its `energy_invalid` and no energy
+            continue
         e = run_energy(intervals, baseline, tuple(m["window_ns"]), rec.iterations)
         after = replace(rec, **record_fields(e, rec.nvml_check))
         runs += 1

@@ -139,6 +139,13 @@ class RunRecord:
                                              "power-brake clocks; null when the meter cannot tell")
     meter_stats: dict[str, Any] = field(factory=dict, doc="parser counters, or polls and the measured counter step")
     meter_samples_file: str | None = field(None, doc="raw intervals and readings (`samples/<cell>/run-NNN.meter.json`)")
+    energy_invalid: str | None = field(None, doc="why the meter's values cannot be energy (not finite, negative, a "
+                                                 "sample of no duration, a power no channel draws); the run then "
+                                                 "records no energy")
+    meter_exit: str | None = field(None, doc="a meter process (powermetrics): `stopped` by the harness at the run's "
+                                             "end, or how it ended on its own before that (`exited with code 1 "
+                                             "before it was stopped`); null for meters without a process")
+    meter_stderr: str | None = field(None, doc="a meter process: the last 2000 bytes of its stderr, as text")
     nvml_check: dict[str, Any] | None = field(None, doc="with `--nvml-check`: the worker's own counter reads "
                                                         "(`joules`), `harness_window_j` and their `ratio`")
     conversion: dict[str, Any] | None = field(None, doc="Core ML cells: the conversion's key, cache hit, steps and "

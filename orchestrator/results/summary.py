@@ -126,6 +126,7 @@ class CellSummary:
     short_window_runs: list[int] = field(factory=list, doc="runs flagged `short_window`")
     forced_power_runs: list[int] = field(factory=list, doc="runs flagged `forced_power`")
     energy_withheld_runs: list[int] = field(factory=list, doc="runs flagged `energy_withheld`")
+    energy_invalid_runs: list[int] = field(factory=list, doc="runs flagged `energy_invalid`")
     load_unsettled_runs: list[int] = field(factory=list, doc="runs flagged `load_unsettled`")
     thermal_limited_runs: list[int] = field(factory=list, doc="runs flagged `thermal_limited`")
     energy_unavailable_reason: str | None = field(None, doc="the first run's reason its energy is null")

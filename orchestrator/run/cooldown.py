@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from orchestrator.energy.arithmetic import TOTAL, median_power
+from orchestrator.energy.arithmetic import TOTAL, invalid_reason, median_power
 from orchestrator.energy.meters.base import Meter, MeterRecord
 
 RECENT_S = 2.0  # power is judged over the last this many seconds
@@ -36,11 +36,12 @@ class Cooldown:
 
 
 def idle_power(meter: Meter, seconds: float) -> float | None:
-    """The host's idle power: median total interval power over `seconds` with no worker."""
+    """The host's idle power: median total interval power over `seconds` with no worker (None
+    when the meter gave nothing, or values that cannot be energy)."""
     meter.start()
     time.sleep(seconds)
     rec = meter.stop()
-    if not rec.intervals:
+    if not rec.intervals or invalid_reason(rec.intervals) is not None:
         return None
     return median_power(rec.intervals, rec.intervals[0].start_ns, rec.intervals[-1].end_ns).get(TOTAL)
 

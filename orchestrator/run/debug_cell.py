@@ -15,6 +15,7 @@ import numpy as np
 from orchestrator.config.envs import discover, ensure_synced, parse_overrides
 from orchestrator.config.matrix import load_matrix
 from orchestrator.config.paths import REPO_ROOT
+from orchestrator.config.privileges import drop_to, invoking_user
 from orchestrator.errors import UserError
 from orchestrator.results.records import current_cell_id
 from orchestrator.results.stats import within_run
@@ -118,7 +119,10 @@ def debug_cell(matrix_path: str | None, cell_id: str, iterations: int | None, en
 
 
 def main(argv: list[str] | None = None) -> int:
-    """The `worker` command: `worker --cell ID` runs one cell once in its env."""
+    """The `worker` command: `worker --cell ID` runs one cell once in its env. It measures no
+    power, so under sudo it first becomes the invoking user for good, like the orchestrator."""
+    if (user := invoking_user()) is not None:
+        drop_to(user)
     p = argparse.ArgumentParser(prog="worker", description="Run one cell of a matrix once, in its env, "
                                 "and print what it measured: no cooldown, no power, nothing saved.")
     p.add_argument("--cell", required=True, help="the cell's id")

@@ -4,6 +4,7 @@ in the planned order, each run's record appended to runs.jsonl the moment it end
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import shlex
 import time
@@ -18,9 +19,9 @@ from orchestrator.config.envs import Env, ensure_synced
 from orchestrator.config.matrix import Cell, Matrix
 from orchestrator.config.paths import REPO_ROOT
 from orchestrator.config.plan import PlannedRun, plan_runs
-from orchestrator.config.privileges import give_to_invoking_user, invoking_user
+from orchestrator.config.privileges import invoking_user
 from orchestrator.console import Display
-from orchestrator.energy.arithmetic import record_fields, run_energy
+from orchestrator.energy.arithmetic import invalid_reason, record_fields, run_energy
 from orchestrator.energy.meters import Meters, choose
 from orchestrator.energy.meters.base import Meter, MeterRecord, NoMeter
 from orchestrator.energy.preflight.gate import PreflightGate
@@ -215,11 +216,11 @@ class Session:
         rec.energy_unavailable_reason = meter.reason if isinstance(meter, NoMeter) else None
         rec.log_file = sdir.rel(log)
         fill_from_outcome(rec, outcome)
-        user = invoking_user()
-        if user is not None and outcome.hello is not None and outcome.hello.uid != user.uid:
-            rec.status = "failed"
-            rec.failure_reason = (f"worker ran as uid {outcome.hello.uid}, not as {user.name} (uid {user.uid}) "
-                                  f"who invoked sudo")
+        if meter_record is not None:
+            rec.meter_exit, rec.meter_stderr = meter_record.exit_status, meter_record.stderr_tail
+        if outcome.hello is not None and outcome.hello.uid not in (None, os.getuid()):
+            rec.status = "failed"  # under sudo the orchestrator is the invoking user by now: so must its workers be
+            rec.failure_reason = f"worker ran as uid {outcome.hello.uid}, not as this session's uid {os.getuid()}"
             return rec
         if cooldown is not None:
             rec.cooldown_s, rec.cooldown_settled = cooldown.seconds, cooldown.settled
@@ -239,25 +240,29 @@ class Session:
         window = (result.window_start_ns, result.window_end_ns)
         iterations, window_s = rec.iterations, rec.window_s
         assert iterations is not None and window_s is not None  # _measurements filled them
-        e = run_energy(record.intervals, baseline, window, iterations)
-        update_s = record.stats.get("counter_update_interval_s") or meter.update_interval_s()
         samples = sdir.sample_path(cell.id, planned.run_index, ".meter.json")
         samples.write_text(json.dumps({
             "meter": meter.name, "baseline_ns": baseline, "window_ns": window, "stats": record.stats,
             "intervals": [[iv.start_ns, iv.end_ns, iv.joules] for iv in record.intervals],
             "readings": [[r.t_ns, r.values] for r in record.readings],
-        }))
+        }))  # NaN and Infinity as Python writes them: the raw values, whatever they are
+        rec.meter_stats, rec.meter_samples_file = record.stats, sdir.rel(samples)
+        if (bad := invalid_reason(record.intervals)) is not None:
+            rec.energy_invalid = f"{meter.name}: {bad}"
+            rec.energy_unavailable_reason = f"the meter's values are invalid ({rec.energy_invalid})"
+            return rec
+        e = run_energy(record.intervals, baseline, window, iterations)
+        update_s = record.stats.get("counter_update_interval_s") or meter.update_interval_s()
         nvml_check = to_dict(result.nvml_check) if result.nvml_check is not None else None
         rec = replace(rec, **record_fields(e, nvml_check))
         rec.energy_unavailable_reason = None if e.energy_per_step_j else (
-            "the meter recorded no samples" if not record.intervals else
+            f"the meter recorded no samples{_meter_ending(record)}" if not record.intervals else
             "no baseline window (power.baseline_s = 0)" if baseline is None else
             "no meter samples in the baseline or timed window")
         rec.baseline_window_s = (baseline[1] - baseline[0]) / 1e9 if baseline else None
         rec.meter_update_interval_s = update_s
         rec.short_window = window_s < SHORT_WINDOW_UPDATES * update_s
         rec.throttled = meter.throttled(record, baseline[0] if baseline else window[0], window[1])
-        rec.meter_stats, rec.meter_samples_file = record.stats, sdir.rel(samples)
         return rec
 
     def _measurements(self, rec: RunRecord, sdir: SessionDir, cell: Cell, planned: PlannedRun,
@@ -351,7 +356,6 @@ class Session:
                 session.resumes[-1].update(idle_w=idle_w, references=references)
             sdir.write_session(session)
             summary = write_report(sdir).summary
-            give_to_invoking_user(sdir.root, m.model.cache_dir)
         counts = Counter(r.status for r in sdir.read_runs().records)
         return SessionResult(sdir, summary, counts["ok"], counts["failed"], counts["unsupported"], interrupted)
 
@@ -376,6 +380,14 @@ class Session:
                    "energy_unavailable_reason": None if self.meters.name else self.meters.reason},
             provenance=provenance.collect(self._needed_envs()),
         )
+
+
+def _meter_ending(record: MeterRecord) -> str:
+    """Why a meter process gave nothing, in its own words where it has any."""
+    if record.exit_status in (None, "stopped"):
+        return ""
+    last = next((ln.strip() for ln in reversed((record.stderr_tail or "").splitlines()) if ln.strip()), "")
+    return f" (the meter {record.exit_status}" + (f": {last[:200]})" if last else ")")
 
 
 def fill_from_outcome(rec: RunRecord, o: RunOutcome) -> None:

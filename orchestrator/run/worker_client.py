@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from orchestrator.config.envs import Env
-from orchestrator.config.privileges import child_kwargs
+from orchestrator.errors import describe_exit
 from workers.contract.messages import Error, Hello, M, Measure, Message, Ready, Result, Setup, Unsupported, parse, wire
 from workers.contract.protocol import PROTOCOL_VERSION, FrameReader, PeerClosed, ProtocolError, encode
 from workers.contract.typed import Invalid
@@ -50,17 +50,6 @@ class _Failed(Exception):
 
 def worker_command(env: Env, label: str) -> list[str]:
     return [str(env.python), "-m", "workers", "--serve", "--env-name", env.name, "--run-label", label]
-
-
-def _describe_exit(code: int | None) -> str:
-    if code is None:
-        return "still running"
-    if code < 0:
-        try:
-            return f"killed by signal {signal.Signals(-code).name}"
-        except ValueError:
-            return f"killed by signal {-code}"
-    return f"exited with code {code}"
 
 
 def _last_line(log: Path) -> str:
@@ -94,7 +83,7 @@ class WorkerRun:
         try:
             self._proc = subprocess.Popen(
                 worker_command(self.env, self.label), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                stderr=self._log, start_new_session=True, **child_kwargs(self.env.worker_environ()),
+                stderr=self._log, start_new_session=True, env=self.env.worker_environ(),
             )
         except OSError as e:
             o.reason = f"cannot start the worker ({self.env.python}): {e.strerror or e}"
@@ -127,6 +116,10 @@ class WorkerRun:
         try:
             self._send(Measure())
             result = self._parse(self._receive(Result), Result)
+            try:
+                result.check(self.setup)
+            except Invalid as e:
+                raise _Failed(str(e)) from None
             self._exit()
         except _Failed as e:
             o.reason = str(e)
@@ -174,7 +167,7 @@ class WorkerRun:
                 self._proc.wait(timeout=STOP_GRACE_S)
             except subprocess.TimeoutExpired:
                 pass  # described as still running; _stop ends it
-            raise _Failed(f"worker {_describe_exit(self._proc.returncode)} before sending {kinds[0].TYPE}") from None
+            raise _Failed(f"worker {describe_exit(self._proc.returncode)} before sending {kinds[0].TYPE}") from None
         except ProtocolError as e:
             raise _Failed(str(e)) from None
         if msg["type"] == Error.TYPE:
@@ -214,7 +207,7 @@ class WorkerRun:
                     self._proc.wait(timeout=STOP_GRACE_S)
                 except subprocess.TimeoutExpired:
                     pass  # described as still running; _stop ends it
-                raise _Failed(f"worker {_describe_exit(self._proc.returncode)} before reading its "
+                raise _Failed(f"worker {describe_exit(self._proc.returncode)} before reading its "
                               f"{message.TYPE}") from None
 
     def _exit(self) -> None:
@@ -226,7 +219,7 @@ class WorkerRun:
         except subprocess.TimeoutExpired:
             raise _Failed("worker did not exit after sending its result") from None
         if code != 0:
-            raise _Failed(f"worker {_describe_exit(code)} after its result")
+            raise _Failed(f"worker {describe_exit(code)} after its result")
 
 
 def run_worker(env: Env, setup: Setup, *, label: str, log_path: Path, timeout_s: float) -> RunOutcome:

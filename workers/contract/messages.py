@@ -63,17 +63,29 @@ class Ready:
     TYPE: ClassVar[str] = "ready"
     load_s: float = field(unit="s", doc="model load, imports included")
     warmup_s: float = field(unit="s", doc="the warmup iterations")
-    realized: dict[str, Any] = field(doc="what runs: device, dtype, attention, threads, conversion facts")
-    versions: dict[str, Any] = field(doc="the toolchain's versions")
+    realized: dict[str, Any] = field(plain=True, doc="what runs: device, dtype, attention, threads, conversion facts")
+    versions: dict[str, Any] = field(plain=True, doc="the toolchain's versions")
     model_sha256: str = field(doc="the weights loaded")
+
+    def __post_init__(self) -> None:
+        _conversion(self.realized, "realized")
 
 
 @dataclass
 class Unsupported:
     TYPE: ClassVar[str] = "unsupported"
     reason: str = field(doc="why this host cannot run the cell")
-    versions: dict[str, Any] = field(factory=dict, doc="the toolchain's versions")
-    facts: dict[str, Any] = field(factory=dict, doc="what the backend established first (a conversion)")
+    versions: dict[str, Any] = field(factory=dict, plain=True, doc="the toolchain's versions")
+    facts: dict[str, Any] = field(factory=dict, plain=True, doc="what the backend established first (a conversion)")
+
+    def __post_init__(self) -> None:
+        _conversion(self.facts, "facts")
+
+
+def _conversion(facts: dict[str, Any], where: str) -> None:
+    """A converting backend's facts ride under `conversion`; the run record keeps them as a table."""
+    if not isinstance(facts.get("conversion", {}), dict):
+        raise Invalid(f"{where}.conversion: expected a table or null, got {type(facts['conversion']).__name__}")
 
 
 @dataclass
@@ -98,6 +110,32 @@ class Result:
     output: np.ndarray = field(doc="the UNet output of the last iteration")
     output_sha256: str = field(doc="of `output`")
     nvml_check: NvmlCheck | None = field(None, doc="with `nvml_check`: the worker's own counter reads")
+
+    def check(self, setup: Setup) -> None:
+        """What the types cannot say: at least the iterations asked for, each ending after it
+        starts and after the one before, all inside the window, on a clock numpy can hold; an
+        output of the latent's shape in a float dtype. Invalid names the field."""
+        where = "protocol: result: field"
+        starts, ends = self.iteration_start_ns, self.iteration_end_ns
+        if len(starts) != len(ends):
+            raise Invalid(f"{where} iteration_end_ns: {len(ends)} ends for {len(starts)} starts")
+        if len(starts) < max(setup.iterations, 1):
+            raise Invalid(f"{where} iteration_start_ns: {len(starts)} iterations, at least "
+                          f"{max(setup.iterations, 1)} asked for")
+        stamps = [self.window_start_ns, *(t for pair in zip(starts, ends, strict=True) for t in pair), self.window_end_ns]
+        if not all(0 <= t < 2**63 for t in stamps):
+            raise Invalid(f"{where} iteration_start_ns: a stamp outside 0..2**63-1 ns")
+        for i, (a, b) in enumerate(zip(stamps, stamps[1:])):
+            if b < a:
+                raise Invalid(f"{where} iteration_end_ns: the stamps go backwards at position {i + 1} "
+                              f"({b} after {a}; window start, then each iteration's start and end, then window end)")
+        if self.window_end_ns <= self.window_start_ns:
+            raise Invalid(f"{where} window_end_ns: the window lasts {self.window_end_ns - self.window_start_ns} ns")
+        expected = tuple(setup.inputs.latent.shape)
+        if self.output.shape != expected:
+            raise Invalid(f"{where} output: shape {list(self.output.shape)}, the latent's is {list(expected)}")
+        if self.output.dtype.kind != "f":
+            raise Invalid(f"{where} output: dtype {self.output.dtype}, expected a float dtype")
 
 
 @dataclass

@@ -6,7 +6,10 @@ definitions run in every worker env, which holds only numpy, msgpack and its too
 Supported annotations: str, int, float, bool, Any, `X | None`, `list[X]`, `dict[str, X]`,
 `tuple[X, ...]`, `numpy.ndarray` (the worker protocol carries arrays), and nested typed
 dataclasses. A float field takes an int; numbers must be finite unless the field says otherwise
-in its metadata (`finite=False`)."""
+in its metadata (`finite=False`). A field whose metadata says `plain=True` holds, below its
+annotation, only what a JSON results file can hold (strings, finite numbers, booleans, null,
+lists, tables with string keys, nested at most PLAIN_DEPTH deep): what a worker reports in free
+form is checked before it reaches a record."""
 
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 T = TypeVar("T")
+PLAIN_DEPTH = 32
 
 
 class Invalid(ValueError):
@@ -143,7 +147,32 @@ def _build(cls: Any, data: dict[str, Any], path: str, extra: str) -> Any:
                 raise Invalid(f"{sub}: missing")
             continue
         values[name] = check(data[name], hints[name], sub, f.metadata.get("finite", True))
+        if f.metadata.get("plain"):
+            plain(values[name], sub)
     return cls(**values)
+
+
+def plain(value: Any, where: str, depth: int = 0) -> None:
+    """Invalid unless `value` is JSON-plain data (see the module's docstring)."""
+    if depth > PLAIN_DEPTH:
+        raise Invalid(f"{where}: nested more than {PLAIN_DEPTH} deep")
+    if value is None or isinstance(value, (str, bool, int)):
+        return
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise Invalid(f"{where}: expected a finite number, got {value!r}")
+        return
+    if isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            plain(v, f"{where}[{i}]", depth + 1)
+        return
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise Invalid(f"{where}: key {_short(k)} is not a string")
+            plain(v, f"{where}.{k}", depth + 1)
+        return
+    raise Invalid(f"{where}: expected plain data (text, numbers, lists, tables), got {type(value).__name__}")
 
 
 def to_dict(obj: Any) -> dict[str, Any]:

@@ -38,6 +38,8 @@ class MeterRecord:
     intervals: list[Interval] = field(default_factory=list)
     readings: list[Reading] = field(default_factory=list)
     stats: dict[str, Any] = field(default_factory=dict)  # parser counters, measured update interval
+    exit_status: str | None = None  # a meter process: "stopped", or how it ended on its own before that
+    stderr_tail: str | None = None  # a meter process: the end of its stderr
 
 
 class Meter(ABC):

@@ -37,7 +37,7 @@ def main(argv: list[str]) -> int:
         if parent_gone(parent):
             end()
         time.sleep(PERIOD_S)
-    return child.returncode
+    return child.returncode if child.returncode >= 0 else 128 - child.returncode  # killed by signal N: 128+N
 
 
 if __name__ == "__main__":

@@ -5,7 +5,9 @@ taken as complete when its closing `</plist>` arrives, so documents separated by
 (a capture saved without the NULs) parse too, each at its own arrival. Bytes before a document's
 start that are not blank are garbage (counted per NUL-separated piece, skipped); a document that
 does not parse is garbage; a last document cut short when the stream ends is truncated (counted,
-skipped)."""
+skipped). The stream holds at most MAX_DOCUMENT_BYTES waiting for a `</plist>` (a real sample is
+a few KB): beyond that the bytes are dropped and counted as overflow, and each byte is scanned
+for the end tag once, so a meter flooding bytes costs linear time and bounded memory."""
 
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from typing import Any
 
 CHANNELS = ("cpu", "gpu", "ane")
 END = b"</plist>"
+MAX_DOCUMENT_BYTES = 16 << 20  # a real sample (M4, every sampler) is 260 KB
 
 
 @dataclass
@@ -44,7 +47,9 @@ class PlistStream:
     documents: int = 0
     garbage: int = 0
     truncated: int = 0
-    _pending: bytes = b""
+    overflow: int = 0  # times MAX_DOCUMENT_BYTES passed without a `</plist>`
+    _pending: bytearray = field(default_factory=bytearray)
+    _scanned: int = 0  # bytes of _pending already searched for END
 
     def _parse(self, doc: bytes, arrival_ns: int) -> bool:
         try:
@@ -56,17 +61,23 @@ class PlistStream:
         self.documents += 1
         return True
 
-    def _count_garbage(self, data: bytes) -> None:
+    def _count_garbage(self, data: bytes | bytearray) -> None:
         self.garbage += sum(1 for piece in data.split(b"\x00") if piece.strip())
 
     def feed(self, data: bytes, arrival_ns: int) -> None:
         self._pending += data
-        while (end := self._pending.find(END)) >= 0:
-            chunk, self._pending = self._pending[:end + len(END)], self._pending[end + len(END):]
+        while (end := self._pending.find(END, self._scanned)) >= 0:
+            chunk = bytes(self._pending[:end + len(END)])
+            del self._pending[:end + len(END)]
+            self._scanned = 0
             start = _document_start(chunk)
             self._count_garbage(chunk[:max(start, 0)])
             if start < 0 or not self._parse(chunk[start:], arrival_ns):
                 self.garbage += 1
+        if len(self._pending) > MAX_DOCUMENT_BYTES:
+            self.overflow += 1
+            del self._pending[:-(len(END) - 1)]  # what could still be the start of an end tag
+        self._scanned = max(len(self._pending) - len(END) + 1, 0)
 
     def finish(self) -> None:
         """End of stream: what is left never saw its `</plist>`."""
@@ -74,13 +85,15 @@ class PlistStream:
         self._count_garbage(self._pending[:start] if start >= 0 else self._pending)
         if start >= 0:
             self.truncated += 1
-        self._pending = b""
+        self._pending.clear()
+        self._scanned = 0
 
     def counters(self) -> dict[str, int]:
-        return {"documents": self.documents, "garbage": self.garbage, "truncated": self.truncated}
+        return {"documents": self.documents, "garbage": self.garbage, "truncated": self.truncated,
+                "overflow": self.overflow}
 
 
-def _document_start(data: bytes) -> int:
+def _document_start(data: bytes | bytearray) -> int:
     """Where the last document in `data` begins (its XML prolog, else its root tag), or -1."""
     start = data.rfind(b"<?xml")
     return start if start >= 0 else data.rfind(b"<plist")

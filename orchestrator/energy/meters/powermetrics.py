@@ -1,10 +1,13 @@
 """Apple Silicon power through `powermetrics` (root): cpu, gpu and ane channels per sample.
 
 One powermetrics process per run, started before the cooldown and stopped after the timed
-window, under the guard so it dies with the orchestrator. Samples are anchored by their arrival
-time and their own `elapsed_ns`; the document's `timestamp` (one-second resolution) is ignored.
-The executable is configurable (`[power] powermetrics` or CDB_POWERMETRICS), so tests run a
-replay of real captured output in its place."""
+window. Samples are anchored by their arrival time and their own `elapsed_ns`; the document's
+`timestamp` (one-second resolution) is ignored. Under sudo the fixed /usr/bin/powermetrics runs
+through the root meter broker (broker.py), which hands its output streams over; anything else,
+including an executable named by `[power] powermetrics` or CDB_POWERMETRICS (tests run a replay
+of real captured output that way), runs as the orchestrator's own user under the guard, so it
+dies with the orchestrator. Either way the run keeps how the process ended and the end of its
+stderr."""
 
 from __future__ import annotations
 
@@ -17,37 +20,40 @@ import time
 from pathlib import Path
 
 from orchestrator.energy.arithmetic import Interval
+from orchestrator.energy.meters import broker
 from orchestrator.energy.meters.base import Availability, Meter, MeterRecord, MeterSpec, Reading
 from orchestrator.energy.meters.plist_stream import PlistStream, Sample
+from orchestrator.errors import describe_exit
 
-DEFAULT_EXECUTABLE = "/usr/bin/powermetrics"
-SAMPLERS = "cpu_power,gpu_power,ane_power,thermal"
+STDERR_TAIL_BYTES = 2000
 
 
 def executable(configured: str | None = None) -> str:
-    return os.environ.get("CDB_POWERMETRICS") or configured or DEFAULT_EXECUTABLE
+    return os.environ.get("CDB_POWERMETRICS") or configured or broker.POWERMETRICS
 
 
 def available(configured: str | None = None) -> Availability:
     exe = executable(configured)
     if not (Path(exe).is_file() or shutil.which(exe)):
         return Availability(False, f"{exe} not found (powermetrics is macOS-only)")
-    if exe == DEFAULT_EXECUTABLE and os.geteuid() != 0:
+    if exe == broker.POWERMETRICS and broker.client() is None and os.geteuid() != 0:
         return Availability(False, "powermetrics needs root: run the session under sudo")
-    return Availability(True, exe)
+    return Availability(True, exe + (" (through the root meter broker)" if exe == broker.POWERMETRICS
+                                     and broker.client() is not None else ""))
 
 
 def intervals(samples: list[Sample]) -> list[Interval]:
     """Each sample ends at its arrival and lasts its elapsed_ns; a start that would overlap the
     previous sample (arrival jitter) is moved to that sample's end. The interval keeps elapsed_ns
-    as its duration, so its power is always the sample's energy over its own elapsed time."""
+    as its duration, so its power is always the sample's energy over its own elapsed time. A
+    sample that claims no duration is kept as an empty interval, for the validity check to name."""
     out: list[Interval] = []
     for s in samples:
-        start = s.arrival_ns - s.elapsed_ns
+        start = s.arrival_ns - max(s.elapsed_ns, 0)
         if out and start < out[-1].end_ns:
             start = out[-1].end_ns
-        if s.arrival_ns > start:
-            out.append(Interval(start, s.arrival_ns, s.joules, s.elapsed_ns))
+        if s.arrival_ns > start or s.elapsed_ns <= 0:
+            out.append(Interval(min(start, s.arrival_ns), s.arrival_ns, s.joules, s.elapsed_ns))
     return out
 
 
@@ -57,44 +63,80 @@ class PowermetricsMeter(Meter):
     def __init__(self, interval_ms: int, configured: str | None = None):
         self._interval_ms = interval_ms
         self._exe = executable(configured)
-        self._proc: subprocess.Popen | None = None
-        self._thread: threading.Thread | None = None
+        self._proc: subprocess.Popen | None = None  # run here, under the guard
+        self._broker: broker.BrokerClient | None = None  # or run by the root broker
+        self._threads: list[threading.Thread] = []
         self._stream = PlistStream()
+        self._stderr = bytearray()
 
     def command(self) -> list[str]:
-        return [self._exe, "--samplers", SAMPLERS, "-i", str(self._interval_ms), "-f", "plist", "-b", "0"]
+        return [self._exe, *broker.command(self._interval_ms, list(broker.SAMPLERS))[1:]]
 
     def version(self) -> str:
-        return f"{self._exe} ({SAMPLERS}, -i {self._interval_ms})"
+        return f"{self._exe} ({','.join(broker.SAMPLERS)}, -i {self._interval_ms})"
 
     def update_interval_s(self) -> float:
         return self._interval_ms / 1e3
 
     def start(self) -> None:
-        self._stream = PlistStream()
-        self._proc = subprocess.Popen([sys.executable, "-m", "orchestrator.energy.meters.guard", "--", *self.command()],
-                                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
-        self._thread = threading.Thread(target=self._read, name="powermetrics-reader", daemon=True)
-        self._thread.start()
+        self._stream, self._stderr = PlistStream(), bytearray()
+        client = broker.client()
+        if client is not None and self._exe == broker.POWERMETRICS:
+            _, out_fd, err_fd = client.start(self._interval_ms, list(broker.SAMPLERS))
+            self._broker, self._proc = client, None
+        else:
+            self._proc = subprocess.Popen([sys.executable, "-m", "orchestrator.energy.meters.guard", "--", *self.command()],
+                                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+            assert self._proc.stdout is not None and self._proc.stderr is not None
+            out_fd, err_fd = os.dup(self._proc.stdout.fileno()), os.dup(self._proc.stderr.fileno())
+            self._proc.stdout.close()
+            self._proc.stderr.close()
+            self._broker = None
+        self._threads = [threading.Thread(target=self._read, args=(out_fd,), name="powermetrics-reader", daemon=True),
+                         threading.Thread(target=self._read_stderr, args=(err_fd,), name="powermetrics-stderr",
+                                          daemon=True)]
+        for t in self._threads:
+            t.start()
 
-    def _read(self) -> None:
-        assert self._proc is not None and self._proc.stdout is not None
-        fd = self._proc.stdout.fileno()
-        while chunk := os.read(fd, 1 << 16):
-            self._stream.feed(chunk, time.monotonic_ns())
-        self._stream.finish()
+    def _read(self, fd: int) -> None:
+        try:
+            while chunk := os.read(fd, 1 << 16):
+                self._stream.feed(chunk, time.monotonic_ns())
+            self._stream.finish()
+        finally:
+            os.close(fd)
+
+    def _read_stderr(self, fd: int) -> None:
+        try:
+            while chunk := os.read(fd, 1 << 12):
+                self._stderr += chunk
+                del self._stderr[:-STDERR_TAIL_BYTES]
+        finally:
+            os.close(fd)
 
     def stop(self) -> MeterRecord:
-        assert self._proc is not None and self._proc.stdout is not None and self._thread is not None
-        self._proc.terminate()
-        try:
-            self._proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            self._proc.kill()
-            self._proc.wait()
-        self._thread.join(timeout=5)
-        self._proc.stdout.close()
-        return self.peek()
+        if self._broker is not None:
+            try:
+                code, ended_before = self._broker.stop()
+            except (broker.BrokerError, OSError) as e:
+                code, ended_before = None, True
+                self._stderr += f"\n(meter broker: {e})".encode()
+        else:
+            assert self._proc is not None
+            ended_before = self._proc.poll() is not None
+            self._proc.terminate()
+            try:
+                self._proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+            code = self._proc.returncode
+        for t in self._threads:
+            t.join(timeout=5)
+        record = self.peek()
+        record.exit_status = f"{describe_exit(code)} before it was stopped" if ended_before else "stopped"
+        record.stderr_tail = self._stderr.decode(errors="replace")
+        return record
 
     def peek(self) -> MeterRecord:
         samples = list(self._stream.samples)

@@ -1,0 +1,127 @@
+"""Privilege separation, end to end, as `sudo orchestrate` runs it: root with SUDO_UID naming a
+real unprivileged user this test creates. Only the meter broker and the powermetrics it starts
+may run as root; the orchestrator, its workers and everything else run as that user, and every
+file the session writes is theirs.
+
+The stand-in powermetrics is a root-owned script in a folder the user cannot write, set as
+`broker.POWERMETRICS` by the root process before it starts (docs/reliability.md says why only
+that attribute can move it). Its interpreter and the orchestrator's are a venv of the system
+Python that the user can read (this box's own Python lives under /root, which they cannot)."""
+
+import json
+import os
+import pwd
+import shutil
+import subprocess
+import tempfile
+import time
+import tomllib
+from pathlib import Path
+
+import psutil
+import pytest
+from conftest import REPO, fake_worker_matrix, only_session
+
+pytestmark = pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0 or shutil.which("useradd") is None
+                                or not Path("/usr/bin/python3").exists(),
+                                reason="needs root, useradd and /usr/bin/python3 (as `sudo` on a Mac would be)")
+USER = "cdb-privsep-test"
+# the orchestrator's own dependencies, read from pyproject so a new one cannot be missed here
+ORCHESTRATOR_DEPS = [*tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"], "safetensors"]
+
+
+def _user() -> pwd.struct_passwd:
+    try:
+        return pwd.getpwnam(USER)
+    except KeyError:
+        subprocess.run(["useradd", "--no-create-home", "--shell", "/usr/sbin/nologin", USER], check=True)
+        return pwd.getpwnam(USER)
+
+
+def _watch(proc: subprocess.Popen) -> dict[int, dict]:
+    """Every process under `proc` (and it), with each set of uids it was seen with, until it ends."""
+    seen: dict[int, dict] = {}
+    while proc.poll() is None:
+        try:
+            procs = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+        except psutil.NoSuchProcess:
+            break
+        for p in procs:
+            try:
+                uids, cmd = tuple(p.uids()), " ".join(p.cmdline())
+            except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
+                continue
+            entry = seen.setdefault(p.pid, {"cmd": cmd, "uids": [], "ppid": p.ppid()})
+            if uids not in entry["uids"]:
+                entry["uids"].append(uids)
+        time.sleep(0.02)
+    return seen
+
+
+@pytest.fixture
+def shared():
+    """A folder the test user can read (pytest's own temporary folders are root's alone)."""
+    folder = Path(tempfile.mkdtemp(prefix="cdb-privsep-"))
+    folder.chmod(0o755)
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_under_sudo_only_the_broker_and_powermetrics_run_as_root(shared):
+    user = _user()
+    venv = shared / "venv"
+    uv = os.environ.get("UV") or shutil.which("uv")
+    subprocess.run([uv, "venv", "-q", "--python", "/usr/bin/python3", str(venv)], check=True)
+    subprocess.run([uv, "pip", "install", "-q", "--python", str(venv / "bin" / "python"), *ORCHESTRATOR_DEPS], check=True)
+    python = venv / "bin" / "python"
+    for name in ("fake_worker.py", "powermetrics_replay.py"):
+        shutil.copy(REPO / "tests" / "fakes" / name, shared / name)
+    capture = shared / "capture.plist"
+    shutil.copy(REPO / "tests" / "fixtures" / "powermetrics" / "m4-plist-1sample-thermal.plist", capture)
+    ids = shared / "powermetrics-ids"
+    meter = shared / "powermetrics"  # the broker passes no environment: the stand-in carries its own
+    meter.write_text(f'#!/bin/sh\nCDB_REPLAY_FILE="{capture}" CDB_REPLAY_IDFILE="{ids}" exec "{python}" '
+                     f'"{shared / "powermetrics_replay.py"}" "$@"\n')
+    worker = shared / "worker-python"
+    worker.write_text(f'#!/bin/sh\nexec "{python}" "{shared / "fake_worker.py"}" "$@"\n')
+    for exe in (meter, worker):
+        exe.chmod(0o755)
+    work = shared / "work"  # the user's own folder, as their checkout and home would be
+    work.mkdir()
+    os.chown(work, user.pw_uid, user.pw_gid)
+    matrix = fake_worker_matrix(shared / "matrix.toml", 2, 'meter = "powermetrics"\ninterval_ms = 20\nbaseline_s = 0.5')
+    start = (f"import orchestrator.energy.meters.broker as b; b.POWERMETRICS = {str(meter)!r}; "
+             "from orchestrator.cli import main; main()")
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO), "SUDO_UID": str(user.pw_uid),
+           "SUDO_GID": str(user.pw_gid), "SUDO_USER": USER, "HOME": "/root", "CDB_CACHE_DIR": str(work / "cache"),
+           "FAKE_MODE": "ok"}
+    proc = subprocess.Popen([str(python), "-c", start, str(matrix), "--out", str(work / "out"),
+                             "--env", f"diffusers={worker}"], cwd=work, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    seen = _watch(proc)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-3000:]
+    assert "Traceback" not in err
+
+    def root(entry: dict) -> bool:
+        return any(0 in uids for uids in entry["uids"])
+
+    top = seen.pop(proc.pid)
+    assert top["uids"][-1] == (user.pw_uid,) * 3  # the orchestrator dropped for good (real, effective, saved)
+    brokers = [pid for pid, e in seen.items() if e["ppid"] == proc.pid and e["cmd"] == top["cmd"]]
+    assert len(brokers) == 1 and seen[brokers[0]]["uids"] == [(0, 0, 0)]
+    meters = {pid for pid, e in seen.items() if e["ppid"] == brokers[0]}
+    assert meters and all(str(meter) in seen[p]["cmd"] or "powermetrics_replay" in seen[p]["cmd"] for p in meters)
+    others = {pid: e for pid, e in seen.items() if pid not in meters and pid != brokers[0]}
+    assert others and not [e for e in others.values() if root(e)], others  # workers and all else: the user
+    assert all(e["uids"] == [(user.pw_uid,) * 3] for e in others.values()), others
+    assert set(ids.read_text().split("\n")) - {""} == {"0 0 0"}  # powermetrics itself ran as root, via the broker
+    owners = {p: p.lstat().st_uid for p in work.rglob("*")}
+    assert owners and set(owners.values()) == {user.pw_uid}, [str(p) for p, uid in owners.items() if uid != user.pw_uid]
+    d = only_session(work / "out")
+    runs = [json.loads(ln) for ln in (d / "runs.jsonl").read_text().splitlines()]
+    assert len(runs) == 2 and all(r["status"] == "ok" and r["worker_uid"] == user.pw_uid for r in runs)
+    assert all(r["energy_per_step_j"] is not None and r["meter_exit"] == "stopped" for r in runs), runs
+    session = json.loads((d / "session.json").read_text())
+    assert "root meter broker" in session["power"]["meter_reason"]
+    assert not psutil.pid_exists(brokers[0]) or psutil.Process(brokers[0]).status() == psutil.STATUS_ZOMBIE
