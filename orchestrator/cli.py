@@ -14,7 +14,7 @@ from typing import Any
 import click
 
 from orchestrator.config import envs as envs_mod
-from orchestrator.config.matrix import load_matrix
+from orchestrator.config.matrix import load_matrix, with_runs
 from orchestrator.console import Display
 from orchestrator.energy import meters
 from orchestrator.energy.meters.broker import separate
@@ -40,6 +40,7 @@ def cli() -> None:
 
     \b
     orchestrate MATRIX.toml        run a study (same as `orchestrate run MATRIX.toml`)
+    orchestrate check MATRIX.toml  validate it and print the plan, running nothing
     orchestrate envs sync [NAME]   build the worker environments
     orchestrate report DIR...      regenerate a session's report (md, html, figures, csv)
     orchestrate compare A B        two cells, or one cell in two sessions, with a verdict
@@ -68,7 +69,6 @@ _env_option = click.option("--env", "env_overrides", multiple=True, metavar="NAM
 def run(matrix: Path, out: Path, resume: Path | None, runs: int | None, quiet: bool, nvml_check: bool,
         force_power: bool, env_overrides: tuple[str, ...]) -> None:
     """Run every enabled cell of MATRIX, a fresh worker per run."""
-    from dataclasses import replace
 
     from orchestrator.results.store import SessionDir
     from orchestrator.run.session import Session, check_resume
@@ -78,9 +78,7 @@ def run(matrix: Path, out: Path, resume: Path | None, runs: int | None, quiet: b
     m = load_matrix(matrix, set(envs))
     meters.check_name(m.power, str(matrix))
     if runs is not None:
-        if runs < 1:
-            raise UserError("--runs must be >= 1")
-        m = replace(m, timing=replace(m.timing, runs=runs))
+        m = with_runs(m, runs)
     signal.signal(signal.SIGTERM, _interrupt)
     sdir = None
     if resume is not None:
@@ -92,6 +90,22 @@ def run(matrix: Path, out: Path, resume: Path | None, runs: int | None, quiet: b
     if result.interrupted:
         sys.exit(130)
     sys.exit(1 if result.n_failed else 0)
+
+
+@cli.command()
+@click.argument("matrix", type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), default=Path("results"), show_default=True,
+              help="Folder a session would write results/<session-id>/ into (checked writable).")
+@click.option("--runs", type=int, help="Override timing.runs.")
+@_env_option
+def check(matrix: Path, out: Path, runs: int | None, env_overrides: tuple[str, ...]) -> None:
+    """Validate MATRIX, resolve its envs and paths and print the plan; nothing runs (exit 0 or 2)."""
+    from orchestrator.run.check import check_matrix
+
+    envs = envs_mod.discover(envs_mod.parse_overrides(env_overrides))
+    m = load_matrix(matrix, set(envs))
+    meters.check_name(m.power, str(matrix))
+    check_matrix(m if runs is None else with_runs(m, runs), envs, out, Display())
 
 
 @cli.group()
@@ -168,18 +182,24 @@ def report(dirs: tuple[Path, ...], out: Path | None, baseline: str | None, fmt: 
     not_sessions = [d for d in dirs if not SessionDir(d).has_session() and not (d / "runs.jsonl").is_file()]
     if not_sessions:
         raise UserError(*(f"{d}: neither session.json nor runs.jsonl; not a session folder" for d in not_sessions))
-    summaries = []
+    summaries, skipped = [], []
     for k, d in enumerate(dirs, 1):
         target = None if out is None else (out if len(dirs) == 1 else out / d.resolve().name)
         if len(dirs) > 1:
             display.log(f"[{k}/{len(dirs)}] {d}")
-        if fmt == "json" and not write and out is None:  # printing a summary changes no file
-            summary = derive(SessionDir(d), baseline).summary
-            for line in (*summary.problems, *summary.warnings):
+        try:
+            if fmt == "json" and not write and out is None:  # printing a summary changes no file
+                summary = derive(SessionDir(d), baseline).summary
+                for line in (*summary.problems, *summary.warnings):
+                    display.warn(line)
+                summaries.append(summary)
+                continue
+            rep = write_report(SessionDir(d), target, baseline)
+        except UserError as e:  # this folder's report is named as not written; the others go on
+            skipped.append(str(d))
+            for line in e.lines:
                 display.warn(line)
-            summaries.append(summary)
             continue
-        rep = write_report(SessionDir(d), target, baseline)
         for line in (*rep.summary.problems, *rep.summary.warnings):
             display.warn(line)
         for f in rep.inputs.figures:
@@ -191,9 +211,11 @@ def report(dirs: tuple[Path, ...], out: Path | None, baseline: str | None, fmt: 
             if rep.inputs.comparisons:
                 _print_comparisons(display, rep.inputs.comparisons, f"against {rep.inputs.baseline}")
             display.log(f"report: {rep.out / 'report.html'} (report.md, summary.json, runs.csv, figures/)")
-    if fmt == "json":
+    if fmt == "json" and summaries:
         data = [to_dict(s) for s in summaries]
         click.echo(json.dumps(data[0] if len(data) == 1 else data, indent=2))
+    if skipped:
+        raise UserError(f"no report written for {', '.join(skipped)} (see above)")
 
 
 @cli.command("recompute-energy")
@@ -209,17 +231,33 @@ def recompute_energy_cmd(dirs: tuple[Path, ...]) -> None:
     missing = [d for d in dirs if not (d / RUNS).is_file()]
     if missing:
         raise UserError(*(f"{d}: no {RUNS}; not a session folder" for d in missing))
+    skipped = []
     for d in dirs:
         sdir = SessionDir(d)
-        done = recompute_energy(sdir)
+        try:
+            done = recompute_energy(sdir)
+        except (UserError, OSError) as e:  # this folder is named and left as it was; the others go on
+            skipped.append(str(d))
+            display.warn(f"{d}: left as it was: " + ("; ".join(e.lines) if isinstance(e, UserError)
+                                                       else f"{e.filename}: {e.strerror}"))
+            continue
+        for line in done.problems:
+            display.warn(line)
         if not done.runs:
             display.warn(f"{d}: no run has saved meter samples (samples/<cell>/run-NNN.meter.json); nothing changed")
             continue
         display.log(f"{d}: energy recomputed for {done.runs} run(s), {len(done.changed)} changed")
         for cell, run_index, before, after in done.changed:
             display.log(f"  {cell} run {run_index}: {fmt_number(before)} -> {fmt_number(after)} J/step net")
-        rep = write_report(sdir, None, None)
+        try:
+            rep = write_report(sdir, None, None)
+        except UserError as e:
+            skipped.append(str(d))
+            display.warn("; ".join(e.lines))
+            continue
         display.log(f"report: {rep.out / 'report.html'} (report.md, summary.json, runs.csv, figures/)")
+    if skipped:
+        raise UserError(f"not done for {', '.join(skipped)} (see above)")
 
 
 @cli.command()

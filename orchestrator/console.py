@@ -21,7 +21,8 @@ from rich.progress import (
 from rich.table import Table as RichTable
 from rich.text import Text
 
-from orchestrator.config.plan import PlannedRun
+from orchestrator.config.matrix import Matrix
+from orchestrator.config.plan import PlannedRun, describe_plan
 from orchestrator.report.reasons import again
 from orchestrator.report.tables import Table, cell_table, fmt
 from orchestrator.results.flags import run_labels
@@ -79,6 +80,11 @@ class Display:
         self.err.print(f"{label}: {again(reason, self.explained[reason]) if reason in self.explained else reason}",
                        highlight=False, markup=False, soft_wrap=True)
         self.explained.setdefault(reason, f"'{label}'")
+
+    def plan(self, matrix: Matrix, plan: list[PlannedRun], seed: int | None, done: int = 0) -> None:
+        """The plan a session is about to run, or that `orchestrate check` found."""
+        for line in describe_plan(matrix, plan, seed, done):
+            self.log(line)
 
     def warn(self, message: str) -> None:
         self.err.print(f"[yellow]warning:[/] {escape(message)}", highlight=False, soft_wrap=True)  # brackets are text

@@ -101,6 +101,7 @@ SESSION_RUNS = [
 ]
 
 
+@pytest.mark.slow
 def test_every_worker_and_meter_fault_is_one_run_recorded_and_the_session_goes_on(tmp_path):
     worker = stand_in(tmp_path / "python", FAKES / "fake_worker.py")
     meter = stand_in(tmp_path / "powermetrics", FAKES / "powermetrics_replay.py")

@@ -72,6 +72,7 @@ def grouped(tmp_path):
     return d
 
 
+@pytest.mark.slow
 def test_the_report_states_group_ratios_in_every_form(grouped):
     write_report(SessionDir(grouped))
     summary = json.loads((grouped / "summary.json").read_text())

@@ -8,6 +8,7 @@ import pytest
 from conftest import REPO, cli
 
 from orchestrator.config.matrix import load_matrix
+from orchestrator.config.plan import describe_duration
 from orchestrator.errors import UserError
 
 ENVS = {"diffusers", "mlx", "coreml-ct8", "coreml-ct9", "coreml-apple"}
@@ -290,4 +291,16 @@ def test_schema_command_prints_the_schema():
     schema = json.loads(p.stdout)
     assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
     assert schema["properties"]["timing"]["properties"]["runs"] == {
-        "description": "fresh-process runs per cell", "type": "integer", "default": 7, "exclusiveMinimum": 0}
+        "description": "fresh-process runs per cell", "type": "integer", "default": 7, "exclusiveMinimum": 0,
+        "maximum": 1000}
+
+
+def test_the_plan_bounds_the_study_duration_by_its_waits_and_its_timeouts(tmp_path):
+    m = load_matrix(REPO / "examples" / "quick.toml", ENVS)
+    # 9 runs of quick.toml: 1 s cooldown + 2 s baseline each at least; plus 300 s timeout at most
+    assert describe_duration(m, 9) == ("duration: at least 27 s in cooldowns and baselines alone, plus loading "
+                                       "and stepping (host-dependent); at most 45 min 27 s if every run reached "
+                                       "its timeout")
+    p = tmp_path / "m.toml"
+    p.write_text(QUICK.replace('meter = "auto"', 'meter = "none"').replace("cooldown_s = 1", "cooldown_s = 400"))
+    assert describe_duration(load_matrix(p, ENVS), 9).startswith("duration: at least 1 h 00 min in cooldowns")

@@ -28,15 +28,16 @@ Choices = Collection[Any] | Callable[[], Collection[Any]]
 
 def setting(default: Any = dataclasses.MISSING, *, doc: str, factory: Any = dataclasses.MISSING,
             choices: Choices | None = None, gt: float | None = None, ge: float | None = None,
-            multiple_of: int | None = None, pattern: tuple[re.Pattern[str], str] | None = None,
+            le: float | None = None, multiple_of: int | None = None, pattern: tuple[re.Pattern[str], str] | None = None,
             table: str | None = None, file_type: Any = None, schema: dict[str, Any] | None = None,
             extra: bool = False) -> Any:
     """A matrix field. `choices` may be a function (a registry read when the matrix is);
-    `pattern` is (regex, what it asks for); `table` reads the field from a sub-table
+    every number has a range (`gt` or `ge`, and `le`), so nothing in a matrix can ask for an
+    unmeasurable study or an absurd allocation; `pattern` is (regex, what it asks for); `table` reads the field from a sub-table
     (`[equivalence.reference]`); `file_type` and `schema` describe a field whose form in the file
     differs from its annotation; `extra` marks the mapping that collects keys the section's code
     checks itself (a cell's backend options)."""
-    rules = {"choices": choices, "gt": gt, "ge": ge, "multiple_of": multiple_of, "pattern": pattern,
+    rules = {"choices": choices, "gt": gt, "ge": ge, "le": le, "multiple_of": multiple_of, "pattern": pattern,
              "table": table, "file_type": file_type, "schema": schema, "extra": extra or None}
     return typed_field(default, factory=factory, doc=doc, **{k: v for k, v in rules.items() if v is not None})
 
@@ -154,13 +155,26 @@ def broken_rules(f: dataclasses.Field, value: Any) -> list[str]:
     allowed = choices(f)
     if allowed is not None and value not in allowed:
         out.append(f"{value!r} is not one of {', '.join(sorted(map(str, allowed)))}")
-    gt, ge, step = meta.get("gt"), meta.get("ge"), meta.get("multiple_of")
-    if (gt is not None and value <= gt) or (ge is not None and value < ge) or (step and value % step):
-        bound = f"> {gt}" if gt is not None else f">= {ge}" if ge is not None else ""
-        want = " and ".join(filter(None, [bound, f"a multiple of {step}" if step else ""]))
-        out.append(f"must be {want}, got {value}")
+    gt, ge, le, step = meta.get("gt"), meta.get("ge"), meta.get("le"), meta.get("multiple_of")
+    if ((gt is not None and value <= gt) or (ge is not None and value < ge) or (le is not None and value > le)
+            or (step and value % step)):
+        out.append(f"must be {describe_range(f)}, got {value}")
     if "pattern" in meta:
         regex, asks = meta["pattern"]
         if not regex.fullmatch(value):
             out.append(f"{asks}, got {value!r}")
     return out
+
+
+def describe_range(f: dataclasses.Field) -> str:
+    """The field's numeric rules in words: `> 0 and <= 1000 and a multiple of 8`."""
+    meta = f.metadata
+    parts = [f"{op} {_number(meta[rule])}" for rule, op in (("gt", ">"), ("ge", ">="), ("le", "<="))
+             if meta.get(rule) is not None]
+    parts += [
+             f"a multiple of {meta['multiple_of']}" if meta.get("multiple_of") else ""]
+    return " and ".join(p for p in parts if p)
+
+
+def _number(x: float) -> str:
+    return str(x) if isinstance(x, int) else f"{x:g}"

@@ -18,14 +18,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from orchestrator.config.fields import Problems, read, setting
+from orchestrator.config.fields import Problems, broken_rules, read, setting
 from orchestrator.config.paths import cache_dir
 from orchestrator.errors import UserError
 from workers.contract.backends import BACKENDS, PRECISIONS
 from workers.contract.presets import PRESETS
 
 ORDERS = ("interleaved", "sequential")
-CELL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+CELL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # ASCII only; it names files and folders
+SEED_MAX = 2**32 - 1  # what numpy's legacy seeding and the recorded order seed accept
+DAY_S = 86400.0
+HOUR_S = 3600.0
+RESOLUTION_MAX = 2048
+RESOLUTION_KEY = re.compile(r"[0-9]{1,5}")  # ASCII digits: str.isdigit() also takes '²⁵⁶'
 SHA256 = re.compile(r"[0-9a-f]{64}")
 HEX = (SHA256, "expected 64 lowercase hex digits")
 
@@ -39,7 +44,7 @@ def backend_names() -> list[str]:
 class ModelSpec:
     source: str = setting(doc="where the UNet weights come from", choices=("synthetic", "checkpoint"))
     preset: str = setting("sd15", doc="UNet architecture (workers/contract/presets.py)", choices=tuple(PRESETS))
-    seed: int = setting(0, doc="seed of the synthetic weights")
+    seed: int = setting(0, doc="seed of the synthetic weights", ge=0, le=SEED_MAX)
     path: Path | None = setting(None, doc="the checkpoint file (source = \"checkpoint\" only)")
     sha256: str | None = setting(None, doc="digest of the weights file; required for a checkpoint", pattern=HEX)
     cache_dir: Path = setting(factory=cache_dir, doc="synthetic weights and cached reference outputs "
@@ -61,9 +66,9 @@ _PINS_SCHEMA = {
 
 @dataclass(frozen=True)
 class InputsSpec:
-    seed: int = setting(0, doc="seed of the latent and the text embedding")
-    batch: int = setting(2, doc="batch size (2: classifier-free guidance)", gt=0)
-    timestep: int = setting(500, doc="the diffusion timestep every step is given")
+    seed: int = setting(0, doc="seed of the latent and the text embedding", ge=0, le=SEED_MAX)
+    batch: int = setting(2, doc="batch size (2: classifier-free guidance)", gt=0, le=64)
+    timestep: int = setting(500, doc="the diffusion timestep every step is given", ge=0, le=999)
     sha256: dict[int, dict[str, str]] = setting(
         factory=dict, doc="per resolution, the digests the inputs must have: \"512\" = { latent, text_embedding }",
         file_type=dict[str, Any], schema=_PINS_SCHEMA)
@@ -71,20 +76,22 @@ class InputsSpec:
 
 @dataclass(frozen=True)
 class Timing:
-    warmup: int = setting(1, doc="untimed steps before the timed loop", ge=0)
-    iterations: int = setting(10, doc="timed steps per run", gt=0)
-    runs: int = setting(7, doc="fresh-process runs per cell", gt=0)
+    warmup: int = setting(1, doc="untimed steps before the timed loop", ge=0, le=1000)
+    iterations: int = setting(10, doc="timed steps per run", gt=0, le=100_000)
+    runs: int = setting(7, doc="fresh-process runs per cell", gt=0, le=1000)
     cooldown: str = setting("fixed", doc="between runs: a fixed wait, or until power is back near idle",
                             choices=("fixed", "adaptive"))
-    cooldown_s: float = setting(30.0, doc="the fixed cooldown", ge=0)
-    cooldown_min_s: float = setting(5.0, doc="adaptive cooldown: the shortest wait", ge=0)
-    cooldown_max_s: float = setting(120.0, doc="adaptive cooldown: the longest wait", gt=0)
-    cooldown_margin: float = setting(0.1, doc="adaptive cooldown: idle power plus this fraction counts as idle", ge=0)
+    cooldown_s: float = setting(30.0, doc="the fixed cooldown", ge=0, le=HOUR_S)
+    cooldown_min_s: float = setting(5.0, doc="adaptive cooldown: the shortest wait", ge=0, le=HOUR_S)
+    cooldown_max_s: float = setting(120.0, doc="adaptive cooldown: the longest wait", gt=0, le=HOUR_S)
+    cooldown_margin: float = setting(0.1, doc="adaptive cooldown: idle power plus this fraction counts as idle",
+                                    ge=0, le=10)
     order: str = setting("interleaved", doc="run order of the cells' runs", choices=ORDERS)
-    order_seed: int | None = setting(None, doc="seed of the interleaved order (default: drawn and recorded)")
-    run_timeout_s: float = setting(900.0, doc="a run taking longer is stopped and failed", gt=0)
+    order_seed: int | None = setting(None, doc="seed of the interleaved order (default: drawn and recorded)",
+                                     ge=0, le=SEED_MAX)
+    run_timeout_s: float = setting(900.0, doc="a run taking longer is stopped and failed", gt=0, le=DAY_S)
     min_window_s: float | None = setting(None, doc="shortest timed window (default: 20 update intervals of "
-                                         "the session's meter)", ge=0)
+                                         "the session's meter)", ge=0, le=HOUR_S)
 
 
 @dataclass(frozen=True)
@@ -93,18 +100,19 @@ class Power:
     # `meters.check_name` right after the matrix loads, so a new meter needs no edit here.
     meter: str = setting("auto", doc="the energy meter: auto, none, or a name in the meter registry",
                          pattern=(re.compile(r"[a-z][a-z0-9_-]*"), "a meter's name: lowercase letters, digits, '_', '-'"))
-    interval_ms: int = setting(100, doc="meter sampling interval", gt=0)
-    baseline_s: float = setting(2.0, doc="idle power measured this long before each run", ge=0)
+    interval_ms: int = setting(100, doc="meter sampling interval", ge=1, le=60_000)
+    baseline_s: float = setting(2.0, doc="idle power measured this long before each run", ge=0, le=HOUR_S)
     powermetrics: str | None = setting(None, doc="the powermetrics executable; CDB_POWERMETRICS overrides it")
     idle_s: float = setting(10.0, doc="the host's idle power is measured this long once per session "
-                            "(adaptive cooldown)", gt=0)
+                            "(adaptive cooldown)", gt=0, le=HOUR_S)
 
 
 @dataclass(frozen=True)
 class Preflight:
     load_margin: float = setting(0.5, doc="a run may start once the 1-minute load average is within this of idle",
-                                 ge=0)
-    load_settle_max_s: float = setting(60.0, doc="how long to wait for that before each run (0: don't wait)", ge=0)
+                                 ge=0, le=1000)
+    load_settle_max_s: float = setting(60.0, doc="how long to wait for that before each run (0: don't wait)", ge=0,
+                                       le=HOUR_S)
     pmset: str | None = setting(None, doc="the pmset executable (macOS power and thermal state)")
 
 
@@ -115,8 +123,10 @@ class Equivalence:
     env: str = setting("diffusers", doc="env that computes the reference", table="reference")
     device: str = setting("cpu", doc="device of the reference", table="reference")
     precision: str = setting("fp32", doc="precision of the reference", choices=PRECISIONS, table="reference")
-    mse_max: float = setting(1e-3, doc="a cell's output may differ from the reference by this mean squared error")
-    cosine_min: float = setting(0.999, doc="a cell's output must have at least this cosine similarity with the reference")
+    mse_max: float = setting(1e-3, doc="a cell's output may differ from the reference by this mean squared error",
+                           ge=0, le=1e6)
+    cosine_min: float = setting(0.999, doc="a cell's output must have at least this cosine similarity with the reference",
+                              ge=-1, le=1)
 
     def reference_cell(self, resolution: int) -> Cell:
         return Cell(
@@ -137,7 +147,8 @@ class Report:
 @dataclass(frozen=True, kw_only=True)
 class Cell:
     id: str = setting(doc="names the cell in files and tables",
-                      pattern=(CELL_ID, "use letters, digits, '.', '_' and '-' (it names files)"))
+                      pattern=(CELL_ID, "use 1 to 64 ASCII letters, digits, '.', '_' and '-', starting with a "
+                                       "letter or digit (it names files)"))
     label: str = setting("", doc="the name tables show (default: the id)")
     backend: str = setting(doc="the backend that runs it", choices=backend_names)
     env: str = setting("", doc="envs/<name> that runs it (default: the backend's default env)")
@@ -145,7 +156,7 @@ class Cell:
     compute_unit: str | None = setting(None, doc="Core ML compute units, for backends that choose them")
     attention: str = setting("", doc="attention implementation (default: the backend's first)")
     precision: str = setting(doc="weights and activations")
-    resolution: int = setting(512, doc="image size in pixels", gt=0, multiple_of=8)
+    resolution: int = setting(512, doc="image size in pixels", gt=0, le=RESOLUTION_MAX, multiple_of=8)
     enabled: bool = setting(True, doc="false: kept in the file, not run")
     notes: str = setting("", doc="free text carried into reports")
     options: dict[str, Any] = setting(factory=dict, extra=True, doc="the backend's own keys, beside the others")
@@ -251,8 +262,8 @@ def _inputs(raw: Any, problems: Problems) -> InputsSpec:
     pins: dict[int, dict[str, str]] = {}
     for res, pin in v["sha256"].items():
         w = f"[inputs.sha256.{res}]"
-        if not str(res).isdigit():
-            problems.add(w, f"key {res!r}: expected a resolution in pixels such as \"512\"")
+        if not RESOLUTION_KEY.fullmatch(res) or int(res) > RESOLUTION_MAX:
+            problems.add(w, f"key {res!r}: expected a resolution in pixels such as \"512\" (at most {RESOLUTION_MAX})")
             continue
         if not isinstance(pin, dict) or set(pin) != {"latent", "text_embedding"}:
             problems.add(w, "expected { latent = \"<sha256>\", text_embedding = \"<sha256>\" }")
@@ -322,6 +333,14 @@ def _cell(raw: Any, index: int, known_envs: set[str], problems: Problems) -> Cel
                    "attention": attention, "precision": c["precision"] or "", "options": options})
 
 
+def with_runs(matrix: Matrix, runs: int) -> Matrix:
+    """The matrix with `timing.runs` overridden (`--runs`), held to the field's own range."""
+    rule = next(f for f in dataclasses.fields(Timing) if f.name == "runs")
+    if problems := broken_rules(rule, runs):
+        raise UserError(f"--runs: {problems[0]}")
+    return dataclasses.replace(matrix, timing=dataclasses.replace(matrix.timing, runs=runs))
+
+
 def load_matrix(path: str | Path, known_envs: set[str]) -> Matrix:
     """Read and validate a matrix; raises UserError listing every problem found."""
     path = Path(path)
@@ -348,11 +367,15 @@ def load_matrix(path: str | Path, known_envs: set[str]) -> Matrix:
         problems.add("top level", "'cells' must be an array of tables ([[cells]])")
         raw_cells = []
     cells = [c for i, rc in enumerate(raw_cells) if (c := _cell(rc, i, known_envs, problems)) is not None]
-    seen: set[str] = set()
+    seen: dict[str, str] = {}
     for c in cells:
-        if c.id in seen:
-            problems.add(f"cell {c.id!r}", "field 'id': duplicate cell id")
-        seen.add(c.id)
+        # Ids name folders: on a case-insensitive file system (macOS) `A` and `a` would share one.
+        if not c.id:  # its id is already named as wrong
+            continue
+        if (key := c.id.lower()) in seen:
+            same = "duplicate cell id" if seen[key] == c.id else f"same as {seen[key]!r} but for case (ids name folders)"
+            problems.add(f"cell {c.id!r}", f"field 'id': {same}")
+        seen.setdefault(key, c.id)
     report = Report(**read(Report, raw.get("report", {}), "[report]", problems))
     enabled = [c.id for c in cells if c.enabled]
     if report.baseline is not None and cells and report.baseline not in enabled:

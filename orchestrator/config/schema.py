@@ -36,7 +36,7 @@ def field_schema(cls: type, f: dataclasses.Field) -> dict[str, Any]:
         out["default"] = f.default
     if (allowed := choices(f)) is not None:
         out["enum"] = list(allowed)
-    for rule, keyword in (("gt", "exclusiveMinimum"), ("ge", "minimum"), ("multiple_of", "multipleOf")):
+    for rule, keyword in (("gt", "exclusiveMinimum"), ("ge", "minimum"), ("le", "maximum"), ("multiple_of", "multipleOf")):
         if meta.get(rule) is not None:
             out[keyword] = meta[rule]
     if "pattern" in meta:

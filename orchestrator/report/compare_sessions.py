@@ -8,10 +8,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from orchestrator.config.matrix import read_report
 from orchestrator.errors import UserError
 from orchestrator.results.compare import Comparison, compare_runs
-from orchestrator.results.groups import GroupRatio, group_ratios, medians_of
+from orchestrator.results.groups import GroupRatio, group_ratios, medians_of, recorded_groups
 from orchestrator.results.records import RunRecord, SessionRecord, current_cell_id
 from orchestrator.results.store import SessionDir
 from orchestrator.results.summary import build_summary
@@ -38,8 +37,9 @@ def parse_side(arg: str) -> Side:
     runs = sdir.read_runs()
     if not runs.records:
         raise UserError(f"{path}: no readable runs ({'; '.join(runs.problems) or 'runs.jsonl is empty'})")
-    session = sdir.read_session() if sdir.has_session() else None
-    return Side(sdir, current_cell_id(cell) if cell else None, session, runs.records, runs.problems)
+    session, unread = sdir.read_session_if_readable()
+    return Side(sdir, current_cell_id(cell) if cell else None, session, runs.records, [*([unread] if unread and sdir.has_session() else []),
+                                                            *runs.problems])
 
 
 def _cells(side: Side) -> list[str]:
@@ -48,7 +48,7 @@ def _cells(side: Side) -> list[str]:
 
 def _digests(side: Side, cell: str) -> dict[str, Any]:
     if side.session is None:
-        raise UserError(f"{side.sdir.root}: session.json missing: its model and input digests are unknown, "
+        raise UserError(f"{side.sdir.root}: session.json missing or unreadable: its model and input digests are unknown, "
                         "so it cannot be compared with another session")
     res = next((r.resolution for r in side.runs if r.cell_id == cell), None)
     inputs = side.session.inputs.get(str(res), {}).get("sha256", {})
@@ -87,8 +87,7 @@ def pairs(a: Side, b: Side) -> list[tuple[str, str]]:
 
 
 def _groups(side: Side) -> dict[str, list[str]]:
-    content = (side.session.matrix.get("content") or {}) if side.session else {}
-    return read_report(content, f"{side.sdir.root}: session.json's matrix").groups
+    return recorded_groups(side.session, f"{side.sdir.root}: session.json's matrix")
 
 
 def group_sides(a: Side, b: Side) -> list[GroupRatio] | None:

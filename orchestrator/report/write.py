@@ -14,7 +14,7 @@ from orchestrator.report.html import render_html
 from orchestrator.report.stability import warnings as stability_warnings
 from orchestrator.report.tables import ReportInputs, render_markdown
 from orchestrator.results.compare import Comparison, compare_runs
-from orchestrator.results.groups import group_ratios, medians_of
+from orchestrator.results.groups import group_ratios, medians_of, recorded_groups
 from orchestrator.results.records import RunRecord, SessionRecord, current_cell_id
 from orchestrator.results.store import SessionDir, write_json
 from orchestrator.results.summary import FigureEntry, Summary, build_summary
@@ -33,7 +33,12 @@ class WrittenReport:
 def choose_baseline(summary: Summary, session: SessionRecord | None, requested: str | None) -> tuple[str | None, str]:
     """The baseline cell (`--baseline` first, then the matrix's `[report] baseline`) and a line saying so."""
     content = (session.matrix.get("content") or {}) if session else {}
-    from_matrix = read_report(content, f"session {summary.session_id}: matrix").baseline
+    try:
+        from_matrix = read_report(content, f"session {summary.session_id}: matrix").baseline
+    except UserError as e:  # a damaged session.json: named, and the report goes on without a baseline
+        if not requested:
+            return None, f"No baseline: {'; '.join(e.lines)}."
+        from_matrix = None
     chosen, source = (requested, "--baseline") if requested else (from_matrix, "[report] baseline in the matrix")
     if chosen is None:
         return None, 'No baseline: set [report] baseline = "<cell id>" in the matrix or pass --baseline ID.'
@@ -45,12 +50,6 @@ def choose_baseline(summary: Summary, session: SessionRecord | None, requested: 
         raise UserError(f"session {summary.session_id}: baseline {chosen!r} ({source}) is not a cell of it "
                         f"(cells: {', '.join(ids) or 'none'})")
     return chosen, f"Each cell against the baseline {chosen} ({source}); ratios are cell / baseline."
-
-
-def matrix_groups(session: SessionRecord | None, session_id: str | None) -> dict[str, list[str]]:
-    """The matrix's `[report] groups`, as session.json recorded the matrix."""
-    content = (session.matrix.get("content") or {}) if session else {}
-    return read_report(content, f"session {session_id}: matrix").groups
 
 
 def comparisons(summary: Summary, runs: list[RunRecord], baseline: str) -> list[Comparison]:
@@ -75,23 +74,31 @@ def derive(sdir: SessionDir, baseline: str | None = None) -> Derived:
     """Read the session and summarise it, compare each cell with the baseline, list the warnings."""
     runs = sdir.read_runs()
     problems = list(runs.problems)
-    session = sdir.read_session() if sdir.has_session() else None
-    if session is None:
-        problems.insert(0, f"{sdir.root / 'session.json'}: missing; cell descriptions and provenance are unknown")
+    session, unread = sdir.read_session_if_readable()
+    if unread:
+        problems.insert(0, unread)
     summary = build_summary(session, sdir.id, runs.records, problems)
     chosen, note = choose_baseline(summary, session, baseline)
     summary.baseline = chosen
     summary.comparisons = comparisons(summary, runs.records, chosen) if chosen else []
-    summary.group_ratios = group_ratios(matrix_groups(session, summary.session_id), medians_of(summary.cells))
+    summary.group_ratios = group_ratios(recorded_groups(session, f"session {summary.session_id}: matrix"), medians_of(summary.cells))
     summary.warnings = stability_warnings(summary)
     return Derived(summary, session, runs.records, note)
 
 
 def write_report(sdir: SessionDir, out: Path | None = None, baseline: str | None = None) -> WrittenReport:
-    """Read the session, write every derived file into `out` (the session folder by default)."""
+    """Read the session, write every derived file into `out` (the session folder by default); a
+    file that cannot be written (a folder in its place, a full disk) is one UserError naming it."""
     out = out or sdir.root
-    out.mkdir(parents=True, exist_ok=True)
     d = derive(sdir, baseline)
+    try:
+        return _write(d, out)
+    except OSError as e:
+        raise UserError(f"{e.filename or out}: cannot be written ({e.strerror or e}); the report is incomplete") from None
+
+
+def _write(d: Derived, out: Path) -> WrittenReport:
+    out.mkdir(parents=True, exist_ok=True)
     summary = d.summary
     figs = all_figures(summary, d.runs, out / FIGURES)
     summary.figures = [FigureEntry(name=f.name, title=f.title, files=f.files, skipped=f.skipped) for f in figs]

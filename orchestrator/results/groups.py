@@ -9,9 +9,22 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from orchestrator.config.matrix import read_report
+from orchestrator.errors import UserError
+from orchestrator.results.records import SessionRecord
 from workers.contract.typed import field
 
 METRICS = (("energy", "J", "energy_per_step_j"), ("latency", "ms", "latency_ms_median"))
+
+
+def recorded_groups(session: SessionRecord | None, where: str) -> dict[str, list[str]]:
+    """The `[report] groups` of the matrix a session recorded; none from a damaged session.json
+    (the report names the damage where it reads the baseline, and goes on)."""
+    content = (session.matrix.get("content") or {}) if session else {}
+    try:
+        return read_report(content, where).groups
+    except UserError:
+        return {}
 
 
 @dataclass(frozen=True)

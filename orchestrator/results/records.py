@@ -123,7 +123,7 @@ class RunRecord:
                                                                       "nothing subtracted")
     estimated_energy_per_50_step_image_j: float | None = field(None, unit="J", doc="50 x `energy_per_step_j`: an "
                                                                                    "estimate, not a measured image")
-    energy_by_channel: dict[str, Any] = field(factory=dict, doc="per channel and `total`: `baseline_w`, `active_w`, "
+    energy_by_channel: dict[str, dict[str, Any]] = field(factory=dict, doc="per channel and `total`: `baseline_w`, `active_w`, "
                                               "`energy_per_step_j`, `gross_energy_per_step_j`, "
                                               "`estimated_energy_per_50_step_image_j`, `window_energy_j` (joules "
                                               "counted in the timed window)")
@@ -187,7 +187,7 @@ def _v1_session(data: dict[str, Any]) -> dict[str, Any]:
     early = [{"at": at, "preflight": pre} for at, pre in
              zip(data.pop("resumed_at", []) or [], data.pop("preflight_on_resume", []) or [])]
     if early:
-        data["resumes"] = sorted(early + list(data.get("resumes") or []), key=lambda r: str(r.get("at")))
+        data["resumes"] = sorted(early + list(data.get("resumes") or []), key=lambda r: str(r.get("at")) if isinstance(r, dict) else "")
     return {**data, "schema_version": 2}
 
 

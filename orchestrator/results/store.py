@@ -4,9 +4,11 @@ loses at most the run in flight; both files are read back as typed records (reco
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
+import tempfile
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,6 +22,7 @@ from workers.contract.typed import Invalid, to_dict
 
 RUNS = "runs.jsonl"
 SESSION = "session.json"
+TORN = "runs.jsonl.torn"  # last lines of runs.jsonl cut short, set aside by --resume
 
 
 def utc_now() -> str:
@@ -32,10 +35,56 @@ def new_session_id() -> str:
 
 
 def write_json(path: Path, obj: Any) -> None:
-    """Atomic: readers see the old file or the new one, never half of one."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=_jsonable) + "\n")
-    os.replace(tmp, path)
+    """Atomic: readers see the old file or the new one, never half of one; a write that fails
+    (disk full) leaves no temporary file behind."""
+    write_atomic(path, (json.dumps(obj, indent=2, default=_jsonable) + "\n").encode())
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """`path` holds `data` whole or keeps what it held: written beside it, synced, renamed."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise OSError(e.errno, e.strerror, str(path)) from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def writable_problem(folder: Path, create: bool) -> str | None:
+    """Why results cannot be written into `folder`, or None. With `create` the folder is made
+    and a file written and removed there (what a session is about to do); without, nothing is
+    written: the nearest existing folder is checked for write access (`orchestrate check`)."""
+    if create:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            fd, probe = tempfile.mkstemp(dir=folder, prefix=".write-check-")
+            try:
+                os.write(fd, b"0")
+            finally:
+                os.close(fd)
+                os.unlink(probe)
+        except OSError as e:
+            return f"{e.strerror or e}"
+        return None
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        if existing.is_symlink():
+            return f"{existing} is a dangling link"
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"{existing} is not a folder"
+    if os.statvfs(existing).f_flag & os.ST_RDONLY:
+        return f"{existing} is on a read-only file system"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"{existing} is not writable by this user"
+    return None
 
 
 def _jsonable(obj: Any) -> Any:
@@ -96,24 +145,63 @@ class SessionDir:
         except Invalid as e:
             raise UserError(str(e)) from None
 
+    def read_session_if_readable(self) -> tuple[SessionRecord | None, str | None]:
+        """session.json, or None and why not: reports go on from runs.jsonl without it."""
+        if not self.has_session():
+            return None, f"{self.root / SESSION}: missing; cell descriptions and provenance are unknown"
+        try:
+            return self.read_session(), None
+        except UserError as e:
+            return None, f"{e}; read without it: cell descriptions and provenance are unknown"
+
     def has_session(self) -> bool:
         return (self.root / SESSION).is_file()
 
     def append_run(self, record: RunRecord) -> None:
         line = json.dumps(to_dict(record), default=_jsonable, allow_nan=False)
-        with open(self.root / RUNS, "a") as f:
-            f.write(line + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        path = self.root / RUNS
+        size = path.stat().st_size if path.exists() else 0
+        try:
+            with open(path, "a") as f:
+                f.write(line + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as e:
+            with contextlib.suppress(OSError):  # what part of the line reached the disk goes: no torn line
+                os.truncate(path, size)
+            raise OSError(e.errno, e.strerror, str(path)) from None  # a full disk names no file: name it
+
+    def set_aside_torn(self) -> str | None:
+        """A last line of runs.jsonl without its newline is a record cut short (the process or
+        the disk stopped mid-write): it moves to runs.jsonl.torn, so the next record starts on
+        a line of its own. What was done, or None."""
+        path = self.root / RUNS
+        if not path.is_file():
+            return None
+        data = path.read_bytes()
+        if not data or data.endswith(b"\n"):
+            return None
+        keep = data.rfind(b"\n") + 1
+        torn = self.root / TORN
+        with open(torn, "ab") as f:
+            f.write(data[keep:] + b"\n")
+        write_atomic(path, data[:keep])
+        return (f"{path}: its last line ({len(data) - keep} bytes) was cut short; set aside in {torn}, "
+                f"that run will run again")
 
     def read_runs(self) -> RunsFile:
         out = RunsFile()
         path = self.root / RUNS
-        if not path.is_file():
+        if not path.exists():
             out.problems.append(f"{path}: missing (no run finished in this session)")
             return out
         seen: dict[tuple[str, int], RunRecord] = {}
-        for n, line in enumerate(path.read_text(errors="replace").splitlines(), start=1):
+        try:
+            text = path.read_text(errors="replace")
+        except OSError as e:
+            out.problems.append(f"{path}: cannot be read ({e.strerror})")
+            return out
+        for n, line in enumerate(text.splitlines(), start=1):
             if not line.strip():
                 continue
             try:

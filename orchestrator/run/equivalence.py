@@ -7,6 +7,7 @@ is compared with it and flagged, never dropped."""
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -15,6 +16,7 @@ import numpy as np
 
 from orchestrator.config.envs import Env
 from orchestrator.config.matrix import Equivalence, Matrix
+from orchestrator.results.store import write_atomic, write_json
 from orchestrator.run.pins import PinnedModel, setup_message
 from orchestrator.run.worker_client import run_worker
 from workers.contract.inputs import PinnedInputs
@@ -80,8 +82,8 @@ def reference_output(matrix: Matrix, env: Env, model: PinnedModel, inputs: Pinne
     key = reference_key(spec, env, model, inputs)
     path = cache / "references" / f"{key}.npy"
     meta_path = path.with_suffix(".json")
-    if path.is_file() and meta_path.is_file():
-        return Reference(np.load(path), path, True, None, json.loads(meta_path.read_text()).get("versions", {}))
+    if (cached := _cached(path, meta_path, inputs.latent.shape)) is not None:
+        return Reference(cached[0], path, True, None, cached[1])
     cell = spec.reference_cell(resolution)
     setup = setup_message(matrix, cell, model, inputs, warmup=0, iterations=1)
     outcome = run_worker(env, setup, label=f"{cell.id}", log_path=log_path, timeout_s=matrix.timing.run_timeout_s)
@@ -90,11 +92,25 @@ def reference_output(matrix: Matrix, env: Env, model: PinnedModel, inputs: Pinne
     output = outcome.result.output
     versions = outcome.ready.versions
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        np.save(f, output)
-    tmp.replace(path)
-    meta_path.write_text(json.dumps({"model_sha256": model.sha256, "inputs": inputs.digests(),
-                                     "resolution": resolution, "spec": asdict(spec), "versions": versions,
-                                     "realized": outcome.ready.realized}, indent=2))
+    npy = io.BytesIO()
+    np.save(npy, output)
+    write_atomic(path, npy.getvalue())  # the .npy first: a reference counts as cached once its .json is there
+    write_json(meta_path, {"model_sha256": model.sha256, "inputs": inputs.digests(), "resolution": resolution,
+                           "spec": asdict(spec), "versions": versions, "realized": outcome.ready.realized})
     return Reference(output, path, False, None, versions)
+
+
+def _cached(path: Path, meta_path: Path, shape: tuple[int, ...]) -> tuple[np.ndarray, dict] | None:
+    """The cached output and its toolchain versions, or None when missing or damaged (cut short,
+    unreadable, the wrong shape, not finite): a damaged entry is computed again, never trusted."""
+    try:
+        output = np.load(path, allow_pickle=False)
+        meta = json.loads(meta_path.read_text())
+    except (OSError, ValueError, EOFError):  # JSONDecodeError is a ValueError
+        return None
+    versions = meta.get("versions") if isinstance(meta, dict) else None
+    if not isinstance(versions, dict) or not isinstance(output, np.ndarray) or output.shape != shape:
+        return None
+    if output.dtype.kind != "f" or not np.all(np.isfinite(output)):
+        return None
+    return output, versions

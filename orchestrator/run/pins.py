@@ -8,7 +8,7 @@ from pathlib import Path
 
 from orchestrator.config.matrix import Cell, InputsSpec, Matrix, ModelSpec
 from orchestrator.errors import UserError
-from workers.contract.checkpoint import write_synthetic
+from workers.contract.checkpoint import is_whole, write_synthetic
 from workers.contract.digest import sha256_file
 from workers.contract.inputs import PinnedInputs, pinned_inputs
 from workers.contract.messages import Setup, SetupInputs, SetupModel
@@ -35,7 +35,9 @@ def synthetic_path(spec: ModelSpec) -> Path:
 def pin_model(spec: ModelSpec, matrix_path: Path, log=print) -> PinnedModel:
     if spec.synthetic:
         path = synthetic_path(spec)
-        if not path.is_file():
+        if path.is_file() and not is_whole(path):
+            log(f"cached {path.name} is incomplete; writing it again")
+        if not is_whole(path):
             log(f"writing synthetic {spec.preset} weights (seed {spec.seed}) to {path}")
             write_synthetic(preset(spec.preset), spec.seed, path)
         digest = sha256_file(path)

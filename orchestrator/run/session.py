@@ -9,9 +9,10 @@ import secrets
 import shlex
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -30,7 +31,7 @@ from orchestrator.report.write import write_report
 from orchestrator.results import provenance
 from orchestrator.results.records import RunRecord, SessionRecord
 from orchestrator.results.stats import within_run
-from orchestrator.results.store import SessionDir, utc_now
+from orchestrator.results.store import RUNS, SESSION, SessionDir, utc_now, writable_problem
 from orchestrator.results.summary import Summary
 from orchestrator.run.cooldown import Cooldown, adaptive, idle_power
 from orchestrator.run.equivalence import Reference, compare, reference_output
@@ -40,6 +41,7 @@ from workers.contract.inputs import PinnedInputs
 from workers.contract.messages import Ready, Result
 from workers.contract.typed import to_dict
 
+T = TypeVar("T")
 WINDOW_UPDATES = 20  # a timed window spans at least this many meter updates (docs/methodology.md, "Energy")
 SHORT_WINDOW_UPDATES = 10  # fewer than this and the run is flagged
 
@@ -296,6 +298,10 @@ class Session:
     # -- the loop ----------------------------------------------------------------------------
     def run(self, results_root: Path, resume: SessionDir | None = None) -> SessionResult:
         m = self.matrix
+        target = results_root if resume is None else resume.root
+        if problem := writable_problem(target, create=True):  # before envs sync or models pin
+            raise UserError(f"{target}: results cannot be written there ({problem}); nothing ran"
+                            + ("; choose another folder with --out" if resume is None else ""))
         model, inputs = self.prepare()
         self.meters = choose(m.power)
         self.display.explain(f"power: {self.meters.name or 'none'}", self.meters.reason)
@@ -304,7 +310,11 @@ class Session:
             self.display.warn(f"preflight: {problem}" + ("; recording energy anyway (--force-power), runs flagged"
                                                         if self.meters.name else ""))
         if resume is None:
-            sdir = SessionDir.create(results_root)
+            try:
+                sdir = SessionDir.create(results_root)
+            except OSError as e:
+                raise UserError(f"cannot create a session folder in {results_root}: {e.strerror or e}; "
+                                f"nothing ran") from None
             seed = m.timing.order_seed if m.timing.order_seed is not None else secrets.randbits(32)
             session = self._session_record(sdir, model, inputs, seed)
             session.preflight = preflight
@@ -312,31 +322,40 @@ class Session:
         else:
             sdir = resume
             session = sdir.read_session()
-            assert session.order_seed is not None
-            seed = session.order_seed
+            seed = resume_seed(sdir, session)
+            if torn := sdir.set_aside_torn():
+                self.display.warn(torn)
             done = {(r.cell_id, r.run_index) for r in sdir.read_runs().records}
             # A resume may run on another machine: its host, harness and preflight go beside the
             # original ones instead of over them.
             session.resumes.append({"at": utc_now(), "host": provenance.host(), "harness": provenance.harness(),
                                     "preflight": preflight})
-        sdir.write_session(session)
+        self._write(sdir, lambda: sdir.write_session(session), ran=0)
         self.display.log(f"session {sdir.root}")
         plan = plan_runs([c.id for c in m.enabled_cells], m.timing.runs, m.timing.order, seed)
         todo = [p for p in plan if (p.cell_id, p.run_index) not in done]
+        self.display.plan(m, plan, seed, done=len(plan) - len(todo))
         if m.timing.cooldown == "adaptive" and (first := next((c for c in m.enabled_cells if c.id not in self.unsupported), None)):
             self._meter(first)  # the host's idle power, before the reference or any worker runs
-        refs = self.references(sdir, model, inputs)
+        refs = self._write(sdir, lambda: self.references(sdir, model, inputs), ran=0)
         interrupted = False
+        failure: UserError | None = None
+        ran = 0
         session.status = "running"
         try:
             with self.display.progress(total=len(plan), completed=len(plan) - len(todo)) as progress:
                 for planned in todo:
                     cell = m.cell(planned.cell_id)
                     progress.start_run(planned, cell, len(plan))
-                    rec = self.execute(sdir, cell, planned, model, inputs[cell.resolution], refs[cell.resolution])
-                    sdir.append_run(rec)
+                    try:
+                        rec = self.execute(sdir, cell, planned, model, inputs[cell.resolution], refs[cell.resolution])
+                        sdir.append_run(rec)
+                    except OSError as e:  # the results folder stopped taking writes (disk full, gone)
+                        failure = self._write_failed(sdir, e, ran)
+                        break
+                    ran += 1
                     progress.end_run(rec, m.timing.runs)
-            session.status = "complete"
+            session.status = "complete" if failure is None else "interrupted"
         except KeyboardInterrupt:
             session.status = "interrupted"
             interrupted = True
@@ -354,10 +373,39 @@ class Session:
                 session.power["idle_w"], session.references = idle_w, references
             else:
                 session.resumes[-1].update(idle_w=idle_w, references=references)
-            sdir.write_session(session)
-            summary = write_report(sdir).summary
+            try:
+                sdir.write_session(session)
+                summary = write_report(sdir).summary
+            except OSError as e:
+                failure = failure or self._write_failed(sdir, e, ran)
+            except UserError as e:  # a report file that cannot be written, named
+                failure = failure or self._write_failed(sdir, e, ran)
+        if failure is not None:
+            raise failure
         counts = Counter(r.status for r in sdir.read_runs().records)
         return SessionResult(sdir, summary, counts["ok"], counts["failed"], counts["unsupported"], interrupted)
+
+    def _write(self, sdir: SessionDir, step: Callable[[], T], ran: int) -> T:
+        """`step`, whose writes into the session folder or the cache may fail; a failure is one line."""
+        try:
+            return step()
+        except OSError as e:
+            raise self._write_failed(sdir, e, ran) from None
+
+    def _write_failed(self, sdir: SessionDir, e: OSError | UserError, ran: int) -> UserError:
+        """What failed, that the finished runs are safe, and the command that continues; exit 2
+        when nothing ran in this session, 1 otherwise."""
+        runs = sdir.root / RUNS
+        n = len(sdir.read_runs().records) if runs.is_file() else 0
+        overrides = "".join(f" --env {shlex.quote(f'{env.name}={env.external_python}')}"
+                            for env in self.envs.values() if env.external_python is not None)
+        what = e.lines[0] if isinstance(e, UserError) else f"cannot write {e.filename or sdir.root}: {e.strerror or e}"
+        error = UserError(f"{what}; the session stopped. "
+                          f"{n} finished run(s) are safe in {runs}; continue with: "
+                          f"orchestrate {shlex.quote(str(self.matrix.path))} --resume {shlex.quote(str(sdir.root))}"
+                          f"{overrides}")
+        error.exit_code = 2 if ran == 0 else 1
+        return error
 
     def _session_record(self, sdir: SessionDir, model: PinnedModel, inputs: dict[int, PinnedInputs],
                         seed: int) -> SessionRecord:
@@ -404,8 +452,17 @@ def fill_from_outcome(rec: RunRecord, o: RunOutcome) -> None:
         rec.versions, rec.conversion = o.unsupported.versions, o.unsupported.facts.get("conversion")
 
 
+def resume_seed(sdir: SessionDir, session: SessionRecord) -> int:
+    """The recorded run order's seed: without it the remaining runs cannot be told apart."""
+    if session.order_seed is None:
+        raise UserError(f"--resume {sdir.root}: {sdir.root / SESSION} has no order_seed, so the run order "
+                        f"cannot be rebuilt; start a new session instead")
+    return session.order_seed
+
+
 def check_resume(sdir: SessionDir, matrix: Matrix) -> None:
     s = sdir.read_session()
+    resume_seed(sdir, s)
     sha = s.matrix.get("sha256", "")
     if sha != matrix.sha256:
         raise UserError(f"--resume {sdir.root}: the session ran matrix sha256 {sha[:12]}…, "

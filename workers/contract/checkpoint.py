@@ -73,6 +73,23 @@ def write_synthetic(arch: UNetArch, seed: int, path: str | Path) -> Path:
     return path
 
 
+def is_whole(path: str | Path) -> bool:
+    """Whether a safetensors file is complete: its header parses and the file is exactly as long
+    as the header says. A file cut short (a disk that filled, a copy stopped) is not, and is
+    written again instead of being trusted. Reads the header only."""
+    try:
+        with open(path, "rb") as f:
+            (n,) = struct.unpack("<Q", f.read(8))
+            if n > 100_000_000:
+                return False
+            header = json.loads(f.read(n))
+            size = os.fstat(f.fileno()).st_size
+        end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+    except (OSError, struct.error, ValueError, TypeError, KeyError, IndexError, AttributeError):
+        return False
+    return size == 8 + n + end
+
+
 # safetensors dtype names the reader maps straight onto numpy; bf16 has no numpy dtype.
 _DTYPES = {"F64": "<f8", "F32": "<f4", "F16": "<f2"}
 

@@ -33,9 +33,13 @@ class ConversionCache:
         return self.root / key
 
     def facts(self, key: str) -> dict[str, Any] | None:
-        """The recorded facts of a finished entry, or None when there is none."""
-        path = self.entry(key) / FACTS
-        return json.loads(path.read_text()) if path.is_file() else None
+        """The recorded facts of a finished entry, or None when there is none or they cannot be
+        read (a damaged entry is converted again, never trusted)."""
+        try:
+            facts = json.loads((self.entry(key) / FACTS).read_text())
+        except (OSError, ValueError):
+            return None
+        return facts if isinstance(facts, dict) else None
 
     @contextmanager
     def lock(self, key: str) -> Iterator[float]:
