@@ -7,6 +7,8 @@ import shutil
 import pytest
 from conftest import cli
 
+from orchestrator.report.reasons import again
+
 pytestmark = pytest.mark.slow
 
 
@@ -50,7 +52,7 @@ def test_energy_figures_follow_what_the_host_measured(quick_report):
     f = _figure(rep, "latency_vs_energy")
     if all(r.get("energy_per_step_j") is None for r in runs):
         reason = rep.summary.energy_unavailable_reason
-        assert f.skipped == f"no cell has energy ({reason})" and f.files == []
+        assert f.skipped == f"no cell has energy ({again(reason)})" and f.files == []
     else:
         assert {p["cell_id"] for p in f.data["points"]} == {"diffusers-cpu-fp32", "diffusers-cpu-bf16", "mlx-cpu-fp32"}
 
@@ -77,3 +79,13 @@ def test_compare_cli_on_the_real_session(quick_report):
     p = cli("compare", f"{d}:diffusers-cpu-fp32", f"{d}:diffusers-cpu-bf16")
     assert p.returncode == 0, p.stderr
     assert "latency: diffusers-cpu-bf16 vs diffusers-cpu-fp32: undecided" in p.stdout
+
+
+def test_the_time_budget_accounts_for_every_run(quick_report):
+    rep, runs, d = quick_report
+    every, *cells = rep.summary.time_budget
+    assert every.scope == "all runs" and every.runs == len(runs) == 9
+    assert every.wall_s == pytest.approx(sum(r["wall_s"] for r in runs))
+    assert [c.scope for c in cells] == [c.cell_id for c in rep.summary.cells]
+    assert every.session_wall_s is not None and every.session_wall_s >= every.wall_s  # syncs and references too
+    assert '<h2 id="time-budget">' in (d / "report.html").read_text()

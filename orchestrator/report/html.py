@@ -9,10 +9,12 @@ from pathlib import Path
 
 from orchestrator.report.reproduce import panel
 from orchestrator.report.tables import (
+    BUDGET_NOTE,
     EXPLANATION,
     GROUP_NOTE,
     ReportInputs,
     Table,
+    budget_table,
     cell_table,
     comparison_table,
     group_ratio_table,
@@ -68,6 +70,9 @@ def render_html(r: ReportInputs, root: Path) -> str:
     if s.group_ratios:
         parts += ['<h2 id="group-ratios">Group ratios</h2>', f"<p>{escape(GROUP_NOTE)}</p>",
                   _table(group_ratio_table(s.group_ratios), "group-ratios")]
+    if s.time_budget:
+        parts += ['<h2 id="time-budget">Time budget</h2>', f"<p>{escape(BUDGET_NOTE)}</p>",
+                  _table(budget_table(s.time_budget), "time-budget")]
     parts.append("<h2>Figures</h2>")
     for f in r.figures:
         if f.skipped is None:

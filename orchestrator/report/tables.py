@@ -8,6 +8,7 @@ from typing import Any
 
 from orchestrator.report.reproduce import panel
 from orchestrator.report.stability import deviation
+from orchestrator.results.budget import TimeBudget
 from orchestrator.results.compare import Comparison
 from orchestrator.results.flags import FLAGS
 from orchestrator.results.groups import GroupRatio
@@ -181,6 +182,26 @@ GROUP_NOTE = ("Each cell of a group (`[report] groups` in the matrix) against ev
               "ratios of medians, cell / group cell, from the lowest to the highest, each end a measured cell.")
 
 
+def budget_table(budgets: list[TimeBudget]) -> Table:
+    """Each part of the runs' wall time in seconds and as a share of it."""
+    headers = ["scope", "runs", "wall s", "load", "cooldown", "baseline", "warmup", "timed window", "other",
+               "wall / irreducible"]
+
+    def part(b: TimeBudget, seconds: float) -> str:
+        return f"{seconds:.1f} ({seconds / b.wall_s:.0%})" if b.wall_s > 0 else f"{seconds:.1f}"
+
+    rows = [[b.scope, str(b.runs), f"{b.wall_s:.1f}" + (f" (session {b.session_wall_s:.1f})" if b.session_wall_s else ""),
+             *(part(b, s) for s in (b.load_s, b.cooldown_s, b.baseline_s, b.warmup_s, b.window_s, b.other_s)),
+             "–" if b.wall_over_irreducible is None else f"{b.wall_over_irreducible:.2f}x"] for b in budgets]
+    return Table(headers, rows, whole=("scope",))
+
+
+BUDGET_NOTE = ("Where the runs' wall time went (worker start to exit, summed over runs of any status), in seconds and "
+               "as a share of it. Irreducible: cooldown + baseline + warmup + timed window, what the method needs "
+               "even with an instant load. The session's own start-to-finish time, when shown, also holds env syncs, "
+               "references and preflight.")
+
+
 def markdown_table(t: Table) -> list[str]:
     def line(cells: list[str]) -> str:
         return "| " + " | ".join(x.replace("|", "\\|") for x in cells) + " |"
@@ -239,6 +260,8 @@ def render_markdown(r: ReportInputs) -> str:
         lines += ["", *markdown_table(comparison_table(r.comparisons))]
     if summary.group_ratios:
         lines += ["", "## Group ratios", "", GROUP_NOTE, "", *markdown_table(group_ratio_table(summary.group_ratios))]
+    if summary.time_budget:
+        lines += ["", "## Time budget", "", BUDGET_NOTE, "", *markdown_table(budget_table(summary.time_budget))]
     lines += ["", "## Figures", ""]
     for f in r.figures:
         lines.append(f"![{f.title}]({f.files[0]})" if f.skipped is None else f"- {f.title}: left out: {f.skipped}")

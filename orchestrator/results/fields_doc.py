@@ -13,6 +13,7 @@ import sys
 from collections.abc import Callable
 
 from orchestrator.config.paths import REPO_ROOT
+from orchestrator.results.budget import TimeBudget
 from orchestrator.results.compare import Comparison, RankTest
 from orchestrator.results.flags import FLAGS, SEVERITIES
 from orchestrator.results.groups import GroupEnd, GroupRatio
@@ -57,7 +58,7 @@ TABLES: dict[str, Callable[[], list[str]]] = {
     "RunRecord": _fields(RunRecord), "SessionRecord": _fields(SessionRecord), "Summary": _fields(Summary),
     "CellSummary": _fields(CellSummary), "MetricStats": _fields(MetricStats), "RunValue": _fields(RunValue),
     "Failure": _fields(Failure), "ConversionSummary": _fields(ConversionSummary),
-    "FigureEntry": _fields(FigureEntry), "Comparison": _fields(Comparison), "RankTest": _fields(RankTest),
+    "FigureEntry": _fields(FigureEntry), "TimeBudget": _fields(TimeBudget), "Comparison": _fields(Comparison), "RankTest": _fields(RankTest),
     "GroupRatio": _fields(GroupRatio), "GroupEnd": _fields(GroupEnd),
     "flags": _flags, "severities": _severities,
 }

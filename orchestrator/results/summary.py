@@ -9,6 +9,7 @@ from collections import Counter
 from dataclasses import dataclass, replace
 from typing import Any
 
+from orchestrator.results.budget import TimeBudget, time_budgets
 from orchestrator.results.compare import Comparison
 from orchestrator.results.flags import FLAGS, flagged
 from orchestrator.results.groups import GroupRatio
@@ -165,6 +166,8 @@ class Summary:
     group_ratios: list[GroupRatio] = field(factory=list, doc="each cell of a `[report] groups` group against each "
                                                              "other group (see the group ratio table)")
     warnings: list[str] = field(factory=list, doc="stability warnings, one line each")
+    time_budget: list[TimeBudget] = field(factory=list, doc="where the runs' wall time went: all runs, then each "
+                                                            "cell (see the time budget table)")
     figures: list[FigureEntry] = field(factory=list, doc="each figure drawn or left out")
 
 
@@ -277,7 +280,7 @@ def build_summary(session: SessionRecord | None, session_id: str, runs: list[Run
     order = [c for c in info if c in by_cell or c in planned] + [c for c in by_cell if c not in info]
     cells = [summarize_cell(c, sorted(by_cell.get(c, []), key=lambda r: r.run_index), info.get(c, {})) for c in order]
     summary = Summary(session_id=session_id, generated_at=utc_now(), matrix={"path": None, "sha256": None},
-                      n_runs=len(runs), problems=problems, cells=cells)
+                      n_runs=len(runs), problems=problems, cells=cells, time_budget=time_budgets(session, order, runs))
     if session is None:
         return summary
     return replace(
