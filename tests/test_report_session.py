@@ -87,5 +87,5 @@ def test_the_time_budget_accounts_for_every_run(quick_report):
     assert every.scope == "all runs" and every.runs == len(runs) == 9
     assert every.wall_s == pytest.approx(sum(r["wall_s"] for r in runs))
     assert [c.scope for c in cells] == [c.cell_id for c in rep.summary.cells]
-    assert every.session_wall_s is not None and every.session_wall_s >= every.wall_s  # syncs and references too
+    assert every.session_wall_s is not None and every.session_wall_s >= every.wall_s  # the references too
     assert '<h2 id="time-budget">' in (d / "report.html").read_text()

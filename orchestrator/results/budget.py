@@ -32,9 +32,10 @@ class TimeBudget:
     wall_over_irreducible: float | None = field(None, unit="ratio", doc="`wall_s` / (cooldown + baseline + warmup "
                                                                         "+ window)")
     session_wall_s: float | None = field(None, unit="s", doc="`all runs` only: session start to finish (null when "
-                                                             "it was resumed or the times are missing); what it "
-                                                             "exceeds `wall_s` by went to env syncs, references, "
-                                                             "preflight")
+                                                             "it was resumed or the times are missing); it "
+                                                             "starts after the envs are synced and the model and "
+                                                             "inputs pinned, so what it exceeds `wall_s` by went "
+                                                             "to the references and the waits between runs")
 
 
 def time_budget(scope: str, runs: list[RunRecord], session_wall_s: float | None = None) -> TimeBudget:
