@@ -62,8 +62,10 @@ def test_session_files_and_regenerated_report(quick_session):
     assert session["provenance"]["envs"]["diffusers"]["lock_sha256"]
     assert "torch" in session["worker_versions"]["diffusers"]
     assert "mlx" in session["worker_versions"]["mlx"]
-    table = [line for line in (d / "report.md").read_text().splitlines() if line.startswith("| diffusers-cpu-")]
-    assert len(table) == 2  # the results table; the comparison row starts with its metric
+    results = (d / "report.md").read_text().split("\n## ")[0]  # the header and the results table
+    table = [line for line in results.splitlines() if line.startswith("| diffusers-cpu-")]
+    assert len(table) == 2  # the comparison rows start with their metric; the time budget comes later
+    assert "\n## Time budget\n" in (d / "report.md").read_text()
     before = json.loads((d / "summary.json").read_text())
     p = cli("report", str(d), "--format", "json")
     assert p.returncode == 0, p.stderr
