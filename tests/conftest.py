@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,6 +17,9 @@ REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 PMSET_CAPTURES = REPO / "tests" / "fixtures" / "pmset"
 os.environ["HF_HUB_OFFLINE"] = "1"
+# Synthetic weights and reference outputs that tests make (some by fake workers) never land in the
+# user's cache, where a real session would find them; a test that wants its own cache still sets one.
+os.environ["CDB_CACHE_DIR"] = tempfile.mkdtemp(prefix="cdb-test-cache-")
 
 
 def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 900, cwd: Path = REPO) -> subprocess.CompletedProcess:

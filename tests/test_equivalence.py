@@ -1,8 +1,12 @@
 import numpy as np
 import pytest
 
+from orchestrator.config.envs import Env
 from orchestrator.config.matrix import Equivalence
-from orchestrator.run.equivalence import compare
+from orchestrator.config.paths import REPO_ROOT
+from orchestrator.run.equivalence import compare, reference_key
+from orchestrator.run.pins import PinnedModel
+from workers.contract.inputs import pinned_inputs
 
 SPEC = Equivalence(backend="diffusers", env="diffusers", device="cpu", precision="fp32", mse_max=1e-3, cosine_min=0.999)
 REF = np.array([[1.0, -2.0], [3.0, 0.5]], dtype=np.float32)
@@ -40,3 +44,14 @@ def test_non_finite_output_is_divergent_without_numbers():
 def test_shape_mismatch_raises():
     with pytest.raises(ValueError):
         compare(REF.ravel()[:3], REF, SPEC)
+
+
+def test_an_interpreter_standing_in_for_the_env_gets_its_own_reference(tmp_path):
+    """A reference made by `--env diffusers=OTHER_PYTHON` (another torch, a test's fake worker) is
+    never the one a session in the env's own venv compares against, nor one of another python."""
+    model, inputs = PinnedModel(path=tmp_path / "m", sha256="0" * 64, source="synthetic", preset="tiny", seed=0), pinned_inputs(64)
+    project = REPO_ROOT / "envs" / "diffusers"
+    keys = {reference_key(SPEC, Env("diffusers", project, external_python=python), model, inputs)
+            for python in (None, tmp_path / "a" / "python", tmp_path / "b" / "python")}
+    assert len(keys) == 3
+    assert reference_key(SPEC, Env("diffusers", project), model, inputs) in keys

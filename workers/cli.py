@@ -17,7 +17,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--env-name", default="", help=argparse.SUPPRESS)
     p.add_argument("--run-label", default="", help=argparse.SUPPRESS)  # shows in ps which run a worker is
     p.add_argument("--probe", metavar="BACKEND", help="print what BACKEND can use on this host, as JSON")
+    p.add_argument("--forkserver", metavar="SOCKET", help="import the toolchain once, then fork a worker per run "
+                   "asked for on the Unix socket SOCKET (used by orchestrate)")
+    p.add_argument("--preload", nargs="*", default=[], metavar="MODULE", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.forkserver:
+        from workers.forkserver import serve_forks
+        from workers.serve import serve
+
+        return serve_forks(args.forkserver, ["workers.serve", *args.preload], lambda: serve(args.env_name))
     if args.serve:
         from workers.serve import serve
 

@@ -90,6 +90,10 @@ class Timing:
     order_seed: int | None = setting(None, doc="seed of the interleaved order (default: drawn and recorded)",
                                      ge=0, le=SEED_MAX)
     run_timeout_s: float = setting(900.0, doc="a run taking longer is stopped and failed", gt=0, le=DAY_S)
+    worker_start: str = setting("auto", doc="each run's fresh worker: spawned (a new interpreter that imports its "
+                                "toolchain), forked from the env's fork server (imports paid once per session), "
+                                "or auto: the fork server on Linux, spawn on macOS",
+                                choices=("auto", "forkserver", "spawn"))
     min_window_s: float | None = setting(None, doc="shortest timed window (default: 20 update intervals of "
                                          "the session's meter)", ge=0, le=HOUR_S)
 

@@ -86,6 +86,8 @@ class RunRecord:
     cooldown_settled_by: str | None = field(None, doc="`idle` (back near idle power) or `plateau` (power stopped "
                                                       "falling)")
     worker_pid: int | None = field(None, doc="the fresh process of this run")
+    worker_start: str | None = field(None, doc="`spawn` (a new interpreter) or `forkserver` (forked from the env's "
+                                               "fork server, toolchain already imported)")
     worker_uid: int | None = field(None, doc="the user it ran as")
     worker_exit_code: int | None = field(None, doc="its exit status (negative: the signal)")
     python: str | None = field(None, doc="the worker's Python version")
@@ -217,6 +219,8 @@ class SessionRecord:
                                                          "env's python, lock sha256 and versions, command line")
     preflight: dict[str, Any] = field(factory=dict, doc="the session's preflight: idle load, power state, problems")
     worker_versions: dict[str, Any] = field(factory=dict, doc="per env: the versions its workers reported")
+    worker_start: dict[str, Any] = field(factory=dict, doc="per env: `mode` (`spawn` or `forkserver`) and why; a "
+                                         "fork server's pid, `import_s`, `preloaded` and `not_preloaded` modules")
     references: dict[str, Any] = field(factory=dict, doc="per resolution: the reference output used")
     resumes: list[dict[str, Any]] = field(factory=list, doc="one per `--resume`: time, host, harness, preflight, "
                                                             "idle power and references then")

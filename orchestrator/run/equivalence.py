@@ -54,10 +54,11 @@ def compare(output: np.ndarray, reference: np.ndarray, spec: Equivalence) -> Com
 
 
 def reference_key(spec: Equivalence, env: Env, model: PinnedModel, inputs: PinnedInputs) -> str:
-    """Model, input, reference spec and the reference env's lock: a toolchain upgrade makes a
-    new reference instead of silently comparing against the old one."""
+    """Model, input, reference spec and the reference env's lock (or, for `--env NAME=python`,
+    that interpreter): a toolchain upgrade, or another interpreter standing in for the env, makes
+    a new reference instead of silently comparing against the old one."""
     ident = {"model": model.sha256, "inputs": inputs.digests(), "timestep": inputs.timestep,
-             "env": env.lock_sha256() or str(env.python),
+             "env": str(env.python) if env.external_python is not None else env.lock_sha256() or str(env.python),
              "reference": {k: v for k, v in asdict(spec).items() if k in ("backend", "device", "precision")}}
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:24]
 

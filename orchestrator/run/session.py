@@ -35,8 +35,10 @@ from orchestrator.results.store import RUNS, SESSION, SessionDir, utc_now, writa
 from orchestrator.results.summary import Summary
 from orchestrator.run.cooldown import Cooldown, adaptive, idle_power
 from orchestrator.run.equivalence import Reference, compare, reference_output
+from orchestrator.run.forkserver import ForkServer, ForkServerError, chosen
 from orchestrator.run.pins import PinnedModel, pin_inputs, pin_model, setup_message
 from orchestrator.run.worker_client import RunOutcome, WorkerRun
+from workers.contract.backends import BACKENDS
 from workers.contract.inputs import PinnedInputs
 from workers.contract.messages import Ready, Result
 from workers.contract.typed import to_dict
@@ -81,6 +83,8 @@ class Session:
         self.worker_versions: dict[str, dict[str, Any]] = {}
         self.meters: Meters = Meters(None, "not chosen yet")
         self.idle_w: dict[Meter, float | None] = {}
+        self.forkservers: dict[str, ForkServer | None] = {}  # env -> its server; None: its workers are spawned
+        self.worker_start: dict[str, dict[str, Any]] = {}  # env -> how its workers started (session.json)
 
     # -- preparation -------------------------------------------------------------------------
     def _needed_envs(self) -> list[Env]:
@@ -203,7 +207,8 @@ class Session:
         cooldown: Cooldown | None = None
         baseline: tuple[int, int] | None = None
         meter_record: MeterRecord | None = None
-        run = WorkerRun(self.envs[cell.env], setup, label=label, log_path=log, timeout_s=m.timing.run_timeout_s)
+        run = WorkerRun(self.envs[cell.env], setup, label=label, log_path=log, timeout_s=m.timing.run_timeout_s,
+                        forkserver=self._forkserver(sdir, cell.env))
         try:
             if isinstance(run.start(), Ready):
                 cooldown = self._cooldown(meter)
@@ -236,6 +241,30 @@ class Session:
             if meter.measures and meter_record is not None:
                 rec = self._energy(rec, sdir, cell, planned, meter, meter_record, baseline, outcome.result)
         return rec
+
+    def _forkserver(self, sdir: SessionDir, env_name: str) -> ForkServer | None:
+        """The env's fork server, started at its first run; None where its workers are spawned (the
+        matrix says so, macOS, or the server could not start: said once, with the reason)."""
+        if env_name in self.forkservers:
+            return self.forkservers[env_name]
+        mode, why = chosen(self.matrix.timing.worker_start)
+        server = None
+        if mode == "forkserver":
+            preload = sorted({mod for c in self.matrix.enabled_cells if c.env == env_name
+                              for mod in BACKENDS[c.backend].preload})
+            server = ForkServer(self.envs[env_name], preload, sdir.log_path(f"forkserver.{env_name}"))
+            try:
+                ready = server.start()
+            except ForkServerError as e:
+                server = None
+                mode, why = "spawn", f"{e}; its workers are spawned"
+                self.display.warn(f"env {env_name}: {why}")
+            else:
+                self.display.log(f"env {env_name}: fork server ready, imports took {ready.import_s:.1f} s")
+                self.worker_start[env_name] = {"mode": mode, "why": why, **to_dict(ready)}
+        self.worker_start.setdefault(env_name, {"mode": mode, "why": why})
+        self.forkservers[env_name] = server
+        return server
 
     def _energy(self, rec: RunRecord, sdir: SessionDir, cell: Cell, planned: PlannedRun, meter: Meter,
                 record: MeterRecord, baseline: tuple[int, int] | None, result: Result) -> RunRecord:
@@ -366,6 +395,10 @@ class Session:
             session.worker_versions = {**session.worker_versions, **self.worker_versions}
             session.power["meter_versions"] = {str(k): v for k, v in self.meters.versions().items()}
             idle_w = {meter.version(): w for meter, w in self.idle_w.items()}
+            for server in self.forkservers.values():
+                if server is not None:
+                    server.close()
+            session.worker_start = {**session.worker_start, **self.worker_start}
             self.meters.close()
             references = {str(r): {"path": str(ref.path), "cached": ref.cached, "failure": ref.failure,
                                    "versions": ref.versions} for r, ref in refs.items()}
@@ -441,6 +474,7 @@ def _meter_ending(record: MeterRecord) -> str:
 def fill_from_outcome(rec: RunRecord, o: RunOutcome) -> None:
     """What the worker's own messages tell about the run, whatever its status."""
     rec.status, rec.failure_reason, rec.wall_s, rec.worker_exit_code = o.status, o.reason, o.wall_s, o.exit_code
+    rec.worker_start = o.worker_start
     if o.hello is not None:
         rec.worker_pid, rec.worker_uid, rec.python = o.hello.pid, o.hello.uid, o.hello.python
     if o.ready is not None:

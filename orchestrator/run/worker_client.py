@@ -24,6 +24,7 @@ from typing import IO, Any
 
 from orchestrator.config.envs import Env
 from orchestrator.errors import describe_exit
+from orchestrator.run.forkserver import ForkedWorker, ForkServer, ForkServerError
 from workers.contract.messages import Error, Hello, M, Measure, Message, Ready, Result, Setup, Unsupported, parse, wire
 from workers.contract.protocol import PROTOCOL_VERSION, FrameReader, PeerClosed, ProtocolError, encode
 from workers.contract.typed import Invalid
@@ -42,6 +43,7 @@ class RunOutcome:
     wait_s: float = 0.0  # between ready and measure (cooldown, baseline): not counted against the timeout
     wall_s: float = 0.0
     exit_code: int | None = None
+    worker_start: str = "spawn"  # or "forkserver": how the worker process came to be
 
 
 class _Failed(Exception):
@@ -64,10 +66,12 @@ class WorkerRun:
     """One worker process, from start() through an optional measure() to close(); `outcome`
     says how it went. close() always ends the process and anything it started."""
 
-    def __init__(self, env: Env, setup: Setup, *, label: str, log_path: Path, timeout_s: float):
+    def __init__(self, env: Env, setup: Setup, *, label: str, log_path: Path, timeout_s: float,
+                 forkserver: ForkServer | None = None):
         self.env, self.setup, self.label, self.log_path, self.timeout_s = env, setup, label, log_path, timeout_s
-        self.outcome = RunOutcome()
-        self._proc: subprocess.Popen[bytes] | None = None
+        self.forkserver = forkserver
+        self.outcome = RunOutcome(worker_start="forkserver" if forkserver is not None else "spawn")
+        self._proc: subprocess.Popen[bytes] | ForkedWorker | None = None
         self._reader: FrameReader | None = None
         self._log: IO[bytes] | None = None
         self._t0 = self._deadline = self._ready_at = 0.0
@@ -80,11 +84,17 @@ class WorkerRun:
         self._deadline = self._t0 + self.timeout_s
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = open(self.log_path, "ab")
+        command = worker_command(self.env, self.label)
         try:
-            self._proc = subprocess.Popen(
-                worker_command(self.env, self.label), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                stderr=self._log, start_new_session=True, env=self.env.worker_environ(),
-            )
+            if self.forkserver is not None:
+                self._proc = self.forkserver.fork(command[1:], self.env.worker_environ(), self._log,
+                                                  max(0.1, self._deadline - time.monotonic()))
+            else:
+                self._proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log,
+                                              start_new_session=True, env=self.env.worker_environ())
+        except ForkServerError as e:
+            o.reason = str(e)
+            return None
         except OSError as e:
             o.reason = f"cannot start the worker ({self.env.python}): {e.strerror or e}"
             return None
@@ -230,7 +240,7 @@ def run_worker(env: Env, setup: Setup, *, label: str, log_path: Path, timeout_s:
     return run.outcome
 
 
-def _stop(proc: subprocess.Popen) -> None:
+def _stop(proc: subprocess.Popen[bytes] | ForkedWorker) -> None:
     """The worker and anything it started are gone when a run ends, however it ended."""
     if proc.poll() is None:
         try:

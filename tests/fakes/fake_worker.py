@@ -47,61 +47,78 @@ def chosen_mode() -> str:
     return os.environ.get("FAKE_MODE", "ok")
 
 
-mode = chosen_mode()
-out = os.fdopen(os.dup(1), "wb", buffering=0)
-ch = Channel(os.fdopen(os.dup(0), "rb", buffering=0), out)
-hello = wire(Hello(protocol=PROTOCOL_VERSION, pid=os.getpid(), uid=os.getuid(), python="fake"))
-if mode == "truncated_hello":
-    out.write(encode(hello)[:-3])
-    sys.exit(0)
-if mode == "bogus_length":
-    out.write(HEADER.pack(0xFFFFFFFF))
-    time.sleep(600)
-if mode == "hello_uid_str":
-    hello["uid"] = "root"
-ch.send({**hello, "protocol": 0} if mode == "old_protocol" else hello)
-if mode == "crash":
-    print("fake worker: giving up", file=sys.stderr)
-    sys.exit(3)
-if mode == "hang":
-    time.sleep(600)
-setup = parse(ch.recv(), Setup)
-if mode == "garbage":
-    out.write(b"\xc1\xc1\xc1 not msgpack")
-    time.sleep(5)
-    sys.exit(0)
-if mode == "error":
-    ch.send({"type": "error", "message": "RuntimeError: out of memory"})
-    sys.exit(1)
-if mode == "markup_error":
-    print("could not open [/Users/me/sd/v1-5.safetensors] [bold]", file=sys.stderr)
-    ch.send({"type": "error", "message": "OSError: could not open [/Users/me/sd/v1-5.safetensors] [/]"})
-    sys.exit(1)
-if mode == "unsupported" or mode in UNSUPPORTED_CHANGES:
-    msg = wire(Unsupported(reason="MPS is not available [red]", versions={"fake": "1"}))
-    ch.send({**msg, **UNSUPPORTED_CHANGES.get(mode, {})})
-    sys.exit(0)
-if mode == "surprise":
-    ch.send({"type": "surprise"})
-    sys.exit(0)
-ready = wire(Ready(load_s=0.1, warmup_s=0.0, realized={"device": "cpu"}, versions={"fake": "1"},
-                   model_sha256=setup.model.sha256))
-ch.send({**ready, **READY_CHANGES.get(mode, {})})
-parse(ch.recv(), Measure)
-if mode == "selfkill":
-    os.kill(os.getpid(), signal.SIGKILL)
-starts, ends = [], []
-for _ in range(setup.iterations):  # a timed loop that fills the window asked for, on the real clock
-    starts.append(time.monotonic_ns())
-    time.sleep(setup.min_window_s / setup.iterations)
-    ends.append(time.monotonic_ns())
-result = wire(Result(window_start_ns=starts[0], window_end_ns=ends[-1], iteration_start_ns=starts,
-                     iteration_end_ns=ends, output=np.ones(setup.inputs.latent.shape, np.float32),
-                     output_sha256="x"))
-if mode in RESULT_CHANGES:
-    result.update(RESULT_CHANGES[mode](result, starts))
-if mode == "truncated_result":
-    out.write(encode(result)[:-10])
-    sys.exit(0)
-ch.send(result)
-sys.exit(4 if mode == "bad_exit" else 0)
+RUNS_IN_THIS_PROCESS = 0  # mode "count" reports it: a forked worker must never see an earlier run's
+
+
+def run() -> int:
+    """One run of the protocol, faulty as the mode says: its exit code."""
+    global RUNS_IN_THIS_PROCESS
+    RUNS_IN_THIS_PROCESS += 1
+    mode = chosen_mode()
+    out = os.fdopen(os.dup(1), "wb", buffering=0)
+    ch = Channel(os.fdopen(os.dup(0), "rb", buffering=0), out)
+    hello = wire(Hello(protocol=PROTOCOL_VERSION, pid=os.getpid(), uid=os.getuid(), python="fake"))
+    if mode == "truncated_hello":
+        out.write(encode(hello)[:-3])
+        sys.exit(0)
+    if mode == "bogus_length":
+        out.write(HEADER.pack(0xFFFFFFFF))
+        time.sleep(600)
+    if mode == "hello_uid_str":
+        hello["uid"] = "root"
+    ch.send({**hello, "protocol": 0} if mode == "old_protocol" else hello)
+    if mode == "crash":
+        print("fake worker: giving up", file=sys.stderr)
+        sys.exit(3)
+    if mode == "hang":
+        time.sleep(600)
+    setup = parse(ch.recv(), Setup)
+    if mode == "garbage":
+        out.write(b"\xc1\xc1\xc1 not msgpack")
+        time.sleep(5)
+        sys.exit(0)
+    if mode == "error":
+        ch.send({"type": "error", "message": "RuntimeError: out of memory"})
+        sys.exit(1)
+    if mode == "markup_error":
+        print("could not open [/Users/me/sd/v1-5.safetensors] [bold]", file=sys.stderr)
+        ch.send({"type": "error", "message": "OSError: could not open [/Users/me/sd/v1-5.safetensors] [/]"})
+        sys.exit(1)
+    if mode == "unsupported" or mode in UNSUPPORTED_CHANGES:
+        msg = wire(Unsupported(reason="MPS is not available [red]", versions={"fake": "1"}))
+        ch.send({**msg, **UNSUPPORTED_CHANGES.get(mode, {})})
+        sys.exit(0)
+    if mode == "surprise":
+        ch.send({"type": "surprise"})
+        sys.exit(0)
+    counted = {"runs_in_process": RUNS_IN_THIS_PROCESS} if mode == "count" else {}
+    ready = wire(Ready(load_s=0.1, warmup_s=0.0, realized={"device": "cpu", **counted}, versions={"fake": "1"},
+                       model_sha256=setup.model.sha256))
+    ch.send({**ready, **READY_CHANGES.get(mode, {})})
+    parse(ch.recv(), Measure)
+    if mode == "selfkill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    starts, ends = [], []
+    for _ in range(setup.iterations):  # a timed loop that fills the window asked for, on the real clock
+        starts.append(time.monotonic_ns())
+        time.sleep(setup.min_window_s / setup.iterations)
+        ends.append(time.monotonic_ns())
+    result = wire(Result(window_start_ns=starts[0], window_end_ns=ends[-1], iteration_start_ns=starts,
+                         iteration_end_ns=ends, output=np.ones(setup.inputs.latent.shape, np.float32),
+                         output_sha256="x"))
+    if mode in RESULT_CHANGES:
+        result.update(RESULT_CHANGES[mode](result, starts))
+    if mode == "truncated_result":
+        out.write(encode(result)[:-10])
+        sys.exit(0)
+    ch.send(result)
+    return 4 if mode == "bad_exit" else 0
+
+
+if "--forkserver" in sys.argv:  # the fake as a fork server: the real one, forking this fake's run()
+    from workers.forkserver import serve_forks
+
+    if os.environ.get("FAKE_FORKSERVER") == "crash":
+        sys.exit(5)
+    sys.exit(serve_forks(sys.argv[sys.argv.index("--forkserver") + 1], [], run))
+sys.exit(run())

@@ -30,6 +30,7 @@ class Backend:
     precisions: tuple[str, ...] = PRECISIONS
     compute_units: tuple[str, ...] = ()
     options: dict[str, Option] = field(default_factory=dict)
+    preload: tuple[str, ...] = ()  # what a fork server imports once for all runs (workers/forkserver.py)
 
     def env_names(self, envs: set[str]) -> list[str]:
         """The envs that hold this backend's toolchain: `NAME` and `NAME-*` (coreml-ct8, ...)."""
@@ -38,12 +39,16 @@ class Backend:
 
 BACKENDS: dict[str, Backend] = {b.name: b for b in (
     Backend("diffusers", "workers.backends.diffusers_backend", "diffusers", r"cpu|mps|cuda(:\d+)?", ("sdpa",),
-            options={"compile": Option(("default", "reduce-overhead", "max-autotune"), "torch.compile mode")}),
+            options={"compile": Option(("default", "reduce-overhead", "max-autotune"), "torch.compile mode")},
+            preload=("torch", "diffusers", "diffusers.models.unets.unet_2d_condition", "workers.backends.diffusers_backend",
+                     "workers.unet.torch_unet")),
     Backend("mlx", "workers.backends.mlx_backend", "mlx", r"cpu|gpu", ("sdpa",),
-            options={"compile": Option((True, False), "mx.compile the step")}),
+            options={"compile": Option((True, False), "mx.compile the step")},
+            preload=("mlx.core", "mlx.nn", "workers.backends.mlx_backend", "workers.unet.mlx_unet")),
     Backend("coreml", "workers.backends.coreml_backend", "coreml-ct9", "", ("split_einsum_v2", "split_einsum", "original"),
             compute_units=("CPU_ONLY", "CPU_AND_GPU", "CPU_AND_NE", "ALL"),
             options={"converter": Option(CONVERTERS, "who converts the UNet (the first is the default)"),
                      "palettization": Option(("w8", "w6", "w4"), "k-means weight palettization"),
-                     "deployment_target": Option(("macOS13", "macOS14", "macOS15"), "Core ML deployment target")}),
+                     "deployment_target": Option(("macOS13", "macOS14", "macOS15"), "Core ML deployment target")},
+            preload=("coremltools", "workers.backends.coreml_backend")),
 )}

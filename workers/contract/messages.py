@@ -144,8 +144,45 @@ class Error:
     message: str = field(doc="one line: the exception that ended the worker")
 
 
-Message = Hello | Setup | Ready | Unsupported | Measure | Result | Error
-M = TypeVar("M", Hello, Setup, Ready, Unsupported, Measure, Result, Error)
+# A fork server's messages (workers/forkserver.py): it says `fork_ready` once on its stdout; then,
+# per run, the orchestrator connects, sends `fork` with the run's stdin, stdout and log as file
+# descriptors, and reads `forked` (the child's pid) and, when the server has reaped the child,
+# `fork_exit`.
+
+
+@dataclass
+class ForkReady:
+    TYPE: ClassVar[str] = "fork_ready"
+    pid: int = field(doc="the fork server")
+    import_s: float = field(unit="s", doc="importing the preloaded modules, paid once per env and session")
+    preloaded: list[str] = field(doc="the modules imported before any fork")
+    not_preloaded: dict[str, str] = field(factory=dict, doc="module -> why it could not be imported (a run imports "
+                                                            "it again and reports the failure itself)")
+    threads: int | None = field(None, unit="count", doc="the server's OS threads when it forks (numpy's BLAS pool "
+                                                        "is one; none of them is copied into a child)")
+
+
+@dataclass
+class Fork:
+    TYPE: ClassVar[str] = "fork"
+    argv: list[str] = field(doc="the command line a spawned worker would have had (sys.argv of the child)")
+    environ: dict[str, str] = field(doc="the environment a spawned worker would have had")
+
+
+@dataclass
+class Forked:
+    TYPE: ClassVar[str] = "forked"
+    pid: int = field(doc="the child: a new session and process group, the run's worker")
+
+
+@dataclass
+class ForkExit:
+    TYPE: ClassVar[str] = "fork_exit"
+    code: int = field(doc="the child's exit status as Popen reports it (negative: the signal)")
+
+
+Message = Hello | Setup | Ready | Unsupported | Measure | Result | Error | ForkReady | Fork | Forked | ForkExit
+M = TypeVar("M", Hello, Setup, Ready, Unsupported, Measure, Result, Error, ForkReady, Fork, Forked, ForkExit)
 
 
 def wire(message: Message) -> dict[str, Any]:

@@ -13,7 +13,7 @@ import os
 import selectors
 import struct
 import time
-from typing import IO, Any, BinaryIO
+from typing import Any, BinaryIO, Protocol
 
 import msgpack
 import numpy as np
@@ -84,10 +84,14 @@ def decode(body: bytes) -> dict[str, Any]:
     return obj
 
 
-class FrameReader:
-    """Reads messages from a pipe with a deadline (orchestrator side)."""
+class HasFileno(Protocol):
+    def fileno(self) -> int: ...
 
-    def __init__(self, stream: IO[bytes], max_bytes: int = MAX_FRAME_BYTES):
+
+class FrameReader:
+    """Reads messages from a pipe or a socket with a deadline (orchestrator side)."""
+
+    def __init__(self, stream: HasFileno, max_bytes: int = MAX_FRAME_BYTES):
         self._fd = stream.fileno()
         self._max_bytes = max_bytes
         self._buf = bytearray()

@@ -1,0 +1,104 @@
+"""Workers forked from an env's fork server, against the real server (workers/forkserver.py)
+forking the fake worker's run: fresh state per run, the same failure reasons as a spawned worker,
+and a server that dies or never starts."""
+
+import os
+import signal
+
+import pytest
+
+from orchestrator.run.forkserver import ForkServer, ForkServerError, chosen
+from orchestrator.run.worker_client import WorkerRun, run_worker
+from tests.test_runner import _setup, fake_env, fake_mode  # noqa: F401  (fixtures)
+from workers.contract.messages import Ready
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.fixture
+def server(fake_env, tmp_path):  # noqa: F811
+    s = ForkServer(fake_env, [], tmp_path / "forkserver.log")
+    yield s
+    s.close()
+
+
+def _run(env, server, tmp_path, label="t/run-000", timeout_s=20.0):
+    return WorkerRun(env, _setup(), label=label, log_path=tmp_path / "run.log", timeout_s=timeout_s, forkserver=server)
+
+
+def test_each_forked_worker_starts_from_the_servers_state(fake_env, server, tmp_path, fake_mode):  # noqa: F811
+    fake_mode("count")
+    ready = server.start()
+    pids = set()
+    for i in range(3):
+        with _run(fake_env, server, tmp_path, label=f"t/run-{i:03d}") as run:
+            assert isinstance(run.start(), Ready)
+            run.measure()
+        o = run.outcome
+        assert o.status == "ok" and o.exit_code == 0 and o.worker_start == "forkserver"
+        assert o.ready is not None and o.ready.realized["runs_in_process"] == 1  # a leak would count 2, 3
+        assert o.hello is not None and o.hello.pid != ready.pid
+        pids.add(o.hello.pid)
+    assert len(pids) == 3
+
+
+@pytest.mark.parametrize("mode", ["crash", "selfkill", "error", "bad_exit", "garbage", "iter_empty"])
+def test_a_forked_worker_fails_as_a_spawned_one_does(fake_env, server, tmp_path, fake_mode, mode):  # noqa: F811
+    fake_mode(mode)
+    spawned = run_worker(fake_env, _setup(), label="t", log_path=tmp_path / "spawn.log", timeout_s=20)
+    with _run(fake_env, server, tmp_path) as run:
+        if isinstance(run.start(), Ready):
+            run.measure()
+    forked = run.outcome
+    assert forked.status == spawned.status == "failed"
+    if mode in ("crash", "selfkill", "bad_exit"):  # elsewhere the run is stopped while the worker may be exiting
+        assert forked.exit_code == spawned.exit_code
+    # where a worker that exits early is caught (writing its setup, reading its ready) is a race either way
+    assert forked.reason is not None and spawned.reason is not None
+    assert forked.reason.split(" before ")[0] == spawned.reason.split(" before ")[0]
+    assert forked.reason.split(" (log: ")[1:] == spawned.reason.split(" (log: ")[1:]
+
+
+def test_a_hung_forked_worker_is_stopped_at_the_timeout(fake_env, server, tmp_path, fake_mode):  # noqa: F811
+    fake_mode("hang")
+    with _run(fake_env, server, tmp_path, timeout_s=1.0) as run:
+        assert run.start() is None
+    o = run.outcome
+    assert o.status == "failed" and "timeout" in (o.reason or "") and o.exit_code == -signal.SIGTERM
+    assert o.hello is not None
+    with pytest.raises(ProcessLookupError):
+        os.kill(o.hello.pid, 0)
+
+
+def test_a_server_that_died_is_started_again(fake_env, server, tmp_path, fake_mode):  # noqa: F811
+    fake_mode("ok")
+    first = server.start()
+    os.kill(first.pid, signal.SIGKILL)
+    with _run(fake_env, server, tmp_path) as run:
+        assert isinstance(run.start(), Ready)
+        run.measure()
+    assert run.outcome.status == "ok"
+    assert server.ready is not None and server.ready.pid != first.pid
+
+
+def test_a_worker_whose_server_dies_mid_run_fails_with_the_reason(fake_env, server, tmp_path, fake_mode):  # noqa: F811
+    fake_mode("ok")
+    ready = server.start()
+    with _run(fake_env, server, tmp_path) as run:
+        assert isinstance(run.start(), Ready)
+        os.kill(ready.pid, signal.SIGKILL)
+        assert run.measure() is None
+    o = run.outcome
+    assert o.status == "failed" and o.reason is not None and "exited with code 3" in o.reason
+
+
+def test_a_server_that_cannot_start_says_why(fake_env, server, monkeypatch):  # noqa: F811
+    monkeypatch.setenv("FAKE_FORKSERVER", "crash")
+    with pytest.raises(ForkServerError, match="the fork server exited with code 5 before it was ready"):
+        server.start()
+
+
+def test_auto_forks_on_linux_and_spawns_on_macos():
+    assert chosen("auto", "linux")[0] == "forkserver"
+    assert chosen("forkserver", "darwin") == ("spawn", chosen("auto", "darwin")[1].replace('"auto"', '"forkserver"'))
+    assert chosen("spawn", "linux")[0] == "spawn"
