@@ -34,7 +34,14 @@ from workers.contract.typed import Invalid
 MAX_FDS = 3  # the run's stdin, stdout and log
 
 
+# While importing: torch answers `torch.cuda.is_available()` (which diffusers asks at import) from
+# NVML instead of the CUDA runtime, whose device count marks a process as unable to fork a CUDA
+# user ("Cannot re-initialize CUDA in forked subprocess"). A child gets the run's own environment.
+PRELOAD_ENVIRON = {"PYTORCH_NVML_BASED_CUDA_CHECK": "1"}
+
+
 def _preload(modules: list[str]) -> tuple[list[str], dict[str, str]]:
+    os.environ.update(PRELOAD_ENVIRON)
     done, failed = [], {}
     for name in modules:
         try:
@@ -43,6 +50,24 @@ def _preload(modules: list[str]) -> tuple[list[str], dict[str, str]]:
         except Exception as e:  # an env without this toolchain: the run imports it again and says why
             failed[name] = f"{type(e).__name__}: {e}"
     return done, failed
+
+
+def cuda_fork_unsafe() -> str | None:
+    """Why a child forked now could not use CUDA, or None: a throwaway child asks torch whether it
+    was forked from a process that had initialized or queried CUDA. Where NVML is missing (no
+    NVIDIA driver), torch's availability check still goes through the CUDA runtime and marks the
+    server; its children then run CPU cells only, which is all such a host has."""
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return None
+    if torch.cuda.is_initialized():
+        return "torch initialized CUDA while the fork server imported it"
+    pid = os.fork()
+    if pid == 0:
+        os._exit(1 if torch.cuda._is_in_bad_fork() else 0)
+    if os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) != 0:
+        return "torch marked the fork server as unable to fork a CUDA user (it queried CUDA while importing)"
+    return None
 
 
 def _threads() -> int | None:
@@ -116,7 +141,7 @@ def serve_forks(socket_path: str, modules: list[str], run: Callable[[], int]) ->
     out = os.fdopen(os.dup(1), "wb", buffering=0)
     os.dup2(2, 1)
     out.write(encode(wire(ForkReady(pid=os.getpid(), import_s=import_s, preloaded=preloaded, not_preloaded=failed,
-                                    threads=_threads()))))
+                                    threads=_threads(), cuda_fork_unsafe=cuda_fork_unsafe()))))
     out.close()
     children: dict[int, socket.socket] = {}
     while True:

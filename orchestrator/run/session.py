@@ -208,7 +208,7 @@ class Session:
         baseline: tuple[int, int] | None = None
         meter_record: MeterRecord | None = None
         run = WorkerRun(self.envs[cell.env], setup, label=label, log_path=log, timeout_s=m.timing.run_timeout_s,
-                        forkserver=self._forkserver(sdir, cell.env))
+                        forkserver=self._forkserver(sdir, cell))
         try:
             if isinstance(run.start(), Ready):
                 cooldown = self._cooldown(meter)
@@ -242,11 +242,25 @@ class Session:
                 rec = self._energy(rec, sdir, cell, planned, meter, meter_record, baseline, outcome.result)
         return rec
 
-    def _forkserver(self, sdir: SessionDir, env_name: str) -> ForkServer | None:
-        """The env's fork server, started at its first run; None where its workers are spawned (the
-        matrix says so, macOS, or the server could not start: said once, with the reason)."""
-        if env_name in self.forkservers:
-            return self.forkservers[env_name]
+    def _forkserver(self, sdir: SessionDir, cell: Cell) -> ForkServer | None:
+        """The fork server of the cell's env, started at the env's first run; None where the run's
+        worker is spawned (the matrix says so, macOS, a server that could not start, or a CUDA cell
+        whose server cannot fork a CUDA user: each said once, with the reason)."""
+        env_name = cell.env
+        if env_name not in self.forkservers:
+            self.forkservers[env_name] = self._start_forkserver(sdir, env_name)
+        server = self.forkservers[env_name]
+        if server is None or server.ready is None or not server.ready.cuda_fork_unsafe:
+            return server
+        if not (cell.device or "").startswith("cuda"):
+            return server
+        record = self.worker_start[env_name]
+        if "cuda" not in record:
+            record["cuda"] = f"{server.ready.cuda_fork_unsafe}; its CUDA cells' workers are spawned"
+            self.display.warn(f"env {env_name}: {record['cuda']}")
+        return None
+
+    def _start_forkserver(self, sdir: SessionDir, env_name: str) -> ForkServer | None:
         mode, why = chosen(self.matrix.timing.worker_start)
         server = None
         if mode == "forkserver":
@@ -263,7 +277,6 @@ class Session:
                 self.display.log(f"env {env_name}: fork server ready, imports took {ready.import_s:.1f} s")
                 self.worker_start[env_name] = {"mode": mode, "why": why, **to_dict(ready)}
         self.worker_start.setdefault(env_name, {"mode": mode, "why": why})
-        self.forkservers[env_name] = server
         return server
 
     def _energy(self, rec: RunRecord, sdir: SessionDir, cell: Cell, planned: PlannedRun, meter: Meter,

@@ -160,6 +160,8 @@ class ForkReady:
                                                             "it again and reports the failure itself)")
     threads: int | None = field(None, unit="count", doc="the server's OS threads when it forks (numpy's BLAS pool "
                                                         "is one; none of them is copied into a child)")
+    cuda_fork_unsafe: str | None = field(None, doc="why a forked worker could not use CUDA; the orchestrator then "
+                                                   "spawns the workers of this env's CUDA cells")
 
 
 @dataclass
