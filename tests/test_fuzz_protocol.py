@@ -8,6 +8,7 @@ import os
 import time
 
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -139,3 +140,11 @@ def test_any_bytes_from_the_orchestrator_are_a_setup_or_a_named_refusal(data):
         event("setup: " + str(e).split(":")[0])
     except Invalid:
         event("setup: refused (Invalid)")
+
+
+def test_a_nested_table_with_keys_of_mixed_types_is_refused_by_name():
+    """Found by the fuzzer: sorting the unknown keys of a nested table of int and str keys raised
+    TypeError instead of Invalid."""
+    msg = {**VALID[Result], "nvml_check": {"": None, 0: None}}
+    with pytest.raises(Invalid, match="protocol: result: field nvml_check: expected a table or null"):
+        parse(msg, Result)
