@@ -3,8 +3,8 @@ of `workers.backends.diffusers_backend`'s load separately.
 
     PYTHON benchmarks/load_stages.py CHECKPOINT PRESET DEVICE PRECISION
 
-Stages: importing torch and diffusers, device initialisation, hashing the checkpoint (what the
-worker does before loading), reading it, building the model, moving it, casting it."""
+Stages: importing torch and diffusers, device initialisation, checking the checkpoint's guard
+(what the worker does before loading; the orchestrator hashed it once for the session), reading it, building the model, moving it, casting it."""
 
 from __future__ import annotations
 
@@ -35,12 +35,12 @@ def main(path: str, preset_name: str, device: str, precision: str) -> None:
     stage(f"init {device}")
     from workers.backends.diffusers_backend import DTYPES
     from workers.contract.checkpoint import read_unet
-    from workers.contract.digest import sha256_file
+    from workers.contract.fileguard import FileGuard
     from workers.contract.layout import ldm_to_diffusers
     from workers.contract.presets import diffusers_config, preset
 
-    sha256_file(path)
-    stage("sha256 of checkpoint")
+    FileGuard.of(path).changes(path)
+    stage("guard of checkpoint")
     arch = preset(preset_name)
     tensors = ldm_to_diffusers(arch, read_unet(path))
     stage("read + map keys")

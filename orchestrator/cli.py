@@ -97,15 +97,19 @@ def run(matrix: Path, out: Path, resume: Path | None, runs: int | None, quiet: b
 @click.option("--out", type=click.Path(path_type=Path), default=Path("results"), show_default=True,
               help="Folder a session would write results/<session-id>/ into (checked writable).")
 @click.option("--runs", type=int, help="Override timing.runs.")
+@click.option("--from", "previous", type=click.Path(path_type=Path),
+              help="Estimate the duration from this session folder's time budget "
+                   "(default: the newest session of the same matrix under --out).")
 @_env_option
-def check(matrix: Path, out: Path, runs: int | None, env_overrides: tuple[str, ...]) -> None:
-    """Validate MATRIX, resolve its envs and paths and print the plan; nothing runs (exit 0 or 2)."""
+def check(matrix: Path, out: Path, runs: int | None, previous: Path | None, env_overrides: tuple[str, ...]) -> None:
+    """Validate MATRIX, resolve its envs and paths and print the plan and its estimated duration;
+    nothing runs (exit 0 or 2)."""
     from orchestrator.run.check import check_matrix
 
     envs = envs_mod.discover(envs_mod.parse_overrides(env_overrides))
     m = load_matrix(matrix, set(envs))
     meters.check_name(m.power, str(matrix))
-    check_matrix(m if runs is None else with_runs(m, runs), envs, out, Display())
+    check_matrix(m if runs is None else with_runs(m, runs), envs, out, Display(), previous)
 
 
 @cli.group()

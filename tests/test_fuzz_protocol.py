@@ -8,10 +8,12 @@ import os
 import time
 
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
+from workers.contract.fileguard import FileGuard
 from workers.contract.messages import (
     Error,
     Hello,
@@ -36,7 +38,8 @@ leaves = (st.none() | st.booleans() | st.integers(min_value=-2**63, max_value=2*
 values = st.recursive(leaves, lambda inner: st.lists(inner, max_size=4)
                       | st.dictionaries(st.text(max_size=6) | st.integers(-3, 3), inner, max_size=4), max_leaves=16)
 
-SETUP = Setup(cell={"id": "c", "backend": "fake"}, model=SetupModel(source="synthetic", path="/m", sha256="m" * 64, arch={}),
+SETUP = Setup(cell={"id": "c", "backend": "fake"}, model=SetupModel(source="synthetic", path="/m", sha256="m" * 64,
+                 guard=FileGuard(size=1, mtime_ns=1, ctime_ns=1, inode=1, device=1), arch={}),
               inputs=SetupInputs(latent=np.zeros((1, 4, 2, 2), np.float32), text_embedding=np.zeros((1, 77, 768), np.float32),
                                  timestep=500, sha256={"latent": "l", "text_embedding": "t"}),
               warmup=0, iterations=2)
@@ -137,3 +140,11 @@ def test_any_bytes_from_the_orchestrator_are_a_setup_or_a_named_refusal(data):
         event("setup: " + str(e).split(":")[0])
     except Invalid:
         event("setup: refused (Invalid)")
+
+
+def test_a_nested_table_with_keys_of_mixed_types_is_refused_by_name():
+    """Found by the fuzzer: sorting the unknown keys of a nested table of int and str keys raised
+    TypeError instead of Invalid."""
+    msg = {**VALID[Result], "nvml_check": {"": None, 0: None}}
+    with pytest.raises(Invalid, match="protocol: result: field nvml_check: expected a table or null"):
+        parse(msg, Result)

@@ -24,6 +24,7 @@ from orchestrator.results.store import SessionDir
 from orchestrator.run.equivalence import reference_output
 from orchestrator.run.pins import PinnedModel
 from workers.contract.checkpoint import is_whole, write_synthetic
+from workers.contract.fileguard import FileGuard
 from workers.contract.inputs import pinned_inputs
 from workers.contract.presets import PRESETS
 
@@ -200,7 +201,8 @@ def test_a_damaged_reference_cache_entry_is_computed_again(tmp_path, fake, monke
     monkeypatch.setenv("FAKE_MODE", "ok")
     python = Path(env_args[0].split("=", 2)[2])
     m = load_matrix(_matrix(tmp_path, runs=1), {"diffusers"})
-    model = PinnedModel(tmp_path / "w.safetensors", "m" * 64, "synthetic", "tiny", 0)
+    model = PinnedModel(tmp_path / "w.safetensors", "m" * 64, "synthetic", "tiny", 0,
+                        FileGuard(size=1, mtime_ns=1, ctime_ns=1, inode=1, device=1))  # the fake worker never stats it
     inputs = pinned_inputs(RES, batch=2)
     cache = tmp_path / "cache"
 

@@ -11,6 +11,7 @@ import pytest
 
 from orchestrator.config.envs import Env
 from orchestrator.run.worker_client import WorkerRun, run_worker
+from workers.contract.fileguard import FileGuard
 from workers.contract.messages import Ready, Result, Setup, SetupInputs, SetupModel
 from workers.contract.protocol import PROTOCOL_VERSION
 
@@ -35,7 +36,8 @@ def _setup(iterations=2, text_tokens=1):
                          text_embedding=np.zeros((1, text_tokens, 768), np.float32),
                          timestep=500, sha256={"latent": "l", "text_embedding": "t"})
     return Setup(cell={"id": "c", "backend": "fake"}, model=SetupModel(source="synthetic", path="/nowhere",
-                 sha256="m" * 64, arch={}), inputs=inputs, warmup=0, iterations=iterations)
+                 sha256="m" * 64,
+                 guard=FileGuard(size=1, mtime_ns=1, ctime_ns=1, inode=1, device=1), arch={}), inputs=inputs, warmup=0, iterations=iterations)
 
 
 def _run(env, tmp_path, timeout_s=20.0):

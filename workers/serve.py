@@ -18,7 +18,7 @@ import numpy as np
 
 from workers.backends import backend_module
 from workers.backends.base import LoadedModel, LoadSpec, Unsupported
-from workers.contract.digest import sha256_array, sha256_file
+from workers.contract.digest import sha256_array
 from workers.contract.inputs import PinnedInputs
 from workers.contract.lifeline import exit_with_parent
 from workers.contract.messages import Error, Hello, Measure, Message, NvmlCheck, Ready, Result, Setup, parse, wire
@@ -55,15 +55,20 @@ def hello(env_name: str) -> Hello:
 
 
 def verified_spec(setup: Setup) -> LoadSpec:
-    """Check the pinned digests again on this side: a mismatch is never benchmarked."""
+    """Check the pinned inputs' digests again on this side, and the weights file against the guard
+    the orchestrator took when it hashed it (hashing gigabytes per run would cost seconds): a
+    mismatch is never benchmarked."""
     inputs, model = setup.inputs, setup.model
     for name, arr in (("latent", inputs.latent), ("text_embedding", inputs.text_embedding)):
         got = sha256_array(arr)
         if got != inputs.sha256.get(name):
             raise SetupError(f"input {name}: sha256 {got} received, {inputs.sha256.get(name)} pinned")
-    got = sha256_file(model.path)
-    if got != model.sha256:
-        raise SetupError(f"model {model.path}: sha256 {got}, {model.sha256} pinned")
+    try:
+        changes = model.guard.changes(model.path)
+    except OSError as e:
+        raise SetupError(f"model {model.path}: {e.strerror} since its sha256 was verified") from None
+    if changes:
+        raise SetupError(f"model {model.path}: changed since its sha256 was verified ({', '.join(changes)})")
     return LoadSpec(
         cell=setup.cell,
         arch=UNetArch.from_dict(model.arch),

@@ -47,7 +47,7 @@ class ModelSpec:
     seed: int = setting(0, doc="seed of the synthetic weights", ge=0, le=SEED_MAX)
     path: Path | None = setting(None, doc="the checkpoint file (source = \"checkpoint\" only)")
     sha256: str | None = setting(None, doc="digest of the weights file; required for a checkpoint", pattern=HEX)
-    cache_dir: Path = setting(factory=cache_dir, doc="synthetic weights and cached reference outputs "
+    cache_dir: Path = setting(factory=cache_dir, doc="synthetic weights, cached reference outputs, conversions and compiler caches "
                               "(default: $CDB_CACHE_DIR or ~/.cache/coreml-diffusion-benchmarks)")
 
     @property

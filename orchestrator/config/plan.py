@@ -57,19 +57,25 @@ def describe_plan(matrix: Matrix, plan: list[PlannedRun], seed: int | None, done
     return lines
 
 
-def describe_duration(matrix: Matrix, runs: int) -> str:
-    """Bounds on the time `runs` runs take, from the matrix alone. The waits (cooldown, the idle
-    baseline when a meter may run) are the floor; loading and stepping depend on the host, so the
-    ceiling is every run reaching its timeout."""
+def run_bounds(matrix: Matrix) -> tuple[float, float]:
+    """Bounds on one run's time, from the matrix alone. The waits (cooldown, the idle baseline
+    when a meter may run) are the floor; loading and stepping depend on the host, so the ceiling
+    is the run reaching its timeout."""
     t = matrix.timing
     baseline = 0.0 if matrix.power.meter == "none" else matrix.power.baseline_s
     low, high = (t.cooldown_min_s, t.cooldown_max_s) if t.cooldown == "adaptive" else (t.cooldown_s, t.cooldown_s)
-    return (f"duration: at least {_span(runs * (low + baseline))} in cooldowns and baselines alone, plus "
-            f"loading and stepping (host-dependent); at most {_span(runs * (high + baseline + t.run_timeout_s))} "
+    return low + baseline, high + baseline + t.run_timeout_s
+
+
+def describe_duration(matrix: Matrix, runs: int) -> str:
+    low, high = run_bounds(matrix)
+    return (f"duration: at least {span(runs * low)} in cooldowns and baselines alone, plus "
+            f"loading and stepping (host-dependent); at most {span(runs * high)} "
             "if every run reached its timeout")
 
 
-def _span(seconds: float) -> str:
+def span(seconds: float) -> str:
+    """A duration as a person reads it: `1 h 05 min`, `3 min 07 s`, `42 s`."""
     minutes, s = divmod(round(seconds), 60)
     h, m = divmod(minutes, 60)
     return f"{h} h {m:02d} min" if h else f"{m} min {s:02d} s" if m else f"{s} s"

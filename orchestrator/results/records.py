@@ -93,7 +93,11 @@ class RunRecord:
     python: str | None = field(None, doc="the worker's Python version")
     versions: dict[str, Any] = field(factory=dict, doc="the worker's toolchain versions")
     realized: dict[str, Any] = field(factory=dict, doc="what ran: device, device name, dtype, attention, "
-                                                       "attention processors, threads")
+                                                       "attention processors, threads; `compile`, `compile_s` and "
+                                                       "`compile_cache` (`cold`, `warm`: whether the compiler's "
+                                                       "cache under the cache dir held this configuration before "
+                                                       "the load; `none`: not compiled, or no cache the harness "
+                                                       "places, as with MLX)")
     load_s: float | None = field(None, unit="s", doc="model load, imports included")
     warmup_s: float | None = field(None, unit="s", doc="warmup iterations' time")
     warmup_iterations: int | None = field(None, unit="count", doc="discarded before the timed window")

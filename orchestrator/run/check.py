@@ -1,9 +1,11 @@
 """`orchestrate check MATRIX`: everything a session verifies before its first run, without
 running anything: the matrix, the pinned inputs, the envs and paths it resolves, the folder
-results go to, and the plan. No env is synced, no model is written or hashed, no worker starts."""
+results go to, and the plan, with its duration estimated from a previous session where there is
+one. No env is synced, no model is written or hashed, no worker starts."""
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 from orchestrator.config.envs import Env
@@ -11,14 +13,27 @@ from orchestrator.config.matrix import Matrix
 from orchestrator.config.plan import plan_runs
 from orchestrator.console import Display
 from orchestrator.errors import UserError
+from orchestrator.results.estimate import estimate_lines, latest_estimate
 from orchestrator.results.store import writable_problem
 from orchestrator.run.pins import pin_inputs, synthetic_path
 
 
-def check_matrix(matrix: Matrix, envs: dict[str, Env], out: Path, display: Display) -> None:
-    """Print what a session of `matrix` would use and run; UserError naming every problem."""
+def check_matrix(matrix: Matrix, envs: dict[str, Env], out: Path, display: Display,
+                 previous: Path | None = None) -> None:
+    """Print what a session of `matrix` would use and run, and how long it would take after
+    `previous` (a session folder; None: the newest session of this matrix under `out`);
+    UserError naming every problem."""
     m = matrix
     problems: list[str] = []
+    seed = m.timing.order_seed
+    plan = plan_runs([c.id for c in m.enabled_cells], m.timing.runs, m.timing.order, seed or 0)
+    counts = Counter(p.cell_id for p in plan)
+    planned = {c.id: counts[c.id] for c in m.enabled_cells}
+    estimate: list[str] = []
+    try:
+        estimate = latest_estimate(m, planned, out) if previous is None else estimate_lines(m, planned, previous)
+    except UserError as e:
+        problems += e.lines
     try:
         pin_inputs(m.inputs, m.resolutions, m.path)
     except UserError as e:
@@ -35,8 +50,9 @@ def check_matrix(matrix: Matrix, envs: dict[str, Env], out: Path, display: Displ
         state = "synced" if env.synced else f"a session syncs it first; {env.unready_reason}"
         display.log(f"env {name}: {env.python} ({state})")
     display.log(f"results: {out}/<session-id>/")
-    seed = m.timing.order_seed
-    display.plan(m, plan_runs([c.id for c in m.enabled_cells], m.timing.runs, m.timing.order, seed or 0), seed)
+    display.plan(m, plan, seed)
+    for line in estimate:
+        display.log(line)
 
 
 def _model(m: Matrix) -> str:

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -60,7 +64,12 @@ class DiffusersUNet(LoadedModel):
         self._out = None
         self._forward = self._model
         compile_s = None
+        compile_cache = "none"
         if mode := cell.get("compile"):
+            compile_cache = _compile_cache(spec, {
+                "torch": torch.__version__, "device": _device_name(torch, self._device), "dtype": str(dtype),
+                "mode": mode, "arch": spec.arch.as_dict(), "latent": list(inp.latent.shape),
+                "text_embedding": list(inp.text_embedding.shape)})
             # Compiling happens here, in load, never inside the timed window: the first call
             # traces and compiles; "reduce-overhead" also records its CUDA graphs then.
             self._forward = torch.compile(self._model, mode=mode)
@@ -77,6 +86,7 @@ class DiffusersUNet(LoadedModel):
             "torch_threads": torch.get_num_threads(),
             "compile": cell.get("compile"),
             "compile_s": compile_s,
+            "compile_cache": compile_cache,
         }
 
     def _sync(self) -> None:
@@ -94,6 +104,21 @@ class DiffusersUNet(LoadedModel):
         if self._out is None:
             raise RuntimeError("output() before step()")
         return self._out.detach().to("cpu", self._torch.float32).numpy()
+
+
+def _compile_cache(spec: LoadSpec, what: dict[str, Any]) -> str:
+    """Point inductor and Triton at a folder of the session's cache dir, one per compiled
+    configuration (`what`), so that only a configuration's first run compiles cold: `cold` or
+    `warm` by whether that folder held files before this compile; `none` without a cache dir.
+    Both read their variable when they first compile, which is after this."""
+    if spec.cache_dir is None:
+        return "none"
+    key = hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
+    root = Path(spec.cache_dir) / "torch-compile" / key
+    warm = root.is_dir() and any(p.is_file() for p in root.rglob("*"))
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(root / "inductor")
+    os.environ["TRITON_CACHE_DIR"] = str(root / "triton")
+    return "warm" if warm else "cold"
 
 
 def _device_name(torch, device) -> str:

@@ -86,6 +86,7 @@ class MlxUNet(LoadedModel):
             "attention": "sdpa",
             "compile": bool(cell.get("compile")),
             "compile_s": compile_s,
+            "compile_cache": "none",  # MLX keeps no compile cache the harness can place (docs/backends.md)
         }
 
     def step(self) -> None:

@@ -13,6 +13,7 @@ from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 
+from workers.contract.fileguard import FileGuard
 from workers.contract.typed import Invalid, build, field, to_dict
 
 
@@ -33,7 +34,8 @@ class Hello:
 class SetupModel:
     source: str = field(doc="`checkpoint` or `synthetic`")
     path: str = field(doc="the weights file")
-    sha256: str = field(doc="pinned digest of the weights file, checked again by the worker")
+    sha256: str = field(doc="pinned digest of the weights file, verified by the orchestrator once per session")
+    guard: FileGuard = field(doc="the file as it was when verified; the worker compares it by os.stat")
     arch: dict[str, Any] = field(doc="the UNet preset's architecture (presets.UNetArch.as_dict)")
 
 

@@ -20,7 +20,7 @@ import numpy as np
 
 ARRAY_EXT = 1
 MAX_FRAME_BYTES = 256 << 20  # an sd15 1024x1024 fp32 output is 2 MiB; headroom for larger models
-PROTOCOL_VERSION = 2  # 2: length-prefixed frames
+PROTOCOL_VERSION = 3  # 2: length-prefixed frames; 3: setup.model.guard replaces the worker's rehash
 HEADER = struct.Struct(">I")
 ARRAY_KINDS = "biufc"  # bool, integers, floats, complex: never objects, strings or void
 

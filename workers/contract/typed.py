@@ -136,7 +136,7 @@ def build(cls: type[T], data: Any, where: str, *, extra: str = "refuse") -> T:
 def _build(cls: Any, data: dict[str, Any], path: str, extra: str) -> Any:
     hints = _hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(fields))
+    unknown = sorted(set(data) - set(fields), key=str)  # a peer's keys may be of any type
     if unknown and extra == "refuse":
         raise Invalid(f"{path + '.' if path else ''}{unknown[0]}: unknown")
     values = {}
