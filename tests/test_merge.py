@@ -60,7 +60,17 @@ def test_merge_keeps_every_run_with_its_host_and_renumbers_within_each_cell(tmp_
     seed = json.loads((FIXTURE / "session.json").read_text())["order_seed"]
     assert s["hosts"]["mac-b"]["sessions"]["b"]["order_seed"] == seed and s["merged_from"][1]["hosts"] == ["mac-b"]
     assert [m["session_id"] for m in s["merged_from"]] == ["a", "b"] and s["order_seed"] is None
-    assert (tmp_path / "fleet" / "report.md").is_file()
+    summary = json.loads((tmp_path / "fleet" / "summary.json").read_text())
+    assert summary["hosts"] == ["mac-a", "mac-b"]
+    assert [(h["host"], h["cell_id"], h["n_ok"]) for h in summary["host_cells"]] == \
+        [(h, c, 7) for h in ("mac-a", "mac-b") for c in ("gpu", "ane")]
+    spread = {(x["cell_id"], x["metric"]): x for x in summary["host_spreads"]}
+    # b's latencies are a's x 1.2: every b run is slower than every a run, p = 2 / C(14, 7)
+    assert spread["gpu", "latency_ms_median"]["p"] == pytest.approx(2 / 3432)
+    assert spread["gpu", "latency_ms_median"]["host_effect"] == "larger than run-to-run noise"
+    assert spread["gpu", "energy_per_step_j"]["host_effect"] == "not distinguishable"  # the same energies
+    report = (tmp_path / "fleet" / "report.md").read_text()
+    assert "## Hosts" in report and "| mac-b | ane | 7/0 |" in report and "- Host mac-b: Apple M2 Pro" in report
     # the merged folder reads like any session
     p = cli("compare", f"{tmp_path / 'fleet'}:gpu", f"{tmp_path / 'fleet'}:ane")
     assert p.returncode == 0, p.stderr

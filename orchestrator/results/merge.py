@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.errors import UserError
-from orchestrator.results.hosts import hostname, run_host
+from orchestrator.results.hosts import host_key, run_host, session_hosts
 from orchestrator.results.recompute import inside
 from orchestrator.results.records import RunRecord, SessionRecord
 from orchestrator.results.store import RUNS, SessionDir
@@ -85,23 +85,13 @@ def _source_hosts(s: SessionRecord) -> dict[str, dict[str, Any]]:
     if s.hosts:
         return s.hosts
     envs = {n: (e or {}).get("lock_sha256") for n, e in (s.provenance.get("envs") or {}).items()}
-    entries = [(s.provenance.get("host"), s.provenance.get("harness"), s.power.get("idle_w"), s.preflight),
-               *((r.get("host"), r.get("harness"), r.get("idle_w"), r.get("preflight")) for r in s.resumes)]
     out: dict[str, dict[str, Any]] = {}
-    for host, harness, idle_w, preflight in entries:
-        out.setdefault(hostname(host), {"host": host, "harness": harness, "env_lock_sha256": envs, "sessions": {}})
-        out[hostname(host)]["sessions"][s.session_id] = {"idle_w": idle_w, "preflight": preflight,
-                                                         "order_seed": s.order_seed}
+    for key, host, entry in session_hosts(s):
+        idle_w = s.power.get("idle_w") if entry is s.provenance else entry.get("idle_w")
+        preflight = s.preflight if entry is s.provenance else entry.get("preflight")
+        out.setdefault(key, {"host": host, "harness": entry.get("harness"), "env_lock_sha256": envs, "sessions": {}})
+        out[key]["sessions"][s.session_id] = {"idle_w": idle_w, "preflight": preflight, "order_seed": s.order_seed}
     return out
-
-
-def _host_key(name: str, host: dict[str, Any], taken: dict[str, dict[str, Any]]) -> str:
-    """Two machines that share a hostname stay two hosts (`name#2`); the same machine stays one."""
-    key, n = name, 1
-    while key in taken and taken[key].get("host") != host:
-        n += 1
-        key = f"{name}#{n}"
-    return key
 
 
 def _copy(src: Source, rec: RunRecord, out: SessionDir, index: int, problems: list[str]) -> RunRecord:
@@ -156,6 +146,7 @@ def merge(dirs: list[Path], out: Path) -> Merged:
 def _write(sources: list[Source], out: SessionDir) -> Merged:
     first = sources[0].session
     hosts: dict[str, dict[str, Any]] = {}
+    hosts_by_key: dict[str, dict[str, Any]] = {}  # key -> the machine, for host_key
     next_index: dict[str, int] = {}
     problems: list[str] = []
     (out.root / RUNS).touch()
@@ -163,12 +154,13 @@ def _write(sources: list[Source], out: SessionDir) -> Merged:
     for src in sources:
         renamed: dict[str, str] = {}
         for name, entry in _source_hosts(src.session).items():
-            key = _host_key(name, entry.get("host") or {}, hosts)
+            key = host_key(entry.get("host"), hosts_by_key)
             renamed[name] = key
             if key in hosts:
                 hosts[key]["sessions"].update(entry["sessions"])
             else:
                 hosts[key] = {**entry, "sessions": dict(entry["sessions"])}
+                hosts_by_key[key] = entry.get("host") or {}
         problems += src.problems
         src_hosts = []
         for rec in sorted(src.runs, key=lambda r: (r.order_index if r.order_index is not None else r.run_index,
