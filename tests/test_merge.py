@@ -74,6 +74,14 @@ def test_merge_keeps_every_run_with_its_host_and_renumbers_within_each_cell(tmp_
     # the merged folder reads like any session
     p = cli("compare", f"{tmp_path / 'fleet'}:gpu", f"{tmp_path / 'fleet'}:ane")
     assert p.returncode == 0, p.stderr
+    # one cell on two hosts
+    p = cli("compare", f"{tmp_path / 'fleet'}:gpu@mac-a", f"{tmp_path / 'fleet'}:gpu@mac-b", "--format", "json")
+    assert p.returncode == 0, p.stderr
+    (latency,) = [c for c in json.loads(p.stdout) if c["metric"] == "latency"]
+    assert (latency["baseline"], latency["other"], latency["n_baseline"]) == ("gpu@mac-a", "gpu@mac-b", 7)
+    assert latency["ratio_of_medians"] == pytest.approx(1.2) and latency["verdict"].startswith("20.0% slower")
+    p = cli("compare", f"{tmp_path / 'fleet'}:gpu@mac-a", f"{tmp_path / 'fleet'}:gpu@mac-c")
+    assert p.returncode == 2 and "no runs on host 'mac-c' (hosts: mac-a, mac-b)" in p.stderr
 
 
 @pytest.mark.parametrize(("change", "said"), [
