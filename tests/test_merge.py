@@ -69,6 +69,9 @@ def test_merge_keeps_every_run_with_its_host_and_renumbers_within_each_cell(tmp_
     assert spread["gpu", "latency_ms_median"]["p"] == pytest.approx(2 / 3432)
     assert spread["gpu", "latency_ms_median"]["host_effect"] == "larger than run-to-run noise"
     assert spread["gpu", "energy_per_step_j"]["host_effect"] == "not distinguishable"  # the same energies
+    figures = {f["name"]: f for f in summary["figures"]}
+    for name in ("hosts_latency_ms_median", "hosts_energy_per_step_j"):
+        assert figures[name]["skipped"] is None and (tmp_path / "fleet" / figures[name]["files"][0]).is_file()
     report = (tmp_path / "fleet" / "report.md").read_text()
     assert "## Hosts" in report and "| mac-b | ane | 7/0 |" in report and "- Host mac-b: Apple M2 Pro" in report
     # the merged folder reads like any session
