@@ -277,6 +277,8 @@ def merge(dirs: tuple[Path, ...], out: Path) -> None:
                 f"{', '.join(merged.hosts)}")
     rep = write_report(merged.sdir)
     display.summary_table(rep.summary)
+    for spread in rep.summary.host_spreads:
+        display.log(f"{spread.cell_id} {spread.metric} across hosts: {spread.verdict}")
     display.log(f"report: {rep.out / 'report.html'} (report.md, summary.json, runs.csv, figures/)")
 
 

@@ -74,6 +74,7 @@ def test_merge_keeps_every_run_with_its_host_and_renumbers_within_each_cell(tmp_
         assert figures[name]["skipped"] is None and (tmp_path / "fleet" / figures[name]["files"][0]).is_file()
     report = (tmp_path / "fleet" / "report.md").read_text()
     assert "## Hosts" in report and "| mac-b | ane | 7/0 |" in report and "- Host mac-b: Apple M2 Pro" in report
+    assert "- **Host mac-b**: macOS-15.1-arm64-arm-64bit; Apple M2 Pro" in report and "- **Merged from**: " in report
     # the merged folder reads like any session
     p = cli("compare", f"{tmp_path / 'fleet'}:gpu", f"{tmp_path / 'fleet'}:ane")
     assert p.returncode == 0, p.stderr
@@ -130,11 +131,14 @@ def test_two_machines_sharing_a_hostname_stay_two_hosts(tmp_path):
 @pytest.mark.slow
 def test_real_sessions_from_two_hosts_merge_and_read_like_any_session(tmp_path):
     worker = stand_in(tmp_path / "python", REPO / "tests" / "fakes" / "fake_worker.py")
-    matrix = fake_worker_matrix(tmp_path / "m.toml", 3, 'meter = "none"')
+    meter = stand_in(tmp_path / "powermetrics", REPO / "tests" / "fakes" / "powermetrics_replay.py")
+    matrix = fake_worker_matrix(tmp_path / "m.toml", 3, f'meter = "powermetrics"\npowermetrics = "{meter}"\n'
+                                'interval_ms = 20\nbaseline_s = 0.5')
+    capture = REPO / "tests" / "fixtures" / "powermetrics" / "m4-plist-1sample-thermal.plist"
     sessions = []
     for host in ("mac-a", "mac-b"):
         p = cli(str(matrix), "--out", str(tmp_path / host), "--env", f"diffusers={worker}",
-                env={"CDB_CACHE_DIR": str(tmp_path / "cache")}, timeout=300)
+                env={"CDB_CACHE_DIR": str(tmp_path / "cache"), "CDB_REPLAY_FILE": str(capture)}, timeout=300)
         assert p.returncode == 0, p.stderr[-3000:]
         d = only_session(tmp_path / host)
         s = json.loads((d / "session.json").read_text())
@@ -148,8 +152,16 @@ def test_real_sessions_from_two_hosts_merge_and_read_like_any_session(tmp_path):
     assert [(r["run_index"], r["host"], r["status"]) for r in runs] == \
         [(i, "mac-a" if i < 3 else "mac-b", "ok") for i in range(6)]
     for r in runs:  # every file moved with its run, under its new index
-        for key in ("samples_file", "output_file", "log_file"):
+        for key in ("samples_file", "output_file", "log_file", "meter_samples_file"):
             assert (fleet / r[key]).is_file() and f"{r['run_index']:03d}" in r[key], r[key]
-    for args in (("report", str(fleet)), ("recompute-energy", str(fleet)), ("compare", str(sessions[0]), f"{fleet}:fake")):
+    assert all(r["energy_per_step_j"] is not None for r in runs)
+    spreads = json.loads((fleet / "summary.json").read_text())["host_spreads"]
+    assert {(x["cell_id"], x["metric"]) for x in spreads} == {("fake", "latency_ms_median"), ("fake", "energy_per_step_j")}
+    for args in (("report", str(fleet)), ("recompute-energy", str(fleet)), ("compare", str(sessions[0]), f"{fleet}:fake"),
+                 ("compare", f"{fleet}:fake@mac-a", f"{fleet}:fake@mac-b")):
         p = cli(*args)
         assert p.returncode == 0 and "Traceback" not in p.stderr, (args, p.stderr[-2000:])
+        if args[0] == "recompute-energy":
+            assert "energy recomputed for 6 run(s)" in p.stdout + p.stderr
+    p = cli(str(matrix), "--resume", str(fleet), "--env", f"diffusers={worker}")
+    assert p.returncode == 2 and "a merged session is not resumed" in p.stderr, p.stderr[-2000:]
