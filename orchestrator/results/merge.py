@@ -90,7 +90,8 @@ def _source_hosts(s: SessionRecord) -> dict[str, dict[str, Any]]:
         idle_w = s.power.get("idle_w") if entry is s.provenance else entry.get("idle_w")
         preflight = s.preflight if entry is s.provenance else entry.get("preflight")
         out.setdefault(key, {"host": host, "harness": entry.get("harness"), "env_lock_sha256": envs, "sessions": {}})
-        out[key]["sessions"][s.session_id] = {"idle_w": idle_w, "preflight": preflight, "order_seed": s.order_seed}
+        out[key]["sessions"][s.session_id] = {"idle_w": idle_w, "preflight": preflight, "order_seed": s.order_seed,
+                                               "worker_versions": s.worker_versions}
     return out
 
 
@@ -146,7 +147,6 @@ def merge(dirs: list[Path], out: Path) -> Merged:
 def _write(sources: list[Source], out: SessionDir) -> Merged:
     first = sources[0].session
     hosts: dict[str, dict[str, Any]] = {}
-    hosts_by_key: dict[str, dict[str, Any]] = {}  # key -> the machine, for host_key
     next_index: dict[str, int] = {}
     problems: list[str] = []
     (out.root / RUNS).touch()
@@ -154,13 +154,12 @@ def _write(sources: list[Source], out: SessionDir) -> Merged:
     for src in sources:
         renamed: dict[str, str] = {}
         for name, entry in _source_hosts(src.session).items():
-            key = host_key(entry.get("host"), hosts_by_key)
+            key = host_key(entry.get("host"), {k: v.get("host") or {} for k, v in hosts.items()})
             renamed[name] = key
             if key in hosts:
                 hosts[key]["sessions"].update(entry["sessions"])
             else:
                 hosts[key] = {**entry, "sessions": dict(entry["sessions"])}
-                hosts_by_key[key] = entry.get("host") or {}
         problems += src.problems
         src_hosts = []
         for rec in sorted(src.runs, key=lambda r: (r.order_index if r.order_index is not None else r.run_index,

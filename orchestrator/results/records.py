@@ -227,8 +227,9 @@ class SessionRecord:
     energy_recomputed: list[dict[str, Any]] = field(factory=list, doc="one per `orchestrate recompute-energy`: "
                                                                       "time, harness, runs")
     hosts: dict[str, dict[str, Any]] = field(factory=dict, doc="a merged session: per host (the runs' `host`), its "
-                                                               "hardware, harness, env lock sha256, idle power, "
-                                                               "preflight and run order seed per source session")
+                                                               "hardware, harness, env lock sha256 and, per source "
+                                                               "session, its idle power, preflight, run order seed "
+                                                               "and the versions its workers reported")
     merged_from: list[dict[str, Any]] = field(factory=list, doc="a merged session: each source session's id, path, "
                                                                 "status, times, hosts and runs")
 
