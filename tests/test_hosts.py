@@ -3,6 +3,8 @@ computed by hand (one-way random effects from the ANOVA mean squares; an exact p
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from orchestrator.results.hosts import host_spread, run_host
@@ -54,3 +56,22 @@ def test_runs_after_a_resume_on_another_machine_belong_to_that_machine():
     runs = [RunRecord(session_id="s", cell_id="c", run_index=i, started_at=t) for i, t in enumerate(at)]
     assert [run_host(r, session) for r in runs] == ["vm", "vm#2", "vm"]
     assert run_host(RunRecord(session_id="s", cell_id="c", run_index=9, host="mac-b"), session) == "mac-b"
+
+
+def test_the_h100_study_resumed_on_three_machines_reports_them_as_docs_reports_md_says(tmp_path):
+    from conftest import REPO, cli
+
+    p = cli("report", str(REPO / "docs" / "results" / "2026-11-27-h100-sd15-cuda"), "--out", str(tmp_path),
+            "--format", "json")
+    assert p.returncode == 0, p.stderr
+    summary = json.loads(p.stdout)
+    assert summary["hosts"] == ["vm", "unknown host", "vm#2", "vm#3"]
+    spread = {(x["cell_id"], x["metric"]): x for x in summary["host_spreads"]}
+    compiled = spread["diffusers-cuda-fp16-compile", "energy_per_step_j"]
+    assert compiled["p"] == pytest.approx(0.0048, abs=5e-5) and compiled["host_effect"] == "larger than run-to-run noise"
+    assert (compiled["between_sd"], compiled["within_sd"]) == (pytest.approx(0.058, abs=5e-4), pytest.approx(0.017, abs=5e-4))
+    assert spread["diffusers-cuda-fp16-compile-ro", "energy_per_step_j"]["p"] == pytest.approx(0.019, abs=5e-4)
+    assert spread["diffusers-cuda-bf16", "latency_ms_median"]["p"] == pytest.approx(0.038, abs=5e-4)
+    assert {k for k, x in spread.items() if x["host_effect"] == "larger than run-to-run noise"} == {
+        ("diffusers-cuda-fp16-compile", "energy_per_step_j"), ("diffusers-cuda-fp16-compile-ro", "energy_per_step_j"),
+        ("diffusers-cuda-bf16", "latency_ms_median")}
