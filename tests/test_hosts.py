@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import REPO, cli
 
 from orchestrator.results.hosts import host_spread, run_host
 from orchestrator.results.records import RunRecord, SessionRecord
@@ -59,8 +60,6 @@ def test_runs_after_a_resume_on_another_machine_belong_to_that_machine():
 
 
 def test_the_h100_study_resumed_on_three_machines_reports_them_as_docs_reports_md_says(tmp_path):
-    from conftest import REPO, cli
-
     p = cli("report", str(REPO / "docs" / "results" / "2026-11-27-h100-sd15-cuda"), "--out", str(tmp_path),
             "--format", "json")
     assert p.returncode == 0, p.stderr
