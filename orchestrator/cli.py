@@ -265,6 +265,28 @@ def recompute_energy_cmd(dirs: tuple[Path, ...]) -> None:
 
 
 @cli.command()
+@click.argument("dirs", nargs=-1, required=True, type=click.Path(path_type=Path, exists=True, file_okay=False))
+@click.option("--out", type=click.Path(path_type=Path, file_okay=False), required=True,
+              help="The merged session folder (new, or an empty folder).")
+def merge(dirs: tuple[Path, ...], out: Path) -> None:
+    """Merge sessions of one matrix, each run on its own host, into one fleet session and report it."""
+    from orchestrator.report.write import write_report
+    from orchestrator.results.merge import merge as merge_sessions
+
+    display = Display()
+    merged = merge_sessions(list(dirs), out)
+    for line in merged.problems:
+        display.warn(line)
+    display.log(f"{out}: {merged.runs} run(s) from {len(dirs)} sessions on {len(merged.hosts)} host(s): "
+                f"{', '.join(merged.hosts)}")
+    rep = write_report(merged.sdir)
+    display.summary_table(rep.summary)
+    for spread in rep.summary.host_spreads:
+        display.log(f"{spread.cell_id} {spread.metric} across hosts: {spread.verdict}")
+    display.log(f"report: {rep.out / 'report.html'} (report.md, summary.json, runs.csv, figures/)")
+
+
+@cli.command()
 @click.argument("a")
 @click.argument("b")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)

@@ -11,6 +11,7 @@ from typing import Any
 from orchestrator.errors import UserError
 from orchestrator.results.compare import Comparison, compare_runs
 from orchestrator.results.groups import GroupRatio, group_ratios, medians_of, recorded_groups
+from orchestrator.results.hosts import hosts_of, run_host
 from orchestrator.results.records import RunRecord, SessionRecord, current_cell_id
 from orchestrator.results.store import SessionDir
 from orchestrator.results.summary import build_summary
@@ -23,23 +24,34 @@ class Side:
     session: SessionRecord | None  # None: session.json is missing
     runs: list[RunRecord]
     problems: list[str]
+    host: str | None = None  # DIR:CELL@HOST: only that host's runs (a fleet session)
+
+    def label(self, cell: str) -> str:
+        return f"{cell}@{self.host}" if self.host else cell
 
 
 def parse_side(arg: str) -> Side:
-    """`DIR` or `DIR:CELL`."""
-    path, cell = Path(arg), None
+    """`DIR`, `DIR:CELL` or `DIR:CELL@HOST`."""
+    path, cell, host = Path(arg), None, None
     if not path.is_dir() and ":" in arg:
         head, cell = arg.rsplit(":", 1)
         path = Path(head)
+        if "@" in cell:
+            cell, host = cell.split("@", 1)
     if not path.is_dir():
-        raise UserError(f"{arg}: not a session folder (give DIR or DIR:CELL)")
+        raise UserError(f"{arg}: not a session folder (give DIR, DIR:CELL or DIR:CELL@HOST)")
     sdir = SessionDir(path)
     runs = sdir.read_runs()
     if not runs.records:
         raise UserError(f"{path}: no readable runs ({'; '.join(runs.problems) or 'runs.jsonl is empty'})")
     session, unread = sdir.read_session_if_readable()
-    return Side(sdir, current_cell_id(cell) if cell else None, session, runs.records, [*([unread] if unread and sdir.has_session() else []),
-                                                            *runs.problems])
+    records = runs.records
+    if host is not None:
+        records = [r for r in records if run_host(r, session) == host]
+        if not records:
+            raise UserError(f"{path}: no runs on host {host!r} (hosts: {', '.join(hosts_of(session, runs.records))})")
+    return Side(sdir, current_cell_id(cell) if cell else None, session, records, [*([unread] if unread and sdir.has_session() else []),
+                                                            *runs.problems], host)
 
 
 def _cells(side: Side) -> list[str]:
@@ -114,6 +126,6 @@ def compare_sides(a: Side, b: Side) -> list[Comparison]:
     same = a.sdir.root.resolve() == b.sdir.root.resolve()
     out = []
     for ca, cb in pairs(a, b):
-        la, lb = (ca, cb) if same else (f"{a.sdir.id}:{ca}", f"{b.sdir.id}:{cb}")
+        la, lb = (a.label(ca), b.label(cb)) if same else (f"{a.sdir.id}:{a.label(ca)}", f"{b.sdir.id}:{b.label(cb)}")
         out += compare_runs(la, [r for r in a.runs if r.cell_id == ca], lb, [r for r in b.runs if r.cell_id == cb])
     return out

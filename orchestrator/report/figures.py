@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import importlib.util
 import re
+import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from orchestrator.report.reasons import again
-from orchestrator.results.records import RunRecord
+from orchestrator.results.hosts import run_host
+from orchestrator.results.records import RunRecord, SessionRecord
 from orchestrator.results.summary import Summary
 from orchestrator.results.values import run_values
 
@@ -178,6 +180,45 @@ def equivalence(summary: Summary, runs: list[RunRecord], out_dir: Path) -> Figur
     return _save(fig, f, out_dir)
 
 
+def runs_by_host(summary: Summary, runs: list[RunRecord], session: SessionRecord | None, key: str, label: str,
+                 unit: str, out_dir: Path) -> Figure:
+    """Each ok run as a dot over its host, one panel per cell, each host's median a bar: the
+    between-host spread of a fleet session next to the run-to-run one."""
+    name = "hosts_" + re.sub(r"[^A-Za-z0-9]+", "_", key).strip("_")
+    f = Figure(name, f"{label} per run, by host")
+    panels: list[dict[str, Any]] = []
+    for c in summary.cells:
+        ok = _ok_runs(runs, c.cell_id)
+        by_host = {h: [v for _, v in run_values([r for r in ok if run_host(r, session) == h], key)] for h in summary.hosts}
+        if any(by_host.values()):
+            panels.append({"cell_id": c.cell_id, "hosts": [{"host": h, "values": v} for h, v in by_host.items()]})
+    if not panels:
+        f.skipped = f"no ok run has {label.lower()}"
+        return f
+    f.data = {"panels": panels, "y_label": f"{label}, {unit}", "hosts": summary.hosts}
+    cols = min(4, len(panels))
+    rows = -(-len(panels) // cols)
+    fig, axes = _pyplot().subplots(rows, cols, figsize=(max(3.2, 0.9 * len(summary.hosts)) * cols, 3.0 * rows),
+                                   squeeze=False)
+    for ax in axes.flat[len(panels):]:
+        ax.set_visible(False)
+    for ax, p in zip(axes.flat, panels):
+        for x, h in enumerate(p["hosts"]):
+            values = h["values"]
+            if not values:
+                continue
+            offsets = [(i - (len(values) - 1) / 2) * 0.25 / max(1, len(values) - 1) for i in range(len(values))]
+            ax.plot([x + o for o in offsets], values, "o", color="tab:blue", alpha=0.8)
+            ax.plot([x - 0.25, x + 0.25], [statistics.median(values)] * 2, "-", color="tab:gray")
+        ax.set_title(p["cell_id"], fontsize=9)
+        ax.set_xticks(range(len(p["hosts"])), [h["host"] for h in p["hosts"]], rotation=30, ha="right", fontsize=7)
+        ax.set_ylabel(f.data["y_label"], fontsize=8)
+        ax.tick_params(labelsize=7)
+    fig.suptitle(f.title)
+    fig.tight_layout()
+    return _save(fig, f, out_dir)
+
+
 def energy_metrics(summary: Summary) -> list[tuple[str, str, str]]:
     """(key, label, unit) of energy per step drawn run by run: each channel, then the total; the
     run-level total alone when the runs carry no channels."""
@@ -189,7 +230,7 @@ def energy_metrics(summary: Summary) -> list[tuple[str, str, str]]:
     return []
 
 
-def all_figures(summary: Summary, runs: list[RunRecord], out_dir: Path) -> list[Figure]:
+def all_figures(summary: Summary, runs: list[RunRecord], session: SessionRecord | None, out_dir: Path) -> list[Figure]:
     if importlib.util.find_spec("matplotlib") is None:
         return [Figure("figures", "Figures", skipped="matplotlib is not installed in this interpreter (uv sync installs it)")]
     figs = [latency_vs_energy(summary, out_dir),
@@ -198,5 +239,10 @@ def all_figures(summary: Summary, runs: list[RunRecord], out_dir: Path) -> list[
     figs += [runs_per_cell(summary, runs, *m, out_dir) for m in energy] or [
         Figure("runs_energy", "Energy per step per run",
                skipped=f"no energy ({again(summary.energy_unavailable_reason or 'no energy in any ok run')})")]
+    if summary.hosts:
+        figs += [runs_by_host(summary, runs, session, key, label, unit, out_dir)
+                 for key, label, unit in (("latency_ms_median", "Latency per step (run median)", "ms"),
+                                          ("energy_per_step_j", "Energy per step, total", "J"))
+                 if any(run_values(runs, key))]
     figs.append(equivalence(summary, runs, out_dir))
     return figs

@@ -12,6 +12,7 @@ from orchestrator.report.tables import (
     BUDGET_NOTE,
     EXPLANATION,
     GROUP_NOTE,
+    HOSTS_NOTE,
     ReportInputs,
     Table,
     budget_table,
@@ -19,6 +20,8 @@ from orchestrator.report.tables import (
     comparison_table,
     group_ratio_table,
     header_lines,
+    host_cell_table,
+    host_spread_table,
 )
 
 CSS = """
@@ -70,6 +73,11 @@ def render_html(r: ReportInputs, root: Path) -> str:
     if s.group_ratios:
         parts += ['<h2 id="group-ratios">Group ratios</h2>', f"<p>{escape(GROUP_NOTE)}</p>",
                   _table(group_ratio_table(s.group_ratios), "group-ratios")]
+    if s.host_cells:
+        parts += ['<h2 id="hosts">Hosts</h2>', f"<p>{escape(HOSTS_NOTE)}</p>",
+                  _table(host_cell_table(s.host_cells), "host-cells")]
+        if s.host_spreads:
+            parts.append(_table(host_spread_table(s.host_spreads), "host-spreads"))
     if s.time_budget:
         parts += ['<h2 id="time-budget">Time budget</h2>', f"<p>{escape(BUDGET_NOTE)}</p>",
                   _table(budget_table(s.time_budget), "time-budget")]

@@ -23,6 +23,12 @@ def _memory(n: Any) -> str:
     return f"{n / 2**30:.0f} GiB RAM" if isinstance(n, (int, float)) else "RAM not recorded"
 
 
+def _hardware(host: dict[str, Any]) -> str:
+    gpus = ", ".join(host.get("gpus") or []) or "none"
+    return (f"{_or_unknown(host.get('os'))}; {_or_unknown(host.get('cpu'))} ({_or_unknown(host.get('cpu_count_logical'))} "
+            f"logical CPUs, {_memory(host.get('memory_bytes'))}); GPUs: {gpus}")
+
+
 def panel(recorded: SessionRecord | None, runs: list[RunRecord]) -> list[tuple[str, str]]:
     """(label, text) lines in reading order; without session.json, its facts read as not recorded."""
     session = recorded or SessionRecord(session_id="")
@@ -43,9 +49,15 @@ def panel(recorded: SessionRecord | None, runs: list[RunRecord]) -> list[tuple[s
         py = ", ".join(sorted(pythons.get(name, ()))) or UNKNOWN
         items.append((f"Env {name}", f"lock sha256 {lock}; Python {py} ({_or_unknown(env.get('python'))}); {_versions(versions)}"))
     items.append(("Orchestrator Python", _or_unknown(host.get("orchestrator_python"))))
-    gpus = ", ".join(host.get("gpus") or []) or "none"
-    items.append(("OS and hardware", f"{_or_unknown(host.get('os'))}; {_or_unknown(host.get('cpu'))} "
-                                     f"({_or_unknown(host.get('cpu_count_logical'))} logical CPUs, {_memory(host.get('memory_bytes'))}); GPUs: {gpus}"))
+    if not session.hosts:
+        items.append(("OS and hardware", _hardware(host)))
+    for name, entry in session.hosts.items():  # a merged session: every machine, and the sessions it ran
+        seeds = ", ".join(f"{sid} (run order seed {_or_unknown(x.get('order_seed'))})"
+                          for sid, x in (entry.get("sessions") or {}).items())
+        items.append((f"Host {name}", f"{_hardware(entry.get('host') or {})}; sessions {seeds or UNKNOWN}"))
+    if session.merged_from:
+        items.append(("Merged from", "; ".join(f"{_or_unknown(m.get('path'))} ({m.get('runs')} runs, "
+                                               f"{_or_unknown(m.get('status'))})" for m in session.merged_from)))
     meter_versions = "; ".join((power.get("meter_versions") or {}).values())
     if power.get("meter_used"):
         items.append(("Meter", f"{power['meter_used']}" + (f" ({meter_versions})" if meter_versions else "")))

@@ -12,6 +12,7 @@ from orchestrator.results.budget import TimeBudget
 from orchestrator.results.compare import Comparison
 from orchestrator.results.flags import FLAGS
 from orchestrator.results.groups import GroupRatio
+from orchestrator.results.hosts import HostCell, HostSpread
 from orchestrator.results.records import RunRecord, SessionRecord
 from orchestrator.results.summary import CellSummary, ConversionSummary, RunValue, Summary
 
@@ -202,6 +203,40 @@ BUDGET_NOTE = ("Where the runs' wall time went (worker start to exit, summed ove
                "references and the waits between runs (env syncs and pinning come before it).")
 
 
+def _median_range(median: float | None, p10: float | None, p90: float | None, spec: str) -> str:
+    return "–" if median is None else f"{median:{spec}} [{p10:{spec}}–{p90:{spec}}]"
+
+
+def host_cell_table(cells: list[HostCell]) -> Table:
+    """Each cell's runs on each host, summarised as the results table summarises all of them."""
+    headers = ["host", "cell", "runs ok/failed", "latency ms median [p10–p90]", "energy J/step median [p10–p90]"]
+    rows = [[c.host, c.cell_id, f"{c.n_ok}/{c.n_failed}",
+             _median_range(c.latency_ms_median, c.latency_ms_p10, c.latency_ms_p90, ".2f"),
+             _median_range(c.energy_per_step_j, c.energy_per_step_j_p10, c.energy_per_step_j_p90, ".4g")]
+            for c in cells]
+    return Table(headers, rows, whole=("host", "cell"))
+
+
+def host_spread_table(spreads: list[HostSpread]) -> Table:
+    headers = ["cell", "metric", "per host: median (ok runs)", "between-host SD", "within-host SD", "host share",
+               "p (permutation)", "host effect"]
+    rows = [[s.cell_id, f"{s.metric} ({s.unit})", "; ".join(f"{h.host}: {h.median:.4g} ({h.n})" for h in s.hosts),
+             f"{s.between_sd:.4g}", f"{s.within_sd:.4g}", "–" if s.between_share is None else f"{s.between_share:.0%}",
+             "–" if s.p is None else f"{s.p:.2g} ({s.method})", s.verdict] for s in spreads]
+    return Table(headers, rows, whole=("cell",))
+
+
+HOSTS_NOTE = ("The runs came from several hosts (a merged session, or one resumed on another machine): each cell's "
+              "runs on each host, then, for cells measured on two or more, their spread split into a between-host "
+              "and a within-host (run-to-run) part (one-way random effects) and whether the host effect is larger "
+              "than the run-to-run noise (a permutation test of the runs' host labels).")
+
+
+def host_lines(session: SessionRecord | None) -> list[str]:
+    """Each host of a merged session and its hardware."""
+    return [f"Host {name}: {_host_line(entry.get('host') or {})}" for name, entry in (session.hosts if session else {}).items()]
+
+
 def markdown_table(t: Table) -> list[str]:
     def line(cells: list[str]) -> str:
         return "| " + " | ".join(x.replace("|", "\\|") for x in cells) + " |"
@@ -232,8 +267,7 @@ def header_lines(r: ReportInputs) -> list[str]:
     return [
         f"Status: {summary.status}; {summary.n_runs} runs recorded",
         f"Model: {model.get('preset')} — {synthetic}; sha256 {model.get('sha256')}",
-        f"Host: {_host_line(host)}",
-        *resumes,
+        *(host_lines(session) or [f"Host: {_host_line(host)}", *resumes]),
         f"Equivalence reference: fp32; divergent when MSE > {eq.get('mse_max')} or cosine < {eq.get('cosine_min')}",
         f"Energy: {summary.energy_unavailable_reason or 'measured by ' + str(summary.meter)}",
     ]
@@ -260,6 +294,10 @@ def render_markdown(r: ReportInputs) -> str:
         lines += ["", *markdown_table(comparison_table(r.comparisons))]
     if summary.group_ratios:
         lines += ["", "## Group ratios", "", GROUP_NOTE, "", *markdown_table(group_ratio_table(summary.group_ratios))]
+    if summary.host_cells:
+        lines += ["", "## Hosts", "", HOSTS_NOTE, "", *markdown_table(host_cell_table(summary.host_cells))]
+        if summary.host_spreads:
+            lines += ["", *markdown_table(host_spread_table(summary.host_spreads))]
     if summary.time_budget:
         lines += ["", "## Time budget", "", BUDGET_NOTE, "", *markdown_table(budget_table(summary.time_budget))]
     lines += ["", "## Figures", ""]

@@ -100,7 +100,7 @@ def write_report(sdir: SessionDir, out: Path | None = None, baseline: str | None
 def _write(d: Derived, out: Path) -> WrittenReport:
     out.mkdir(parents=True, exist_ok=True)
     summary = d.summary
-    figs = all_figures(summary, d.runs, out / FIGURES)
+    figs = all_figures(summary, d.runs, d.session, out / FIGURES)
     summary.figures = [FigureEntry(name=f.name, title=f.title, files=f.files, skipped=f.skipped) for f in figs]
     inputs = ReportInputs(summary=summary, session=d.session, runs=d.runs, comparisons=summary.comparisons,
                           baseline=summary.baseline, baseline_note=d.baseline_note, warnings=summary.warnings,

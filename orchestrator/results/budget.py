@@ -59,7 +59,7 @@ def time_budgets(session: SessionRecord | None, cells: list[str], runs: list[Run
 
 
 def _session_wall(session: SessionRecord | None) -> float | None:
-    if session is None or session.resumes or not session.started_at or not session.finished_at:
+    if session is None or session.resumes or session.merged_from or not session.started_at or not session.finished_at:
         return None
     try:
         seconds = (datetime.fromisoformat(session.finished_at) - datetime.fromisoformat(session.started_at)).total_seconds()

@@ -17,6 +17,7 @@ from orchestrator.results.budget import TimeBudget
 from orchestrator.results.compare import Comparison, RankTest
 from orchestrator.results.flags import FLAGS, SEVERITIES
 from orchestrator.results.groups import GroupEnd, GroupRatio
+from orchestrator.results.hosts import HostCell, HostSpread, HostValues
 from orchestrator.results.records import RunRecord, SessionRecord
 from orchestrator.results.summary import (
     CellSummary,
@@ -60,6 +61,7 @@ TABLES: dict[str, Callable[[], list[str]]] = {
     "Failure": _fields(Failure), "ConversionSummary": _fields(ConversionSummary),
     "FigureEntry": _fields(FigureEntry), "TimeBudget": _fields(TimeBudget), "Comparison": _fields(Comparison), "RankTest": _fields(RankTest),
     "GroupRatio": _fields(GroupRatio), "GroupEnd": _fields(GroupEnd),
+    "HostCell": _fields(HostCell), "HostSpread": _fields(HostSpread), "HostValues": _fields(HostValues),
     "flags": _flags, "severities": _severities,
 }
 

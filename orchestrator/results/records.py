@@ -173,6 +173,10 @@ class RunRecord:
     samples_file: str | None = field(None, doc="per-iteration times, relative to the session folder")
     output_file: str | None = field(None, doc="the output tensor (.npy), relative to the session folder")
     log_file: str | None = field(None, doc="the worker's stderr, relative to the session folder")
+    host: str | None = field(None, doc="the host it ran on, a key of session.json's `hosts` (a merged session); "
+                                       "null: the session's own host, or its resume's")
+    merged_from: dict[str, Any] | None = field(None, doc="a merged session: the `session_id` and `run_index` the run "
+                                                         "had in its source session")
 
     @classmethod
     def read(cls, data: Any, where: str) -> RunRecord:
@@ -230,6 +234,12 @@ class SessionRecord:
                                                             "idle power and references then")
     energy_recomputed: list[dict[str, Any]] = field(factory=list, doc="one per `orchestrate recompute-energy`: "
                                                                       "time, harness, runs")
+    hosts: dict[str, dict[str, Any]] = field(factory=dict, doc="a merged session: per host (the runs' `host`), its "
+                                                               "hardware, harness, env lock sha256 and, per source "
+                                                               "session, its idle power, preflight, run order seed "
+                                                               "and the versions its workers reported")
+    merged_from: list[dict[str, Any]] = field(factory=list, doc="a merged session: each source session's id, path, "
+                                                                "status, times, hosts and runs")
 
     @classmethod
     def read(cls, data: Any, where: str) -> SessionRecord:

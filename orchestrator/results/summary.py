@@ -13,6 +13,7 @@ from orchestrator.results.budget import TimeBudget, time_budgets
 from orchestrator.results.compare import Comparison
 from orchestrator.results.flags import FLAGS, flagged
 from orchestrator.results.groups import GroupRatio
+from orchestrator.results.hosts import HostCell, HostSpread, host_cells, host_spreads, hosts_of
 from orchestrator.results.records import RunRecord, SessionRecord
 from orchestrator.results.stats import across_runs
 from orchestrator.results.store import utc_now
@@ -168,6 +169,13 @@ class Summary:
     warnings: list[str] = field(factory=list, doc="stability warnings, one line each")
     time_budget: list[TimeBudget] = field(factory=list, doc="where the runs' wall time went: all runs, then each "
                                                             "cell (see the time budget table)")
+    hosts: list[str] = field(factory=list, doc="the hosts that ran the runs, when more than one (a merged session, "
+                                               "or one resumed on another machine); empty otherwise")
+    host_cells: list[HostCell] = field(factory=list, doc="with several hosts: each cell's runs on each host (see the "
+                                                         "host cell table)")
+    host_spreads: list[HostSpread] = field(factory=list, doc="with several hosts: each cell measured on two or more, "
+                                                             "its between-host and within-host spread per metric "
+                                                             "(see the host spread table)")
     figures: list[FigureEntry] = field(factory=list, doc="each figure drawn or left out")
 
 
@@ -281,6 +289,9 @@ def build_summary(session: SessionRecord | None, session_id: str, runs: list[Run
     cells = [summarize_cell(c, sorted(by_cell.get(c, []), key=lambda r: r.run_index), info.get(c, {})) for c in order]
     summary = Summary(session_id=session_id, generated_at=utc_now(), matrix={"path": None, "sha256": None},
                       n_runs=len(runs), problems=problems, cells=cells, time_budget=time_budgets(session, order, runs))
+    if len(hosts := hosts_of(session, runs)) > 1:
+        summary.hosts, summary.host_cells = hosts, host_cells(session, runs, order)
+        summary.host_spreads = host_spreads(session, runs, order)
     if session is None:
         return summary
     return replace(

@@ -501,6 +501,9 @@ def fill_from_outcome(rec: RunRecord, o: RunOutcome) -> None:
 
 def resume_seed(sdir: SessionDir, session: SessionRecord) -> int:
     """The recorded run order's seed: without it the remaining runs cannot be told apart."""
+    if session.merged_from:
+        raise UserError(f"--resume {sdir.root}: a merged session is not resumed (orchestrate merge); resume the "
+                        f"session of the host that stopped, then merge again")
     if session.order_seed is None:
         raise UserError(f"--resume {sdir.root}: {sdir.root / SESSION} has no order_seed, so the run order "
                         f"cannot be rebuilt; start a new session instead")
