@@ -6,6 +6,7 @@ from orchestrator.config.matrix import Equivalence
 from orchestrator.config.paths import REPO_ROOT
 from orchestrator.run.equivalence import compare, reference_key
 from orchestrator.run.pins import PinnedModel
+from workers.contract.fileguard import FileGuard
 from workers.contract.inputs import pinned_inputs
 
 SPEC = Equivalence(backend="diffusers", env="diffusers", device="cpu", precision="fp32", mse_max=1e-3, cosine_min=0.999)
@@ -49,7 +50,8 @@ def test_shape_mismatch_raises():
 def test_an_interpreter_standing_in_for_the_env_gets_its_own_reference(tmp_path):
     """A reference made by `--env diffusers=OTHER_PYTHON` (another torch, a test's fake worker) is
     never the one a session in the env's own venv compares against, nor one of another python."""
-    model, inputs = PinnedModel(path=tmp_path / "m", sha256="0" * 64, source="synthetic", preset="tiny", seed=0), pinned_inputs(64)
+    model, inputs = PinnedModel(path=tmp_path / "m", sha256="0" * 64, source="synthetic", preset="tiny", seed=0,
+                        guard=FileGuard(size=1, mtime_ns=1, ctime_ns=1, inode=1, device=1)), pinned_inputs(64)
     project = REPO_ROOT / "envs" / "diffusers"
     keys = {reference_key(SPEC, Env("diffusers", project, external_python=python), model, inputs)
             for python in (None, tmp_path / "a" / "python", tmp_path / "b" / "python")}
