@@ -2,14 +2,16 @@
 forking the fake worker's run: fresh state per run, the same failure reasons as a spawned worker,
 and a server that dies or never starts."""
 
+import json
 import os
 import signal
 
 import pytest
+from conftest import cli, fake_worker_matrix, only_session, stand_in
 
 from orchestrator.run.forkserver import ForkServer, ForkServerError, chosen
 from orchestrator.run.worker_client import WorkerRun, run_worker
-from tests.test_runner import _setup, fake_env, fake_mode  # noqa: F401  (fixtures)
+from tests.test_runner import FAKE, _setup, fake_env, fake_mode  # noqa: F401  (fixtures)
 from workers.contract.messages import Ready
 
 pytestmark = pytest.mark.unit
@@ -102,3 +104,28 @@ def test_auto_forks_on_linux_and_spawns_on_macos():
     assert chosen("auto", "linux")[0] == "forkserver"
     assert chosen("forkserver", "darwin") == ("spawn", chosen("auto", "darwin")[1].replace('"auto"', '"forkserver"'))
     assert chosen("spawn", "linux")[0] == "spawn"
+
+
+@pytest.mark.parametrize("server", ["ok", "crash"])
+def test_a_session_records_how_each_worker_started(tmp_path, server):
+    """Through the CLI: the fake worker's fork server forks every run's worker, and a server
+    that cannot start leaves the session spawning its workers, said once with the reason."""
+    worker = stand_in(tmp_path / "python", FAKE)
+    matrix = fake_worker_matrix(tmp_path / "m.toml", 2, 'meter = "none"')
+    p = cli(str(matrix), "--out", str(tmp_path / "out"), "--env", f"diffusers={worker}",
+            env={"FAKE_MODE": "count", "FAKE_FORKSERVER": server})
+    assert p.returncode == 0, p.stderr
+    folder = only_session(tmp_path / "out")
+    runs = [json.loads(line) for line in (folder / "runs.jsonl").read_text().splitlines()]
+    session = json.loads((folder / "session.json").read_text())
+    assert [r["status"] for r in runs] == ["ok", "ok"]
+    assert all(r["realized"]["runs_in_process"] == 1 for r in runs)
+    if server == "ok":
+        assert [r["worker_start"] for r in runs] == ["forkserver"] * 2
+        assert session["worker_start"]["diffusers"]["mode"] == "forkserver"
+        assert "fork server ready" in p.stdout + p.stderr
+    else:
+        assert [r["worker_start"] for r in runs] == ["spawn"] * 2
+        why = session["worker_start"]["diffusers"]["why"]
+        assert session["worker_start"]["diffusers"]["mode"] == "spawn" and "exited with code 5" in why
+        assert (p.stdout + p.stderr).count("exited with code 5") == 1
