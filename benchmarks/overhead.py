@@ -3,8 +3,15 @@ versus a bare in-process loop over the same backend code, same env, same weights
 
     uv run python benchmarks/overhead.py [--matrix examples/quick.toml] [--cell ID] [--rounds 3]
 
+On a GPU host, with the preinstalled torch:
+
+    uv run python benchmarks/overhead.py --matrix examples/sd15-cuda.toml --cell diffusers-cuda-fp16 \
+        --env diffusers=$(which python3) --rounds 4
+
 Rounds alternate which goes first, so slow drifts of the host hit both alike. Prints each
-round and the ratio of medians (harness / bare); 1.00 means the harness adds nothing measurable.
+round, the bare loop's minor page faults per timed step (the allocator state it measured: see
+docs/methodology.md, "Harness overhead") and the ratio of medians (harness / bare); 1.00 means
+the harness adds nothing measurable.
 """
 
 from __future__ import annotations
