@@ -3,8 +3,15 @@ versus a bare in-process loop over the same backend code, same env, same weights
 
     uv run python benchmarks/overhead.py [--matrix examples/quick.toml] [--cell ID] [--rounds 3]
 
+On a GPU host, with the preinstalled torch:
+
+    uv run python benchmarks/overhead.py --matrix examples/sd15-cuda.toml --cell diffusers-cuda-fp16 \
+        --env diffusers=$(which python3) --rounds 4
+
 Rounds alternate which goes first, so slow drifts of the host hit both alike. Prints each
-round and the ratio of medians (harness / bare); 1.00 means the harness adds nothing measurable.
+round, the bare loop's minor page faults per timed step (the allocator state it measured: see
+docs/methodology.md, "Harness overhead") and the ratio of medians (harness / bare); 1.00 means
+the harness adds nothing measurable.
 """
 
 from __future__ import annotations
@@ -28,7 +35,7 @@ from orchestrator.run.pins import pin_inputs, pin_model, setup_message  # noqa: 
 from orchestrator.run.worker_client import run_worker  # noqa: E402
 
 BARE = """
-import json, sys, time
+import json, resource, sys, time
 import numpy as np
 from workers.backends import backend_module
 from workers.backends.base import LoadSpec
@@ -41,12 +48,17 @@ model = backend_module(a["cell"]["backend"]).load(
 for _ in range(a["warmup"]):
     model.step()
 lat = []
+faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 for _ in range(a["iterations"]):
     t = time.perf_counter()
     model.step()
     lat.append((time.perf_counter() - t) * 1e3)
-print(json.dumps({"median_ms": float(np.median(lat))}))
+faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
+print(json.dumps({"median_ms": float(np.median(lat)), "minor_faults_per_step": faults / a["iterations"]}))
 """
+
+
+BARE_FAULTS: list[float] = []  # the bare loop's minor page faults per timed step, per round
 
 
 def _harness(env, setup, bare_args, log, timeout_s) -> float | None:
@@ -63,7 +75,9 @@ def _bare(env, setup, bare_args, log, timeout_s) -> float | None:
     if b.returncode != 0:
         print(b.stderr, file=sys.stderr)
         return None
-    return json.loads(b.stdout.strip().splitlines()[-1])["median_ms"]
+    out = json.loads(b.stdout.strip().splitlines()[-1])
+    BARE_FAULTS.append(out["minor_faults_per_step"])
+    return out["median_ms"]
 
 
 def main() -> int:
@@ -96,7 +110,7 @@ def main() -> int:
                 return 1
             (harness if measure is _harness else bare).append(ms)
         print(f"round {r} ({'harness' if r % 2 == 0 else 'bare'} first): harness {harness[-1]:.3f} ms/step   "
-              f"bare loop {bare[-1]:.3f} ms/step ({time.monotonic() - t0:.0f} s)", flush=True)
+              f"bare loop {bare[-1]:.3f} ms/step, {BARE_FAULTS[-1]:.0f} page faults/step ({time.monotonic() - t0:.0f} s)", flush=True)
     h, b = float(np.median(harness)), float(np.median(bare))
     print(f"median over rounds: harness {h:.3f} ms/step, bare {b:.3f} ms/step, ratio {h / b:.3f}")
     return 0
