@@ -2,6 +2,7 @@
 versus a bare in-process loop over the same backend code, same env, same weights and inputs.
 
     uv run python benchmarks/overhead.py [--matrix examples/quick.toml] [--cell ID] [--rounds 3]
+        [--worker-start spawn|forkserver]
 
 On a GPU host, with the preinstalled torch:
 
@@ -31,8 +32,10 @@ sys.path.insert(0, str(REPO))
 
 from orchestrator.config.envs import discover, ensure_synced, parse_overrides  # noqa: E402
 from orchestrator.config.matrix import load_matrix  # noqa: E402
+from orchestrator.run.forkserver import ForkServer  # noqa: E402
 from orchestrator.run.pins import pin_inputs, pin_model, setup_message  # noqa: E402
 from orchestrator.run.worker_client import run_worker  # noqa: E402
+from workers.contract.backends import BACKENDS  # noqa: E402
 
 BARE = """
 import json, resource, sys, time
@@ -61,8 +64,12 @@ print(json.dumps({"median_ms": float(np.median(lat)), "minor_faults_per_step": f
 BARE_FAULTS: list[float] = []  # the bare loop's minor page faults per timed step, per round
 
 
+FORKSERVER: list[ForkServer] = []  # with --worker-start forkserver: the harness's workers are forked from it
+
+
 def _harness(env, setup, bare_args, log, timeout_s) -> float | None:
-    o = run_worker(env, setup, label="overhead", log_path=log, timeout_s=timeout_s)
+    o = run_worker(env, setup, label="overhead", log_path=log, timeout_s=timeout_s,
+                   forkserver=FORKSERVER[0] if FORKSERVER else None)
     if o.status != "ok" or o.result is None:
         print(f"harness run failed: {o.reason}", file=sys.stderr)
         return None
@@ -86,6 +93,8 @@ def main() -> int:
     p.add_argument("--cell", default="diffusers-cpu-fp32")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--env", action="append", default=[], metavar="NAME=PYTHON", help="use an existing interpreter for env NAME")
+    p.add_argument("--worker-start", choices=("spawn", "forkserver"), default="spawn",
+                   help="how the harness's worker starts (sessions on Linux fork it from the env's fork server)")
     args = p.parse_args()
     envs = discover(parse_overrides(args.env))
     m = load_matrix(Path(args.matrix), set(envs))
@@ -99,6 +108,9 @@ def main() -> int:
                             "resolution": cell.resolution, "batch": m.inputs.batch, "seed": m.inputs.seed,
                             "timestep": m.inputs.timestep, "warmup": m.timing.warmup, "iterations": m.timing.iterations})
     log = Path(tempfile.mkdtemp(prefix="cdb-overhead-")) / "worker.log"
+    if args.worker_start == "forkserver":
+        FORKSERVER.append(ForkServer(env, list(BACKENDS[cell.backend].preload), log.with_name("forkserver.log")))
+        print(f"fork server ready, imports took {FORKSERVER[0].start().import_s:.1f} s", flush=True)
     harness, bare = [], []
     print(f"{cell.id}: {m.timing.warmup} warmup + {m.timing.iterations} iterations per run, {args.rounds} rounds", flush=True)
     for r in range(args.rounds):
@@ -113,6 +125,8 @@ def main() -> int:
               f"bare loop {bare[-1]:.3f} ms/step, {BARE_FAULTS[-1]:.0f} page faults/step ({time.monotonic() - t0:.0f} s)", flush=True)
     h, b = float(np.median(harness)), float(np.median(bare))
     print(f"median over rounds: harness {h:.3f} ms/step, bare {b:.3f} ms/step, ratio {h / b:.3f}")
+    for server in FORKSERVER:
+        server.close()
     return 0
 
 

@@ -232,9 +232,10 @@ class WorkerRun:
             raise _Failed(f"worker {describe_exit(code)} after its result")
 
 
-def run_worker(env: Env, setup: Setup, *, label: str, log_path: Path, timeout_s: float) -> RunOutcome:
+def run_worker(env: Env, setup: Setup, *, label: str, log_path: Path, timeout_s: float,
+               forkserver: ForkServer | None = None) -> RunOutcome:
     """One run with nothing between ready and measure (a reference output, a debug run)."""
-    with WorkerRun(env, setup, label=label, log_path=log_path, timeout_s=timeout_s) as run:
+    with WorkerRun(env, setup, label=label, log_path=log_path, timeout_s=timeout_s, forkserver=forkserver) as run:
         if isinstance(run.start(), Ready):
             run.measure()
     return run.outcome
