@@ -131,14 +131,18 @@ resolution = 64
 """
 
 
-def _workers_of(cache_dir: Path, label: str = "cpu/run-") -> list[psutil.Process]:
-    """Worker processes of this test run's sessions whose run label starts with `label` (other
-    checkouts' tests may be running sessions of the same matrix beside us)."""
+def _workers_of(cache_dir: Path, log: str = "") -> list[psutil.Process]:
+    """This test run's `python -m workers` processes (other checkouts' tests may be running sessions
+    of the same matrix beside us) that have a log open whose name starts with `log`: a run's worker,
+    spawned or forked from a fork server, writes its stderr to logs/<cell>.run-NNN.log, a fork
+    server to logs/forkserver.<env>.log; "" matches them all."""
     found = []
     for p in psutil.process_iter(["cmdline"]):
         try:
-            if any(a.startswith(label) for a in p.info["cmdline"] or []) and \
-                    p.environ().get("CDB_CACHE_DIR") == str(cache_dir):
+            cmd = p.info["cmdline"] or []
+            if cmd[1:3] != ["-m", "workers"] or p.environ().get("CDB_CACHE_DIR") != str(cache_dir):
+                continue
+            if any(Path(f.path).parent.name == "logs" and Path(f.path).name.startswith(log) for f in p.open_files()):
                 found.append(p)
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
@@ -161,7 +165,7 @@ def resilience_session(diffusers_python, cache_dir, tmp_path_factory):
     victim = None
     deadline = time.monotonic() + 300
     while victim is None and time.monotonic() < deadline and proc.poll() is None:
-        for p in _workers_of(cache_dir, "cpu/run-001"):
+        for p in _workers_of(cache_dir, "cpu.run-001"):
             time.sleep(0.5)
             p.send_signal(signal.SIGKILL)
             victim = p.pid

@@ -191,10 +191,14 @@ def permutation_p(groups: list[list[float]]) -> tuple[float, str, float]:
 
 
 def host_spread(cell_id: str, metric: str, unit: str, by_host: dict[str, list[float]]) -> HostSpread | None:
-    """The split for one metric of one cell; None unless 2 or more hosts have ok runs."""
+    """The split for one metric of one cell; None unless 2 or more hosts have ok runs, and none
+    whose values' squares leave float range (a damaged record: 1e308 ms)."""
     groups = {h: v for h, v in by_host.items() if v}
     if len(groups) < 2:
         return None
+    with np.errstate(over="ignore", invalid="ignore"):
+        if not np.isfinite(np.var([x for v in groups.values() for x in v])):
+            return None
     k, n = len(groups), sum(len(v) for v in groups.values())
     means = {h: float(np.mean(v)) for h, v in groups.items()}
     grand = float(np.mean([x for v in groups.values() for x in v]))
