@@ -2,14 +2,17 @@
 versus a bare in-process loop over the same backend code, same env, same weights and inputs.
 
     uv run python benchmarks/overhead.py [--matrix examples/quick.toml] [--cell ID] [--rounds 3]
-        [--worker-start spawn|forkserver]
+        [--worker-start spawn|forkserver] [--cpus 2-5]
 
 On a GPU host, with the preinstalled torch:
 
     uv run python benchmarks/overhead.py --matrix examples/sd15-cuda.toml --cell diffusers-cuda-fp16 \
         --env diffusers=$(which python3) --rounds 4
 
-Rounds alternate which goes first, so slow drifts of the host hit both alike. Prints each
+Rounds alternate which goes first, so slow drifts of the host hit both alike. `--cpus` pins this
+process, and so both sides (the harness's worker and fork server, the bare loop), to the same
+CPUs: where fresh processes land on the host's cores changes a launch-bound GPU cell's speed, a
+nuisance both sides then share (docs/methodology.md, "Harness overhead"). Prints each
 round, the bare loop's minor page faults per timed step (the allocator state it measured: see
 docs/methodology.md, "Harness overhead") and the ratio of medians (harness / bare); 1.00 means
 the harness adds nothing measurable.
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -87,6 +91,14 @@ def _bare(env, setup, bare_args, log, timeout_s) -> float | None:
     return out["median_ms"]
 
 
+def _cpu_list(text: str) -> set[int]:
+    cpus: set[int] = set()
+    for part in text.split(","):
+        low, _, high = part.partition("-")
+        cpus.update(range(int(low), int(high or low) + 1))
+    return cpus
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--matrix", default=str(REPO / "examples" / "quick.toml"))
@@ -95,7 +107,12 @@ def main() -> int:
     p.add_argument("--env", action="append", default=[], metavar="NAME=PYTHON", help="use an existing interpreter for env NAME")
     p.add_argument("--worker-start", choices=("spawn", "forkserver"), default="spawn",
                    help="how the harness's worker starts (sessions on Linux fork it from the env's fork server)")
+    p.add_argument("--cpus", type=_cpu_list, default=None, metavar="LIST",
+                   help="pin both sides to these CPUs (as taskset -c: 2-5 or 0,2,4)")
     args = p.parse_args()
+    if args.cpus is not None:
+        os.sched_setaffinity(0, args.cpus)
+        print(f"pinned to CPUs {sorted(os.sched_getaffinity(0))}", flush=True)
     envs = discover(parse_overrides(args.env))
     m = load_matrix(Path(args.matrix), set(envs))
     cell = m.cell(args.cell)
