@@ -1,13 +1,15 @@
 """Study time both ways: one matrix run with spawned workers and with the fork server, interleaved.
 
     uv run python benchmarks/study_time.py [MATRIX] [--rounds 1] [--runs N] [--env NAME=PYTHON] [--out DIR]
+    uv run python benchmarks/study_time.py --summarize DIR
 
 Each round runs `orchestrate MATRIX` twice, once per `timing.worker_start` (`spawn`, then
 `forkserver`; the next round the other way round, so a drifting host hits both alike), from a
 copy of the matrix beside it that differs only in that key. Prints each session's wall time, the
 median run's wall and load time, the ratios fork server / spawn, and per cell the latency and
-energy medians of both ways with whether each lies within the other's p10-p90. The session
-folders stay under --out. A timing, not a test: no test asserts it.
+energy medians of both ways, over all rounds' runs (each way's sessions merged into OUT/<way>-all),
+with whether each lies within the other's p10-p90. The session folders stay under --out;
+`--summarize OUT` prints the comparison again from them. A timing, not a test: no test asserts it.
 """
 
 from __future__ import annotations
@@ -72,7 +74,11 @@ def main() -> int:
     p.add_argument("--runs", type=int, default=None, help="passed to orchestrate (overrides timing.runs)")
     p.add_argument("--env", action="append", default=[], metavar="NAME=PYTHON", help="passed to orchestrate")
     p.add_argument("--out", default=None, help="where the session folders go (default: a new temporary folder)")
+    p.add_argument("--summarize", metavar="OUT", default=None,
+                   help="run nothing: compare the sessions an earlier run left under OUT (its --out)")
     args = p.parse_args()
+    if args.summarize:
+        return summarize(Path(args.summarize), sessions_in(Path(args.summarize)), None)
     matrix = Path(args.matrix).resolve()
     out = Path(args.out or tempfile.mkdtemp(prefix="cdb-study-time-"))
     extra = [a for e in args.env for a in ("--env", e)] + (["--runs", str(args.runs)] if args.runs else [])
@@ -87,24 +93,51 @@ def main() -> int:
             runs = _runs(folder)
             print(f"round {r} {mode}: session {seconds:.1f} s, {sum(x['status'] == 'ok' for x in runs)}/{len(runs)} "
                   f"runs ok, {folder}", flush=True)
+    return summarize(out, {m: [f for _, f in sessions[m]] for m in MODES},
+                     {m: sum(s for s, _ in sessions[m]) for m in MODES})
+
+
+def sessions_in(out: Path) -> dict[str, list[Path]]:
+    """The session folders a previous run of this script left under OUT, per way, in round order."""
+    found: dict[str, list[Path]] = {m: [] for m in MODES}
+    for mode in MODES:
+        for round_dir in sorted(out.glob(f"{mode}-[0-9]*"), key=lambda d: int(d.name.rsplit("-", 1)[1])):
+            found[mode] += [f.parent for f in sorted(round_dir.glob("*/session.json"))]
+    return found
+
+
+def pooled(folders: list[Path], out: Path) -> Path:
+    """One session folder holding every round's runs of one way (`orchestrate merge`), so the
+    medians and p10-p90 below are over all of them, not the last round's."""
+    if len(folders) == 1:
+        return folders[0]
+    if not (out / "summary.json").is_file():
+        subprocess.run([sys.executable, "-m", "orchestrator", "merge", *map(str, folders), "--out", str(out)],
+                       cwd=REPO, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, check=True)
+    return out
+
+
+def summarize(out: Path, sessions: dict[str, list[Path]], session_s: dict[str, float] | None) -> int:
     stats = {}
     for mode in MODES:
-        runs = [x for _, f in sessions[mode] for x in _runs(f)]
-        stats[mode] = {"session_s": sum(s for s, _ in sessions[mode]),
-                       "run_wall_s": median(x["wall_s"] for x in runs if x.get("wall_s") is not None),
+        runs = [x for f in sessions[mode] for x in _runs(f)]
+        stats[mode] = {"run_wall_s": median(x["wall_s"] for x in runs if x.get("wall_s") is not None),
                        "run_load_s": median(x["load_s"] for x in runs if x.get("load_s") is not None),
                        "worker_start": sorted({x.get("worker_start") or "?" for x in runs})}
         s = stats[mode]
-        print(f"{mode:>10}: sessions {s['session_s']:.1f} s; median run wall {s['run_wall_s']:.2f} s, "
-              f"load {s['run_load_s']:.2f} s; runs started by {', '.join(s['worker_start'])}")
+        wall = f"sessions {session_s[mode]:.1f} s; " if session_s else ""
+        print(f"{mode:>10}: {len(sessions[mode])} session(s), {len(runs)} runs; {wall}median run wall "
+              f"{s['run_wall_s']:.2f} s, load {s['run_load_s']:.2f} s; runs started by {', '.join(s['worker_start'])}")
     f, sp = stats["forkserver"], stats["spawn"]
-    print(f"forkserver / spawn: sessions {f['session_s'] / sp['session_s']:.3f}, run wall "
-          f"{f['run_wall_s'] / sp['run_wall_s']:.3f}, load {f['run_load_s'] / max(sp['run_load_s'], 1e-9):.3f}")
-    last = {mode: {c["cell_id"]: c for c in json.loads((sessions[mode][-1][1] / "summary.json").read_text())["cells"]}
-            for mode in MODES}
+    ratio = f"sessions {session_s['forkserver'] / session_s['spawn']:.3f}, " if session_s else ""
+    print(f"forkserver / spawn: {ratio}run wall {f['run_wall_s'] / sp['run_wall_s']:.3f}, "
+          f"load {f['run_load_s'] / max(sp['run_load_s'], 1e-9):.3f}")
+    cells = {mode: {c["cell_id"]: c for c in json.loads(
+                 (pooled(sessions[mode], out / f"{mode}-all") / "summary.json").read_text())["cells"]}
+             for mode in MODES}
     agree = True
-    for cell_id, a in last["spawn"].items():
-        b = last["forkserver"].get(cell_id, {})
+    for cell_id, a in cells["spawn"].items():
+        b = cells["forkserver"].get(cell_id, {})
         for name, digits in (("latency_ms", 3), ("energy_per_step_j", 4)):
             key = "latency_ms_median" if name == "latency_ms" else name
             va, vb = a.get(key), b.get(key)
