@@ -21,6 +21,7 @@ from typing import IO
 
 from orchestrator.config.envs import Env
 from orchestrator.errors import describe_exit
+from orchestrator.processes import end_process
 from workers.contract.messages import Fork, Forked, ForkExit, ForkReady, parse, wire
 from workers.contract.protocol import FrameReader, PeerClosed, ProtocolError, encode
 from workers.contract.typed import Invalid
@@ -157,13 +158,7 @@ class ForkServer:
 
     def close(self) -> None:
         if self._proc is not None:
-            if self._proc.poll() is None:
-                self._proc.terminate()
-                try:
-                    self._proc.wait(timeout=5)
-                except subprocess.TimeoutExpired:
-                    self._proc.kill()
-                    self._proc.wait()
+            end_process(self._proc, grace_s=5)
             if self._proc.stdout is not None:
                 self._proc.stdout.close()
             self._proc = None

@@ -29,6 +29,7 @@ import sys
 from typing import Any
 
 from orchestrator.config.privileges import InvokingUser, drop_to, invoking_user
+from orchestrator.processes import end_process
 
 POWERMETRICS = "/usr/bin/powermetrics"
 SAMPLERS = ("cpu_power", "gpu_power", "ane_power", "thermal")
@@ -81,16 +82,7 @@ def _send(sock: socket.socket, obj: dict[str, Any], fds: list[int] | None = None
 
 def _end(proc: subprocess.Popen | None) -> int | None:
     """Stop powermetrics (TERM, then KILL); its exit status."""
-    if proc is None:
-        return None
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=STOP_GRACE_S)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    return proc.returncode
+    return None if proc is None else end_process(proc, STOP_GRACE_S)
 
 
 def serve(sock: socket.socket) -> int:

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 
+from orchestrator.processes import end_process
 from workers.contract.lifeline import PERIOD_S, parent_gone
 
 
@@ -22,13 +23,7 @@ def main(argv: list[str]) -> int:
     child = subprocess.Popen(cmd)
 
     def end(signum=None, frame=None) -> None:
-        if child.poll() is None:
-            child.terminate()
-            try:
-                child.wait(timeout=2)
-            except subprocess.TimeoutExpired:
-                child.kill()
-                child.wait()
+        end_process(child, grace_s=2)
         sys.exit(0)
 
     signal.signal(signal.SIGTERM, end)

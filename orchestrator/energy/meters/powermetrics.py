@@ -24,6 +24,7 @@ from orchestrator.energy.meters import broker
 from orchestrator.energy.meters.base import Availability, Meter, MeterRecord, MeterSpec, Reading
 from orchestrator.energy.meters.plist_stream import PlistStream, Sample
 from orchestrator.errors import describe_exit
+from orchestrator.processes import end_process
 
 STDERR_TAIL_BYTES = 2000
 
@@ -124,13 +125,7 @@ class PowermetricsMeter(Meter):
         else:
             assert self._proc is not None
             ended_before = self._proc.poll() is not None
-            self._proc.terminate()
-            try:
-                self._proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
-            code = self._proc.returncode
+            code = end_process(self._proc, grace_s=5)
         for t in self._threads:
             t.join(timeout=5)
         record = self.peek()
