@@ -1,0 +1,152 @@
+"""A session over a local Ray cluster, through the CLI as a user runs it: `uv run --extra fleet
+orchestrate ... --ray local:2`, so this process never imports Ray. The fault tests kill a real
+node: its raylet and every process under it."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+from conftest import REPO, fake_worker_matrix, only_session, stand_in
+
+pytestmark = pytest.mark.fleet
+UV = shutil.which("uv") or str(Path(sys.executable).parent / "uv")
+
+
+def fleet(*args: str, env: dict[str, str]) -> subprocess.Popen:
+    return subprocess.Popen([UV, "run", "--locked", "--extra", "fleet", "orchestrate", *args, "--ray", "local:2"],
+                            cwd=REPO, env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+
+
+def finish(p: subprocess.Popen, timeout: float = 600) -> tuple[int, str]:
+    out, err = p.communicate(timeout=timeout)
+    return p.returncode, out + err
+
+
+def lines(d: Path) -> list[dict]:
+    return [json.loads(line) for line in (d / "runs.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture
+def fake(tmp_path):
+    """A fake-worker matrix of 3 runs and what its sessions need: (matrix, --env, environment)."""
+    matrix = fake_worker_matrix(tmp_path / "m.toml", runs=3, power='meter = "none"')
+    worker = stand_in(tmp_path / "fake-python", REPO / "tests" / "fakes" / "fake_worker.py")
+    env = {"CDB_CACHE_DIR": str(tmp_path / "cache"), "FAKE_HOLD": str(tmp_path / "hold")}
+    return matrix, f"diffusers={worker}", env
+
+
+def kill_node_of(pid: int) -> None:
+    """SIGKILL the node whose process tree holds `pid`: its raylet and everything under it."""
+    raylet = psutil.Process(pid)
+    while raylet.name() != "raylet":
+        raylet = raylet.parent()
+        assert raylet is not None, f"no raylet above {pid}"
+    doomed = [*raylet.children(recursive=True), raylet]
+    for p in doomed:
+        p.send_signal(signal.SIGKILL)
+
+
+def run_killing_a_node(matrix: Path, worker: str, env: dict[str, str], out: Path, *extra: str) -> tuple[int, str]:
+    """A fleet session whose run 1 holds in its timed loop until its node is killed."""
+    p = fleet(str(matrix), "--out", str(out), "--env", worker, *extra, env={**env, "FAKE_MODES": "run-001=hold"})
+    hold = Path(env["FAKE_HOLD"])
+    deadline = time.monotonic() + 300
+    while not (hold.is_file() and hold.read_text()):
+        assert p.poll() is None and time.monotonic() < deadline, finish(p)[1][-3000:]
+        time.sleep(0.2)
+    kill_node_of(int(hold.read_text()))
+    return finish(p)
+
+
+def test_runs_spread_over_the_nodes_and_a_cell_no_node_matches_is_unsupported(fake, tmp_path):
+    matrix, worker, env = fake
+    text = matrix.read_text()
+    cell = text[text.index("[[cells]]"):]
+    matrix.write_text(text.replace('precision = "fp32"\nresolution = 64',
+                                   'precision = "fp32"\nresolution = 64\nhosts = { hostname = "*" }')
+                      + cell.replace('id = "fake"', 'id = "elsewhere"') + 'hosts = { chip = "Apple M*" }\n')
+    code, output = finish(fleet(str(matrix), "--out", str(tmp_path / "out"), "--env", worker, env=env))
+    assert code == 0, output[-3000:]
+    d = only_session(tmp_path / "out")
+    runs = lines(d)
+    session = json.loads((d / "session.json").read_text())
+    hosts = session["hosts"]
+    assert len(hosts) == 2 and all("/node-" in k for k in hosts), hosts
+    fake_runs = [r for r in runs if r["cell_id"] == "fake"]
+    assert [r["status"] for r in fake_runs] == ["ok"] * 3
+    assert {r["host"] for r in fake_runs} == set(hosts)  # the first two runs start together, one per node
+    assert all(r["attempt"] == 1 for r in fake_runs)
+    elsewhere = [r for r in runs if r["cell_id"] == "elsewhere"]
+    assert [r["status"] for r in elsewhere] == ["unsupported"] * 3
+    assert all("no live node of the cluster matches hosts { chip = 'Apple M*' }" in r["failure_reason"]
+               for r in elsewhere)
+    for r in fake_runs:
+        assert (d / r["samples_file"]).is_file() and (d / r["output_file"]).is_file() and (d / r["log_file"]).is_file()
+    for key, entry in hosts.items():
+        assert entry["host"]["hostname"] == key.split("/")[0]
+        assert entry["harness"]["git_commit"] and entry["env_lock_sha256"]
+        assert session["session_id"] in entry["sessions"]
+    report = (d / "report.md").read_text()
+    assert all(f"| {key} | fake |" in report for key in hosts)
+
+
+def test_a_node_killed_mid_run_fails_that_attempt_and_the_run_goes_to_the_other(fake, tmp_path):
+    matrix, worker, env = fake
+    code, output = run_killing_a_node(matrix, worker, env, tmp_path / "out")
+    assert code == 0, output[-3000:]
+    d = only_session(tmp_path / "out")
+    runs = lines(d)
+    lost, retried = [r for r in runs if r["run_index"] == 1]
+    assert lost["status"] == "failed" and lost["node_lost"] is True and lost["attempt"] == 1
+    assert lost["host"] in lost["failure_reason"] and "was lost during the run" in lost["failure_reason"]
+    assert "tried again on another node" in lost["failure_reason"]
+    assert retried["status"] == "ok" and retried["attempt"] == 2 and retried["host"] != lost["host"]
+    assert sorted((r["run_index"], r["status"]) for r in runs if r is not lost) == [(0, "ok"), (1, "ok"), (2, "ok")]
+    session = json.loads((d / "session.json").read_text())
+    assert session["status"] == "complete"
+    assert "lost" in session["hosts"][lost["host"]]["sessions"][session["session_id"]]
+    summary = json.loads((d / "summary.json").read_text())
+    assert summary["cells"][0]["n_ok"] == 3 and summary["cells"][0]["n_failed"] == 0
+
+
+def test_resume_runs_again_only_the_run_whose_node_was_lost(fake, tmp_path):
+    matrix, worker, env = fake
+    matrix.write_text(matrix.read_text().replace("[[cells]]", "[fleet]\nretries = 0\n[[cells]]"))
+    code, output = run_killing_a_node(matrix, worker, env, tmp_path / "out")
+    assert code == 1, output[-3000:]
+    d = only_session(tmp_path / "out")
+    before = lines(d)
+    (lost,) = [r for r in before if r["status"] == "failed"]
+    assert lost["node_lost"] and "no retries left" in lost["failure_reason"]
+    code, output = finish(fleet(str(matrix), "--resume", str(d), "--env", worker, env=env))
+    assert code == 0, output[-3000:]
+    after = lines(d)
+    assert after[:len(before)] == before
+    (again,) = after[len(before):]
+    assert (again["cell_id"], again["run_index"], again["attempt"], again["status"]) == (
+        lost["cell_id"], lost["run_index"], 2, "ok")
+    session = json.loads((d / "session.json").read_text())
+    assert session["status"] == "complete" and len(session["resumes"]) == 1
+    assert any(k.endswith("resume 1") for h in session["hosts"].values() for k in h["sessions"])
+
+
+def test_the_quick_example_over_two_nodes(diffusers_python, mlx_python, cache_dir, tmp_path):
+    code, output = finish(fleet(str(REPO / "examples" / "quick.toml"), "--out", str(tmp_path / "out"),
+                                env={"CDB_CACHE_DIR": str(cache_dir)}), timeout=900)
+    assert code == 0, output[-3000:]
+    d = only_session(tmp_path / "out")
+    runs = lines(d)
+    assert len(runs) == 9 and all(r["status"] == "ok" for r in runs), [r["failure_reason"] for r in runs]
+    hosts = json.loads((d / "session.json").read_text())["hosts"]
+    assert len(hosts) == 2 and {r["host"] for r in runs} == set(hosts)
+    report = (d / "report.md").read_text()
+    for cell in ("diffusers-cpu-fp32", "diffusers-cpu-bf16", "mlx-cpu-fp32"):
+        assert any(f"| {key} | {cell} |" in report for key in hosts), cell
