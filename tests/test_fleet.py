@@ -2,6 +2,7 @@
 orchestrate ... --ray local:2`, so this process never imports Ray. The fault tests kill a real
 node: its raylet and every process under it."""
 
+import contextlib
 import json
 import os
 import shutil
@@ -150,3 +151,26 @@ def test_the_quick_example_over_two_nodes(diffusers_python, mlx_python, cache_di
     report = (d / "report.md").read_text()
     for cell in ("diffusers-cpu-fp32", "diffusers-cpu-bf16", "mlx-cpu-fp32"):
         assert any(f"| {key} | {cell} |" in report for key in hosts), cell
+
+
+def test_an_interrupted_fleet_session_keeps_its_finished_runs_and_resumes(fake, tmp_path):
+    matrix, worker, env = fake
+    out = tmp_path / "out"
+    p = fleet(str(matrix), "--out", str(out), "--env", worker, env={**env, "FAKE_MODES": "run-001=hold"})
+    deadline = time.monotonic() + 300
+    while not ((runs := list(out.glob("*/runs.jsonl"))) and len(runs[0].read_text().splitlines()) == 2):
+        assert p.poll() is None and time.monotonic() < deadline, finish(p)[1][-3000:]
+        time.sleep(0.2)
+    p.send_signal(signal.SIGTERM)  # run 1 holds on its node; the other two are recorded
+    code, output = finish(p)
+    with contextlib.suppress(ProcessLookupError):  # the fake has no lifeline: the held worker is the test's to end
+        os.kill(int(Path(env["FAKE_HOLD"]).read_text()), signal.SIGKILL)
+    assert code == 130, output[-3000:]
+    d = only_session(out)
+    before = lines(d)
+    assert sorted(r["run_index"] for r in before) == [0, 2] and all(r["status"] == "ok" for r in before)
+    assert json.loads((d / "session.json").read_text())["status"] == "interrupted"
+    code, output = finish(fleet(str(matrix), "--resume", str(d), "--env", worker, env=env))
+    assert code == 0, output[-3000:]
+    after = lines(d)
+    assert after[:2] == before and [(r["run_index"], r["status"], r["attempt"]) for r in after[2:]] == [(1, "ok", 1)]

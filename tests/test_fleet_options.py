@@ -10,7 +10,7 @@ from conftest import REPO
 from orchestrator.config.matrix import load_matrix
 from orchestrator.errors import UserError
 from orchestrator.fleet.cluster import RayNode
-from orchestrator.fleet.dispatch import Member, host_keys
+from orchestrator.fleet.dispatch import Member, host_keys, refusals
 from orchestrator.fleet.node import NodeFacts
 
 QUICK = REPO / "examples" / "quick.toml"
@@ -86,3 +86,18 @@ def test_cells_select_nodes_by_facts_chip_and_ray_labels():
     assert mac.serves(cell(rack="r1")) and not gpu.serves(cell(rack="r1"))
     assert mac.serves(cell()) and gpu.serves(cell())
     assert not mac.serves(cell(chip="apple m2*"))  # patterns are case-sensitive
+
+
+def test_a_node_whose_study_differs_from_the_drivers_is_refused_naming_each_difference():
+    study = {"matrix sha256": "a" * 64, "model sha256": "b" * 64, "env diffusers lock sha256": "c" * 64,
+             "harness commit": ["d" * 40]}
+    same = Member("vm/node-1", RayNode("1", "10.0.0.1"), None, NodeFacts(study=dict(study)))
+    other = Member("vm/node-2", RayNode("2", "10.0.0.2"), None,
+                   NodeFacts(study={**study, "env diffusers lock sha256": "e" * 64, "harness commit": ["f" * 40]}))
+    broken = Member("gpu", RayNode("3", "10.0.0.3"), None, NodeFacts(problem="envs/mlx: uv is not installed"))
+    assert refusals(study, [same]) == []
+    assert refusals(study, [same, other, broken]) == [
+        "--ray: refusing node vm/node-2 (10.0.0.2), it differs from this driver: env diffusers lock sha256 "
+        "eeeeeeeeeeee… (vs cccccccccccc…); harness commit ['ffffffffffffffffffffffffffffffffffffffff'] "
+        "(vs ['dddddddddddddddddddddddddddddddddddddddd'])",
+        "--ray: refusing node gpu (10.0.0.3): envs/mlx: uv is not installed"]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 from dataclasses import dataclass, field
 from types import ModuleType, TracebackType
 from typing import Any
@@ -53,6 +54,16 @@ class Cluster:
         self._local: Any = None
 
     def __enter__(self) -> Cluster:
+        # A local cluster's head and Ray's core install SIGTERM handlers that kill the cluster
+        # and exit, or abort: the session's own (stop, write the summary, exit 130) are put back.
+        handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            return self._connect()
+        finally:
+            for sig, handler in handlers.items():
+                signal.signal(sig, handler)
+
+    def _connect(self) -> Cluster:
         ray = self.ray
         address = self.address
         if self.local_nodes is not None:

@@ -74,6 +74,19 @@ def host_keys(facts: list[NodeFacts]) -> list[str]:
     return keys
 
 
+def refusals(mine: dict[str, Any], members: list[Member]) -> list[str]:
+    """One line per node that cannot join: its setup failed, or its study (harness commit, env
+    locks, matrix, model and input digests) is not the driver's, each difference named."""
+    out = []
+    for m in members:
+        if m.facts.problem:
+            out.append(f"--ray: refusing node {m.key} ({m.node.address}): {m.facts.problem}")
+        elif differ := differences(mine, m.facts.study):
+            out.append(f"--ray: refusing node {m.key} ({m.node.address}), it differs from this driver: "
+                       + "; ".join(differ))
+    return out
+
+
 class Fleet:
     def __init__(self, matrix: Matrix, envs: dict[str, Env], display: Display, cluster: Cluster, job: Job):
         self.matrix, self.display, self.cluster, self.job = matrix, display, cluster, job
@@ -95,16 +108,11 @@ class Fleet:
                   .remote(self.job) for n in nodes]
         with self.display.status(f"starting the session on {len(nodes)} node(s)"):
             facts = [self._setup(ray, ref) for ref in [a.setup.remote() for a in actors]]
+        self.members = [Member(key, node, actor, f)
+                        for key, node, actor, f in zip(host_keys(facts), nodes, actors, facts, strict=True)]
         mine = {**identity(st.session), "harness commit": [str(provenance.harness().get("git_commit"))]}
-        problems = []
-        for key, node, actor, f in zip(host_keys(facts), nodes, actors, facts, strict=True):
-            if f.problem:
-                problems.append(f"node {key} ({node.address}): {f.problem}")
-            elif differ := differences(mine, f.study):
-                problems.append(f"node {key} ({node.address}) differs from this driver: " + "; ".join(differ))
-            self.members.append(Member(key, node, actor, f))
-        if problems:
-            raise UserError(*(f"--ray: refusing {p}" for p in problems))
+        if problems := refusals(mine, self.members):
+            raise UserError(*problems)
         for m in self.members:
             self.display.log(f"node {m.key}: {m.node.address}, {m.facts.host.get('cpu')}, "
                              f"{len(m.facts.host.get('gpus') or [])} GPU(s)")
@@ -136,6 +144,8 @@ class Fleet:
         except KeyboardInterrupt:
             st.session.status = "interrupted"
             interrupted = True
+            for member in self.members:  # the runs in flight stop now: their workers leave with their actor
+                self.cluster.ray.kill(member.actor)
             self.session.interrupted(st.sdir)
         except OSError as e:  # the results folder stopped taking writes (disk full, gone)
             st.session.status = "interrupted"
