@@ -20,8 +20,8 @@ pytestmark = pytest.mark.fleet
 UV = shutil.which("uv") or str(Path(sys.executable).parent / "uv")
 
 
-def fleet(*args: str, env: dict[str, str]) -> subprocess.Popen:
-    return subprocess.Popen([UV, "run", "--locked", "--extra", "fleet", "orchestrate", *args, "--ray", "local:2"],
+def fleet(*args: str, env: dict[str, str], nodes: int = 2) -> subprocess.Popen:
+    return subprocess.Popen([UV, "run", "--locked", "--extra", "fleet", "orchestrate", *args, "--ray", f"local:{nodes}"],
                             cwd=REPO, env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
 
@@ -55,9 +55,9 @@ def kill_node_of(pid: int) -> None:
         p.send_signal(signal.SIGKILL)
 
 
-def run_killing_a_node(matrix: Path, worker: str, env: dict[str, str], out: Path, *extra: str) -> tuple[int, str]:
+def run_killing_a_node(matrix: Path, worker: str, env: dict[str, str], out: Path, nodes: int = 2) -> tuple[int, str]:
     """A fleet session whose run 1 holds in its timed loop until its node is killed."""
-    p = fleet(str(matrix), "--out", str(out), "--env", worker, *extra, env={**env, "FAKE_MODES": "run-001=hold"})
+    p = fleet(str(matrix), "--out", str(out), "--env", worker, env={**env, "FAKE_MODES": "run-001=hold"}, nodes=nodes)
     hold = Path(env["FAKE_HOLD"])
     deadline = time.monotonic() + 300
     while not (hold.is_file() and hold.read_text()):
@@ -87,7 +87,7 @@ def test_runs_spread_over_the_nodes_and_a_cell_no_node_matches_is_unsupported(fa
     assert all(r["attempt"] == 1 for r in fake_runs)
     elsewhere = [r for r in runs if r["cell_id"] == "elsewhere"]
     assert [r["status"] for r in elsewhere] == ["unsupported"] * 3
-    assert all("no live node of the cluster matches hosts { chip = 'Apple M*' }" in r["failure_reason"]
+    assert all("no node of the cluster matches hosts { chip = 'Apple M*' }" in r["failure_reason"]
                for r in elsewhere)
     for r in fake_runs:
         assert (d / r["samples_file"]).is_file() and (d / r["output_file"]).is_file() and (d / r["log_file"]).is_file()
@@ -108,7 +108,7 @@ def test_a_node_killed_mid_run_fails_that_attempt_and_the_run_goes_to_the_other(
     lost, retried = [r for r in runs if r["run_index"] == 1]
     assert lost["status"] == "failed" and lost["node_lost"] is True and lost["attempt"] == 1
     assert lost["host"] in lost["failure_reason"] and "was lost during the run" in lost["failure_reason"]
-    assert "tried again on another node" in lost["failure_reason"]
+    assert "to be tried again on another node" in lost["failure_reason"]
     assert retried["status"] == "ok" and retried["attempt"] == 2 and retried["host"] != lost["host"]
     assert sorted((r["run_index"], r["status"]) for r in runs if r is not lost) == [(0, "ok"), (1, "ok"), (2, "ok")]
     session = json.loads((d / "session.json").read_text())
@@ -174,3 +174,19 @@ def test_an_interrupted_fleet_session_keeps_its_finished_runs_and_resumes(fake, 
     assert code == 0, output[-3000:]
     after = lines(d)
     assert after[:2] == before and [(r["run_index"], r["status"], r["attempt"]) for r in after[2:]] == [(1, "ok", 1)]
+
+
+def test_runs_left_without_a_live_node_fail_as_lost_and_a_resume_runs_them(fake, tmp_path):
+    matrix, worker, env = fake
+    code, output = run_killing_a_node(matrix, worker, env, tmp_path / "out", nodes=1)
+    assert code == 1, output[-3000:]
+    d = only_session(tmp_path / "out")
+    before = lines(d)
+    lost = [r for r in before if r["status"] != "ok"]
+    assert lost and all(r["status"] == "failed" and r["node_lost"] for r in lost), before
+    assert [r["attempt"] for r in lost if r["run_index"] == 1] == [1, 2]
+    assert "no live node is left to run it (lost: vm)" in lost[-1]["failure_reason"]
+    code, output = finish(fleet(str(matrix), "--resume", str(d), "--env", worker, env=env))
+    assert code == 0, output[-3000:]
+    summary = json.loads((d / "summary.json").read_text())
+    assert summary["cells"][0]["n_ok"] == 3 and summary["cells"][0]["n_failed"] == 0

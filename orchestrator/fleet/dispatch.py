@@ -227,15 +227,22 @@ class Fleet:
         rec = run_record(sdir.id, cell, attempt.planned)
         rec.status, rec.host, rec.attempt, rec.node_lost = "failed", member.key, attempt.attempt, True
         rec.failure_reason = (f"node {member.key} ({member.node.address}) was lost during the run ({member.lost})"
-                              + ("; tried again on another node" if attempt.left > 0 else "; no retries left"))
+                              + ("; to be tried again on another node" if attempt.left > 0 else "; no retries left"))
         return rec
 
     def _unserved(self, sdir: SessionDir, cell: Cell, attempt: Attempt) -> RunRecord:
+        """A run no live node can take: unsupported when no node of the session ever matched its
+        cell, else failed as lost (its nodes are gone), for `--resume` to run again."""
         rec = run_record(sdir.id, cell, attempt.planned)
+        rec.attempt = attempt.attempt
+        gone = [m.key for m in self.members if m.serves(cell)]
+        if gone:
+            rec.status, rec.node_lost = "failed", True
+            rec.failure_reason = f"no live node is left to run it (lost: {', '.join(gone)})"
+            return rec
         wanted = ", ".join(f"{k} = {v!r}" for k, v in cell.hosts.items())
-        rec.status, rec.attempt = "unsupported", attempt.attempt
-        rec.failure_reason = (f"no live node of the cluster matches hosts {{ {wanted} }}" if cell.hosts
-                              else "no live node is left in the cluster")
+        rec.status = "unsupported"
+        rec.failure_reason = f"no node of the cluster matches hosts {{ {wanted} }}"
         return rec
 
     def _record_hosts(self, st: Started, finished: bool) -> None:

@@ -182,8 +182,9 @@ class RunRecord:
                                                         "another node as the next attempt; null: a local session's "
                                                         "one attempt")
     node_lost: bool | None = field(None, doc="a fleet session: the attempt failed because its node died or left the "
-                                             "cluster, not by the worker's own doing; a later attempt of the run "
-                                             "supersedes it, and `--resume` runs it again")
+                                             "cluster, or no live node was left to run it, not by the worker's own "
+                                             "doing; a later attempt of the run supersedes it, and `--resume` runs "
+                                             "it again")
 
     @classmethod
     def read(cls, data: Any, where: str) -> RunRecord:
