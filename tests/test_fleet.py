@@ -190,3 +190,35 @@ def test_runs_left_without_a_live_node_fail_as_lost_and_a_resume_runs_them(fake,
     assert code == 0, output[-3000:]
     summary = json.loads((d / "summary.json").read_text())
     assert summary["cells"][0]["n_ok"] == 3 and summary["cells"][0]["n_failed"] == 0
+
+
+def test_each_host_runs_every_cells_runs_on_every_node(tmp_path):
+    matrix = fake_worker_matrix(tmp_path / "m.toml", runs=2, power='meter = "none"')
+    matrix.write_text(matrix.read_text().replace("[[cells]]", '[fleet]\nreplicate = "each-host"\n[[cells]]'))
+    worker = stand_in(tmp_path / "fake-python", REPO / "tests" / "fakes" / "fake_worker.py")
+    code, output = finish(fleet(str(matrix), "--out", str(tmp_path / "out"), "--env", f"diffusers={worker}",
+                                env={"CDB_CACHE_DIR": str(tmp_path / "cache")}))
+    assert code == 0, output[-3000:]
+    d = only_session(tmp_path / "out")
+    runs = lines(d)
+    assert sorted((r["run_index"], r["host"], r["status"]) for r in runs) == [
+        (0, "vm/node-1", "ok"), (1, "vm/node-1", "ok"), (2, "vm/node-2", "ok"), (3, "vm/node-2", "ok")]
+    report = (d / "report.md").read_text()
+    assert "| vm/node-1 | fake | 2/0 |" in report and "| vm/node-2 | fake | 2/0 |" in report
+    assert "each-host: fake: 2 run(s) on each of vm/node-1, vm/node-2" in output
+
+
+def test_each_host_keeps_a_lost_nodes_run_with_that_node_and_a_resume_runs_it_there(fake, tmp_path):
+    matrix, worker, env = fake
+    matrix.write_text(matrix.read_text().replace("runs = 3", "runs = 2")
+                      .replace("[[cells]]", '[fleet]\nreplicate = "each-host"\n[[cells]]'))
+    code, output = run_killing_a_node(matrix, worker, env, tmp_path / "out")
+    assert code == 1, output[-3000:]
+    d = only_session(tmp_path / "out")
+    (lost,) = [r for r in lines(d) if r["status"] != "ok"]
+    assert (lost["run_index"], lost["host"], lost["node_lost"]) == (1, "vm/node-1", True)
+    assert "each-host: its runs stay with it" in lost["failure_reason"]
+    code, output = finish(fleet(str(matrix), "--resume", str(d), "--env", worker, env=env))
+    assert code == 0, output[-3000:]
+    again = lines(d)[-1]
+    assert (again["run_index"], again["host"], again["attempt"], again["status"]) == (1, "vm/node-1", 2, "ok")

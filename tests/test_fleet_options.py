@@ -29,7 +29,7 @@ def test_fleet_section_and_cell_hosts_are_checked(tmp_path):
     text = QUICK.read_text().replace('id = "diffusers-cpu-fp32"', 'id = "diffusers-cpu-fp32"\nhosts = { "1chip" = "", os = "Linux*" }')
     lines = _errors(tmp_path, text + "\n[fleet]\nretries = -1\nreplicate = \"everywhere\"\n")
     assert any("[fleet]: field 'retries': must be >= 0 and <= 100, got -1" in line for line in lines), lines
-    assert any("[fleet]: field 'replicate': 'everywhere' is not one of spread" in line for line in lines), lines
+    assert any("[fleet]: field 'replicate': 'everywhere' is not one of each-host, spread" in line for line in lines), lines
     assert any("cell 'diffusers-cpu-fp32': field 'hosts': a label name" in line and "'1chip'" in line for line in lines)
     assert any("label '1chip' has an empty pattern" in line for line in lines), lines
     assert not any("'os'" in line for line in lines)

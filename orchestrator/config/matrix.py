@@ -153,7 +153,8 @@ class Fleet:
     retries: int = setting(1, doc="a fleet session (`--ray`): a run whose node dies or leaves the cluster is tried "
                            "again on another node up to this many times", ge=0, le=100)
     replicate: str = setting("spread", doc="a fleet session: `spread` gives each run to whichever matching node is "
-                             "free", choices=("spread",))
+                             "free; `each-host` runs every cell's full run set on every node that matches it",
+                             choices=("spread", "each-host"))
 
 
 HOST_LABEL = (re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,63}"), "a label name: a letter, then letters, digits, '_', '.', '-'")

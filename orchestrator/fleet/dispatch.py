@@ -59,6 +59,7 @@ class Attempt:
     planned: PlannedRun
     attempt: int  # 1 the first; counted across resumes
     left: int  # further attempts this session may give it after this one
+    host: str | None = None  # each-host: the node whose run it is; None: any node that serves its cell
 
 
 def host_keys(facts: list[NodeFacts]) -> list[str]:
@@ -92,6 +93,7 @@ class Fleet:
         self.matrix, self.display, self.cluster, self.job = matrix, display, cluster, job
         self.session = Session(matrix, envs, display, nvml_check=job.nvml_check, force_power=job.force_power)
         self.members: list[Member] = []
+        self.queued: tuple[int, deque[Attempt]] = (0, deque())  # the session's run count, the runs to hand out
 
     def join(self, st: Started) -> None:
         """An actor on every measuring node, its session started there; a node whose harness,
@@ -130,6 +132,7 @@ class Fleet:
         st = self.session.start(results_root, resume)
         try:
             self.join(st)
+            self.queued = self._queue(st)
         except UserError:
             if not st.resumed:  # nothing ran: no session folder is left behind
                 shutil.rmtree(st.sdir.root, ignore_errors=True)
@@ -158,37 +161,65 @@ class Fleet:
             raise failure
         return self.session.result(st.sdir, summary, interrupted)
 
-    def _queue(self, st: Started) -> deque[Attempt]:
+    def _queue(self, st: Started) -> tuple[int, deque[Attempt]]:
+        """How many runs the session has, and those still to run. `spread`: the plan. `each-host`:
+        each planned run once on every node that serves its cell, node J of the cell's nodes (in
+        key order) holding run indices J*runs to (J+1)*runs-1; a lost node's runs are not moved
+        to another node, which would make them another host's."""
         tried = Counter({(r.cell_id, r.run_index): r.attempt or 1 for r in st.done})
-        retries = self.matrix.fleet.retries
-        return deque(Attempt(p, tried[(p.cell_id, p.run_index)] + 1, retries) for p in st.todo)
+        if self.matrix.fleet.replicate == "spread":
+            retries = self.matrix.fleet.retries
+            return len(st.plan), deque(Attempt(p, tried[(p.cell_id, p.run_index)] + 1, retries) for p in st.todo)
+        runs, width = self.matrix.timing.runs, len(self.members)
+        finished = {(r.cell_id, r.run_index) for r in st.done if not r.node_lost}
+        placed: list[Attempt] = []
+        for p in st.plan:
+            cell = self.matrix.cell(p.cell_id)
+            keys = sorted(x.key for x in self.members if x.serves(cell))
+            placed += [Attempt(PlannedRun(p.cell_id, j * runs + p.run_index, p.order_index * width + j),
+                               tried[(p.cell_id, j * runs + p.run_index)] + 1, 0, key)
+                       for j, key in enumerate(keys)] or [Attempt(p, tried[(p.cell_id, p.run_index)] + 1, 0)]
+        owner = {(a.planned.cell_id, a.planned.run_index): a.host for a in placed}
+        if moved := sorted({r.host for r in st.done if r.host and owner.get((r.cell_id, r.run_index), r.host) != r.host}):
+            raise UserError(f"--resume {st.sdir.root}: with [fleet] replicate = \"each-host\" runs stay with their "
+                            f"node, and {', '.join(moved)} is not where it was among this cluster's nodes "
+                            f"({', '.join(x.key for x in self.members)}); resume on the nodes the session started on")
+        for cell in self.matrix.enabled_cells:
+            keys = sorted(x.key for x in self.members if x.serves(cell))
+            self.display.log(f"each-host: {cell.id}: {runs} run(s) on each of {', '.join(keys) or 'no node'}")
+        return len(placed), deque(a for a in placed if (a.planned.cell_id, a.planned.run_index) not in finished)
+
+    def _serving(self, cell: Cell, attempt: Attempt, alive: bool) -> list[Member]:
+        """The nodes that may run this attempt (only the live ones with `alive`)."""
+        return [x for x in self.members if x.serves(cell) and attempt.host in (None, x.key)
+                and (x.lost is None or not alive)]
 
     def _dispatch(self, st: Started) -> int:
         """Every queued run on a free node that serves its cell, records appended as they come
         back; the number of records appended."""
         ray = self.cluster.ray
         m, sdir = self.matrix, st.sdir
-        queue = self._queue(st)
+        total, queue = self.queued
         free = list(self.members)
         busy: dict[Any, tuple[Member, Attempt]] = {}
         ran = 0
-        with self.display.progress(total=len(st.plan), completed=len(st.plan) - len(queue)) as progress:
+        with self.display.progress(total=total, completed=total - len(queue)) as progress:
             while queue or busy:
                 for attempt in list(queue):
                     cell = m.cell(attempt.planned.cell_id)
-                    if not any(x.serves(cell) for x in self.members if x.lost is None):
+                    if not self._serving(cell, attempt, alive=True):
                         queue.remove(attempt)
                         self._append(sdir, self._unserved(sdir, cell, attempt), progress)
                         ran += 1
                         continue
-                    member = next((x for x in free if x.serves(cell)), None)
+                    member = next((x for x in self._serving(cell, attempt, alive=True) if x in free), None)
                     if member is None:
                         continue
                     queue.remove(attempt)
                     free.remove(member)
                     p = attempt.planned
                     busy[member.actor.run.remote(p.cell_id, p.run_index, p.order_index)] = (member, attempt)
-                    progress.start_run(p, cell, len(st.plan))
+                    progress.start_run(p, cell, total)
                 if not busy:
                     break
                 (ref,), _ = ray.wait(list(busy), num_returns=1)
@@ -199,7 +230,7 @@ class Fleet:
                     member.lost = _first_line(e)
                     rec = self._lost(sdir, m.cell(attempt.planned.cell_id), attempt, member)
                     if attempt.left > 0:
-                        queue.appendleft(Attempt(attempt.planned, attempt.attempt + 1, attempt.left - 1))
+                        queue.appendleft(replace(attempt, attempt=attempt.attempt + 1, left=attempt.left - 1))
                 except ray.exceptions.RayError as e:  # the harness failed on the node: the run's failure, not the node's
                     free.append(member)
                     rec = run_record(sdir.id, m.cell(attempt.planned.cell_id), attempt.planned)
@@ -227,7 +258,8 @@ class Fleet:
         rec = run_record(sdir.id, cell, attempt.planned)
         rec.status, rec.host, rec.attempt, rec.node_lost = "failed", member.key, attempt.attempt, True
         rec.failure_reason = (f"node {member.key} ({member.node.address}) was lost during the run ({member.lost})"
-                              + ("; to be tried again on another node" if attempt.left > 0 else "; no retries left"))
+                              + ("; to be tried again on another node" if attempt.left > 0 else
+                                 "; each-host: its runs stay with it" if attempt.host else "; no retries left"))
         return rec
 
     def _unserved(self, sdir: SessionDir, cell: Cell, attempt: Attempt) -> RunRecord:
@@ -235,7 +267,7 @@ class Fleet:
         cell, else failed as lost (its nodes are gone), for `--resume` to run again."""
         rec = run_record(sdir.id, cell, attempt.planned)
         rec.attempt = attempt.attempt
-        gone = [m.key for m in self.members if m.serves(cell)]
+        gone = [m.key for m in self._serving(cell, attempt, alive=False)]
         if gone:
             rec.status, rec.node_lost = "failed", True
             rec.failure_reason = f"no live node is left to run it (lost: {', '.join(gone)})"
