@@ -9,6 +9,7 @@ to `[fleet] retries` more times."""
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 from collections import Counter, deque
 from dataclasses import dataclass, replace
@@ -94,6 +95,7 @@ class Fleet:
         self.session = Session(matrix, envs, display, nvml_check=job.nvml_check, force_power=job.force_power)
         self.members: list[Member] = []
         self.queued: tuple[int, deque[Attempt]] = (0, deque())  # the session's run count, the runs to hand out
+        self.ran = 0  # records appended by this invocation
 
     def join(self, st: Started) -> None:
         """An actor on every measuring node, its session started there; a node whose harness,
@@ -139,24 +141,24 @@ class Fleet:
             raise
         st.session.status = "running"
         interrupted = False
-        ran = 0
         failure: UserError | None = None
         try:
-            ran = self._dispatch(st)
+            self._dispatch(st)
             st.session.status = "complete"
         except KeyboardInterrupt:
             st.session.status = "interrupted"
             interrupted = True
             for member in self.members:  # the runs in flight stop now: their workers leave with their actor
-                self.cluster.ray.kill(member.actor)
+                with contextlib.suppress(self.cluster.ray.exceptions.RayError):
+                    self.cluster.ray.kill(member.actor)
             self.session.interrupted(st.sdir)
         except OSError as e:  # the results folder stopped taking writes (disk full, gone)
             st.session.status = "interrupted"
-            failure = self.session.write_failed(st.sdir, e, ran)
+            failure = self.session.write_failed(st.sdir, e, self.ran)
         finally:
             self._record_hosts(st, finished=not interrupted)
             self.session.close()
-            summary, failure = self.session.finish(st, ran, failure)
+            summary, failure = self.session.finish(st, self.ran, failure)
         if failure is not None:
             raise failure
         return self.session.result(st.sdir, summary, interrupted)
@@ -194,15 +196,14 @@ class Fleet:
         return [x for x in self.members if x.serves(cell) and attempt.host in (None, x.key)
                 and (x.lost is None or not alive)]
 
-    def _dispatch(self, st: Started) -> int:
+    def _dispatch(self, st: Started) -> None:
         """Every queued run on a free node that serves its cell, records appended as they come
-        back; the number of records appended."""
+        back."""
         ray = self.cluster.ray
         m, sdir = self.matrix, st.sdir
         total, queue = self.queued
         free = list(self.members)
         busy: dict[Any, tuple[Member, Attempt]] = {}
-        ran = 0
         with self.display.progress(total=total, completed=total - len(queue)) as progress:
             while queue or busy:
                 for attempt in list(queue):
@@ -210,7 +211,6 @@ class Fleet:
                     if not self._serving(cell, attempt, alive=True):
                         queue.remove(attempt)
                         self._append(sdir, self._unserved(sdir, cell, attempt), progress)
-                        ran += 1
                         continue
                     member = next((x for x in self._serving(cell, attempt, alive=True) if x in free), None)
                     if member is None:
@@ -240,11 +240,10 @@ class Fleet:
                     free.append(member)
                     rec = self._received(sdir, done, member, attempt)
                 self._append(sdir, rec, progress)
-                ran += 1
-        return ran
 
     def _append(self, sdir: SessionDir, rec: RunRecord, progress: Any) -> None:
         sdir.append_run(rec)
+        self.ran += 1
         progress.end_run(rec, self.matrix.timing.runs)
 
     def _received(self, sdir: SessionDir, done: RunDone, member: Member, attempt: Attempt) -> RunRecord:
