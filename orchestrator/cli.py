@@ -65,9 +65,12 @@ _env_option = click.option("--env", "env_overrides", multiple=True, metavar="NAM
               help="Debug: each worker also reads the NVML energy counter around its timed loop; runs record both.")
 @click.option("--force-power", is_flag=True,
               help="Record energy even on battery power or in Low Power Mode; every affected run is flagged.")
+@click.option("--ray", "ray_address", metavar="ADDRESS|local:N",
+              help="Fan the runs out over a Ray cluster: ADDRESS of a running one, or local:N to start N simulated "
+                   "nodes here (needs the fleet extra: uv sync --extra fleet).")
 @_env_option
 def run(matrix: Path, out: Path, resume: Path | None, runs: int | None, quiet: bool, nvml_check: bool,
-        force_power: bool, env_overrides: tuple[str, ...]) -> None:
+        force_power: bool, ray_address: str | None, env_overrides: tuple[str, ...]) -> None:
     """Run every enabled cell of MATRIX, a fresh worker per run."""
 
     from orchestrator.results.store import SessionDir
@@ -84,7 +87,14 @@ def run(matrix: Path, out: Path, resume: Path | None, runs: int | None, quiet: b
     if resume is not None:
         sdir = SessionDir(resume)
         check_resume(sdir, m)
-    result = Session(m, envs, display, nvml_check=nvml_check, force_power=force_power).run(out, resume=sdir)
+    if ray_address is not None:
+        from orchestrator.fleet.dispatch import run_fleet
+        from orchestrator.fleet.node import Job, matrix_reference
+
+        job = Job(matrix_reference(matrix), m.timing.runs, env_overrides, nvml_check, force_power)
+        result = run_fleet(m, envs, display, ray_address, job, out, sdir)
+    else:
+        result = Session(m, envs, display, nvml_check=nvml_check, force_power=force_power).run(out, resume=sdir)
     display.summary_table(result.summary)
     display.log(f"results: {result.dir.root}  (report.html, report.md, figures/, summary.json, runs.csv, runs.jsonl)")
     if result.interrupted:

@@ -39,6 +39,8 @@ class RunProgress:
 
     def end_run(self, rec: RunRecord, runs_per_cell: int) -> None:
         head = f"{rec.cell_id} run {rec.run_index} ({rec.run_index + 1} of {runs_per_cell})"
+        if rec.host:  # a fleet session: where it ran, and which attempt
+            head += f" on {rec.host}" + (f", attempt {rec.attempt}" if (rec.attempt or 1) > 1 else "")
         if rec.status == "ok":
             eq = "" if rec.cosine is None else f"  cosine {rec.cosine:.6f}"
             if rec.energy_per_step_j is not None:

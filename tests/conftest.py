@@ -160,9 +160,10 @@ ENV_FIXTURES = {"env_python", "diffusers_python", "mlx_python", "quick_session"}
 def pytest_collection_modifyitems(items) -> None:
     """Each test's tier follows from what it needs: a worker env fixture makes it `env` (or
     `coreml`, marked in its module); a `slow` test stays out of `unit`, which must run in under a
-    minute; anything else is `unit`."""
+    minute; a `fleet` test keeps its own tier; anything else is `unit`."""
     for item in items:
         needs_env = bool(ENV_FIXTURES & set(item.fixturenames))
-        if item.get_closest_marker("coreml") or (item.get_closest_marker("slow") and not needs_env):
+        if item.get_closest_marker("coreml") or item.get_closest_marker("fleet") or (
+                item.get_closest_marker("slow") and not needs_env):
             continue
         item.add_marker(pytest.mark.env if needs_env else pytest.mark.unit)

@@ -69,3 +69,19 @@ def test_session_round_trips_and_a_bad_one_is_one_line(tmp_path):
     (tmp_path / "session.json").write_text(json.dumps({"session_id": "s", "schema_version": SCHEMA_VERSION + 1}))
     with pytest.raises(UserError, match="written by a newer harness"):
         sdir.read_session()
+
+
+def test_a_fleet_run_tried_again_after_its_node_was_lost_supersedes_the_lost_attempt(tmp_path):
+    def run(**fields):
+        return RunRecord(**{"session_id": "s", "cell_id": "gpu", "run_index": 0, "status": "ok", **fields})
+
+    sdir = SessionDir(tmp_path)
+    lost = run(status="failed", attempt=1, node_lost=True, host="vm/node-1", failure_reason="node lost")
+    sdir.append_run(lost)
+    sdir.append_run(run(attempt=2, host="vm/node-2", latency_ms_median=5.0))
+    sdir.append_run(run(run_index=1, status="failed", attempt=1, host="vm/node-2", failure_reason="worker crashed"))
+    sdir.append_run(run(run_index=1, attempt=2, host="vm/node-2"))  # not after a lost node: recorded twice
+    runs = sdir.read_runs()
+    assert [(r.run_index, r.attempt, r.host) for r in runs.records] == [(0, 2, "vm/node-2"), (1, 2, "vm/node-2")]
+    assert runs.superseded == [lost]
+    assert len(runs.problems) == 1 and "gpu run 1 recorded twice" in runs.problems[0]

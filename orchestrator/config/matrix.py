@@ -148,6 +148,18 @@ class Report:
                                            "ratios of medians")
 
 
+@dataclass(frozen=True)
+class Fleet:
+    retries: int = setting(1, doc="a fleet session (`--ray`): a run whose node dies or leaves the cluster is tried "
+                           "again on another node up to this many times", ge=0, le=100)
+    replicate: str = setting("spread", doc="a fleet session: `spread` gives each run to whichever matching node is "
+                             "free; `each-host` runs every cell's full run set on every node that matches it",
+                             choices=("spread", "each-host"))
+
+
+HOST_LABEL = (re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,63}"), "a label name: a letter, then letters, digits, '_', '.', '-'")
+
+
 @dataclass(frozen=True, kw_only=True)
 class Cell:
     id: str = setting(doc="names the cell in files and tables",
@@ -163,6 +175,9 @@ class Cell:
     resolution: int = setting(512, doc="image size in pixels", gt=0, le=RESOLUTION_MAX, multiple_of=8)
     enabled: bool = setting(True, doc="false: kept in the file, not run")
     notes: str = setting("", doc="free text carried into reports")
+    hosts: dict[str, str] = setting(factory=dict, doc="a fleet session (`--ray`): the nodes that run the cell, by "
+                                    "label: `{ chip = \"Apple M2*\" }` matches a node whose fact or Ray label `chip` "
+                                    "matches the pattern (fnmatch); empty: every node. A local session ignores it")
     options: dict[str, Any] = setting(factory=dict, extra=True, doc="the backend's own keys, beside the others")
 
     def as_setup(self) -> dict[str, Any]:
@@ -185,6 +200,7 @@ class Matrix:
     preflight: Preflight = setting(doc="host checks before each run")
     equivalence: Equivalence = setting(doc="each cell's output against an fp32 reference")
     report: Report = setting(doc="how reports compare cells")
+    fleet: Fleet = setting(doc="a session fanned out over a Ray cluster (`--ray`)")
     cells: list[Cell] = setting(doc="one table per configuration measured ([[cells]])")
     raw: dict[str, Any] = setting(doc="the file as parsed, recorded in session.json")
 
@@ -328,6 +344,11 @@ def _cell(raw: Any, index: int, known_envs: set[str], problems: Problems) -> Cel
     env = c["env"] or spec.default_env
     if env not in known_envs:
         problems.add(where, f"field 'env': unknown env {env!r} (known: {', '.join(sorted(known_envs))})")
+    for label, pattern in c["hosts"].items():
+        if not HOST_LABEL[0].fullmatch(label):
+            problems.add(where, f"field 'hosts': {HOST_LABEL[1]}, got {label!r}")
+        if not pattern:
+            problems.add(where, f"field 'hosts': label {label!r} has an empty pattern")
     options = {k: raw[k] for k in extra if k in raw}
     for key, value in options.items():
         allowed = extra[key].values
@@ -381,6 +402,7 @@ def load_matrix(path: str | Path, known_envs: set[str]) -> Matrix:
             problems.add(f"cell {c.id!r}", f"field 'id': {same}")
         seen.setdefault(key, c.id)
     report = Report(**read(Report, raw.get("report", {}), "[report]", problems))
+    fleet = Fleet(**read(Fleet, raw.get("fleet", {}), "[fleet]", problems))
     enabled = [c.id for c in cells if c.enabled]
     if report.baseline is not None and cells and report.baseline not in enabled:
         problems.add("[report]", f"field 'baseline': {report.baseline!r} is not an enabled cell "
@@ -391,4 +413,5 @@ def load_matrix(path: str | Path, known_envs: set[str]) -> Matrix:
     if problems.lines:
         raise UserError(*problems.lines)
     return Matrix(path=path, sha256=hashlib.sha256(data).hexdigest(), model=model, inputs=inputs, timing=timing,
-                  power=power, preflight=preflight, equivalence=equivalence, report=report, cells=cells, raw=raw)
+                  power=power, preflight=preflight, equivalence=equivalence, report=report, fleet=fleet, cells=cells,
+                  raw=raw)

@@ -54,16 +54,25 @@ def _harnesses(s: SessionRecord) -> list[str | None]:
             *((r.get("harness") or {}).get("git_commit") for r in s.resumes)]
 
 
-def identity(s: SessionRecord) -> dict[str, Any]:
-    """What must be equal for runs of two sessions to be one study's."""
-    envs = s.provenance.get("envs") or {}
+def study(matrix_sha256: Any, model_sha256: Any, inputs: dict[str, Any], env_locks: dict[str, Any],
+          harnesses: list[Any]) -> dict[str, Any]:
+    """What must be equal for runs of two hosts to be one study's: the matrix, the model's and
+    each resolution's input digests, each env's lock and the harness commits."""
     return {
-        "matrix sha256": s.matrix.get("sha256"),
-        "model sha256": s.model.get("sha256"),
-        **{f"input sha256 at {res}": (i or {}).get("sha256") for res, i in sorted(s.inputs.items())},
-        **{f"env {name} lock sha256": (e or {}).get("lock_sha256") for name, e in sorted(envs.items())},
-        "harness commit": sorted(set(map(str, _harnesses(s)))),
+        "matrix sha256": matrix_sha256,
+        "model sha256": model_sha256,
+        **{f"input sha256 at {res}": sha for res, sha in sorted(inputs.items())},
+        **{f"env {name} lock sha256": lock for name, lock in sorted(env_locks.items())},
+        "harness commit": sorted(set(map(str, harnesses))),
     }
+
+
+def identity(s: SessionRecord) -> dict[str, Any]:
+    """A session's study (`study`), from its session.json."""
+    envs = s.provenance.get("envs") or {}
+    return study(s.matrix.get("sha256"), s.model.get("sha256"),
+                 {res: (i or {}).get("sha256") for res, i in s.inputs.items()},
+                 {name: (e or {}).get("lock_sha256") for name, e in envs.items()}, _harnesses(s))
 
 
 def _short(v: Any) -> str:
@@ -71,11 +80,14 @@ def _short(v: Any) -> str:
     return text[:12] + "…" if len(text) > 13 and " " not in text and "{" not in text and "[" not in text else text
 
 
+def differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
+    """Each key whose value differs, as `key B (vs A)`."""
+    return [f"{k} {_short(b.get(k))} (vs {_short(a.get(k))})" for k in dict.fromkeys([*a, *b]) if a.get(k) != b.get(k)]
+
+
 def check_same_study(first: Source, other: Source) -> None:
     """One line naming `other` and every difference from `first`, or nothing."""
-    a, b = identity(first.session), identity(other.session)
-    differ = [f"{k} {_short(b.get(k))} (vs {_short(a.get(k))})" for k in dict.fromkeys([*a, *b]) if a.get(k) != b.get(k)]
-    if differ:
+    if differ := differences(identity(first.session), identity(other.session)):
         raise UserError(f"refusing to merge {other.sdir.root}: not the same study as {first.sdir.root}: "
                         + "; ".join(differ))
 

@@ -173,10 +173,18 @@ class RunRecord:
     samples_file: str | None = field(None, doc="per-iteration times, relative to the session folder")
     output_file: str | None = field(None, doc="the output tensor (.npy), relative to the session folder")
     log_file: str | None = field(None, doc="the worker's stderr, relative to the session folder")
-    host: str | None = field(None, doc="the host it ran on, a key of session.json's `hosts` (a merged session); "
+    host: str | None = field(None, doc="the host it ran on, a key of session.json's `hosts` (a merged or fleet session); "
                                        "null: the session's own host, or its resume's")
     merged_from: dict[str, Any] | None = field(None, doc="a merged session: the `session_id` and `run_index` the run "
                                                          "had in its source session")
+    attempt: int | None = field(None, unit="count", doc="a fleet session (`--ray`): which attempt at this run, 1 "
+                                                        "the first; a run whose node was lost is tried again on "
+                                                        "another node as the next attempt; null: a local session's "
+                                                        "one attempt")
+    node_lost: bool | None = field(None, doc="a fleet session: the attempt failed because its node died or left the "
+                                             "cluster, or no live node was left to run it, not by the worker's own "
+                                             "doing; a later attempt of the run supersedes it, and `--resume` runs "
+                                             "it again")
 
     @classmethod
     def read(cls, data: Any, where: str) -> RunRecord:
@@ -234,7 +242,7 @@ class SessionRecord:
                                                             "idle power and references then")
     energy_recomputed: list[dict[str, Any]] = field(factory=list, doc="one per `orchestrate recompute-energy`: "
                                                                       "time, harness, runs")
-    hosts: dict[str, dict[str, Any]] = field(factory=dict, doc="a merged session: per host (the runs' `host`), its "
+    hosts: dict[str, dict[str, Any]] = field(factory=dict, doc="a merged or fleet session: per host (the runs' `host`), its "
                                                                "hardware, harness, env lock sha256 and, per source "
                                                                "session, its idle power, preflight, run order seed "
                                                                "and the versions its workers reported")

@@ -99,6 +99,13 @@ def _jsonable(obj: Any) -> Any:
 class RunsFile:
     records: list[RunRecord] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)  # lines that could not be read, named
+    superseded: list[RunRecord] = field(default_factory=list)  # fleet attempts that lost their node, retried later
+
+
+def _supersedes(later: RunRecord, earlier: RunRecord) -> bool:
+    """A fleet run's next attempt, after one whose node was lost: both lines are the run's
+    history, the later one is the run."""
+    return bool(earlier.node_lost) and (later.attempt or 0) > (earlier.attempt or 0)
 
 
 class SessionDir:
@@ -215,7 +222,10 @@ class SessionDir:
                 out.problems.append(f"{e}; not a run record, line skipped")
                 continue
             key = (rec.cell_id, rec.run_index)
-            if key in seen:
+            if key in seen and _supersedes(rec, seen[key]):
+                out.superseded.append(seen[key])
+                out.records.remove(seen[key])
+            elif key in seen:
                 out.problems.append(f"{path}:{n}: {key[0]} run {key[1]} recorded twice; the later line is used")
                 out.records.remove(seen[key])
             seen[key] = rec

@@ -70,6 +70,21 @@ class SessionResult:
     interrupted: bool = False
 
 
+@dataclass
+class Started:
+    """A session ready for its runs (Session.start): what the loop, local or a fleet's, needs."""
+
+    sdir: SessionDir
+    session: SessionRecord
+    resumed: bool
+    model: PinnedModel
+    inputs: dict[int, PinnedInputs]
+    plan: list[PlannedRun]
+    todo: list[PlannedRun]  # the plan less the runs already recorded (a resume)
+    done: list[RunRecord]  # the runs already recorded
+    refs: dict[int, Reference]
+
+
 class Session:
     def __init__(self, matrix: Matrix, envs: dict[str, Env], display: Display, nvml_check: bool = False,
                  force_power: bool = False):
@@ -181,10 +196,7 @@ class Session:
     def execute(self, sdir: SessionDir, cell: Cell, planned: PlannedRun, model: PinnedModel,
                 inputs: PinnedInputs, reference: Reference) -> RunRecord:
         m = self.matrix
-        rec = RunRecord(session_id=sdir.id, cell_id=cell.id, run_index=planned.run_index,
-                        order_index=planned.order_index, started_at=utc_now(), backend=cell.backend, env=cell.env,
-                        device=cell.device or cell.compute_unit, precision=cell.precision,
-                        resolution=cell.resolution)
+        rec = run_record(sdir.id, cell, planned)
         reason = self.unsupported.get(cell.id)
         if reason:
             rec.status, rec.failure_reason = "unsupported", reason
@@ -338,19 +350,16 @@ class Session:
         return rec
 
     # -- the loop ----------------------------------------------------------------------------
-    def run(self, results_root: Path, resume: SessionDir | None = None) -> SessionResult:
+    def start(self, results_root: Path, resume: SessionDir | None = None) -> Started:
+        """Everything before the first run, on this host: the folder, envs, pins, meter, preflight,
+        session.json, the plan and the references. A fleet's driver starts the same way."""
         m = self.matrix
         target = results_root if resume is None else resume.root
         if problem := writable_problem(target, create=True):  # before envs sync or models pin
             raise UserError(f"{target}: results cannot be written there ({problem}); nothing ran"
                             + ("; choose another folder with --out" if resume is None else ""))
         model, inputs = self.prepare()
-        self.meters = choose(m.power)
-        self.display.explain(f"power: {self.meters.name or 'none'}", self.meters.reason)
-        preflight = self.preflight.session_start(records_power=self.meters.name is not None)
-        for problem in preflight["power"]["problems"]:
-            self.display.warn(f"preflight: {problem}" + ("; recording energy anyway (--force-power), runs flagged"
-                                                        if self.meters.name else ""))
+        preflight = self.session_preflight()
         if resume is None:
             try:
                 sdir = SessionDir.create(results_root)
@@ -360,14 +369,14 @@ class Session:
             seed = m.timing.order_seed if m.timing.order_seed is not None else secrets.randbits(32)
             session = self._session_record(sdir, model, inputs, seed)
             session.preflight = preflight
-            done: set[tuple[str, int]] = set()
+            done: list[RunRecord] = []
         else:
             sdir = resume
             session = sdir.read_session()
             seed = resume_seed(sdir, session)
             if torn := sdir.set_aside_torn():
                 self.display.warn(torn)
-            done = {(r.cell_id, r.run_index) for r in sdir.read_runs().records}
+            done = sdir.read_runs().records
             # A resume may run on another machine: its host, harness and preflight go beside the
             # original ones instead of over them.
             session.resumes.append({"at": utc_now(), "host": provenance.host(), "harness": provenance.harness(),
@@ -375,59 +384,102 @@ class Session:
         self._write(sdir, lambda: sdir.write_session(session), ran=0)
         self.display.log(f"session {sdir.root}")
         plan = plan_runs([c.id for c in m.enabled_cells], m.timing.runs, m.timing.order, seed)
-        todo = [p for p in plan if (p.cell_id, p.run_index) not in done]
+        finished = {(r.cell_id, r.run_index) for r in done if not r.node_lost}
+        todo = [p for p in plan if (p.cell_id, p.run_index) not in finished]
         self.display.plan(m, plan, seed, done=len(plan) - len(todo))
         if m.timing.cooldown == "adaptive" and (first := next((c for c in m.enabled_cells if c.id not in self.unsupported), None)):
             self._meter(first)  # the host's idle power, before the reference or any worker runs
         refs = self._write(sdir, lambda: self.references(sdir, model, inputs), ran=0)
+        return Started(sdir, session, resume is not None, model, inputs, plan, todo, done, refs)
+
+    def session_preflight(self) -> dict[str, Any]:
+        """The meter chosen and the session's preflight, its problems said."""
+        self.meters = choose(self.matrix.power)
+        self.display.explain(f"power: {self.meters.name or 'none'}", self.meters.reason)
+        preflight = self.preflight.session_start(records_power=self.meters.name is not None)
+        for problem in preflight["power"]["problems"]:
+            self.display.warn(f"preflight: {problem}" + ("; recording energy anyway (--force-power), runs flagged"
+                                                        if self.meters.name else ""))
+        return preflight
+
+    def run(self, results_root: Path, resume: SessionDir | None = None) -> SessionResult:
+        m = self.matrix
+        st = self.start(results_root, resume)
+        sdir, plan = st.sdir, st.plan
         interrupted = False
         failure: UserError | None = None
         ran = 0
-        session.status = "running"
+        st.session.status = "running"
         try:
-            with self.display.progress(total=len(plan), completed=len(plan) - len(todo)) as progress:
-                for planned in todo:
+            with self.display.progress(total=len(plan), completed=len(plan) - len(st.todo)) as progress:
+                for planned in st.todo:
                     cell = m.cell(planned.cell_id)
                     progress.start_run(planned, cell, len(plan))
                     try:
-                        rec = self.execute(sdir, cell, planned, model, inputs[cell.resolution], refs[cell.resolution])
+                        rec = self.execute(sdir, cell, planned, st.model, st.inputs[cell.resolution],
+                                           st.refs[cell.resolution])
                         sdir.append_run(rec)
                     except OSError as e:  # the results folder stopped taking writes (disk full, gone)
-                        failure = self._write_failed(sdir, e, ran)
+                        failure = self.write_failed(sdir, e, ran)
                         break
                     ran += 1
                     progress.end_run(rec, m.timing.runs)
-            session.status = "complete" if failure is None else "interrupted"
+            st.session.status = "complete" if failure is None else "interrupted"
         except KeyboardInterrupt:
-            session.status = "interrupted"
+            st.session.status = "interrupted"
             interrupted = True
-            self.display.warn(f"interrupted; finished runs are in {sdir.root / 'runs.jsonl'}")
-            self.display.log(f"continue with: {resume_command(m.path, sdir.root)}")
+            self.interrupted(sdir)
         finally:
-            session.finished_at = utc_now()
-            session.worker_versions = {**session.worker_versions, **self.worker_versions}
-            session.power["meter_versions"] = {str(k): v for k, v in self.meters.versions().items()}
-            idle_w = {meter.version(): w for meter, w in self.idle_w.items()}
-            for server in self.forkservers.values():
-                if server is not None:
-                    server.close()
-            session.worker_start = {**session.worker_start, **self.worker_start}
-            self.meters.close()
-            references = {str(r): {"path": str(ref.path), "cached": ref.cached, "failure": ref.failure,
-                                   "versions": ref.versions} for r, ref in refs.items()}
-            if resume is None:
-                session.power["idle_w"], session.references = idle_w, references
-            else:
-                session.resumes[-1].update(idle_w=idle_w, references=references)
-            try:
-                sdir.write_session(session)
-                summary = write_report(sdir).summary
-            except OSError as e:
-                failure = failure or self._write_failed(sdir, e, ran)
-            except UserError as e:  # a report file that cannot be written, named
-                failure = failure or self._write_failed(sdir, e, ran)
+            self.close()
+            summary, failure = self.finish(st, ran, failure)
         if failure is not None:
             raise failure
+        return self.result(sdir, summary, interrupted)
+
+    def interrupted(self, sdir: SessionDir) -> None:
+        self.display.warn(f"interrupted; finished runs are in {sdir.root / 'runs.jsonl'}")
+        self.display.log(f"continue with: {resume_command(self.matrix.path, sdir.root)}")
+
+    def close(self) -> None:
+        """Stop what the session started on this host: fork servers and meters."""
+        for server in self.forkservers.values():
+            if server is not None:
+                server.close()
+        self.meters.close()
+
+    def host_record(self) -> dict[str, Any]:
+        """What this host's runs leave in session.json: idle power, worker versions and starts."""
+        return {"idle_w": {meter.version(): w for meter, w in self.idle_w.items()},
+                "worker_versions": self.worker_versions, "worker_start": self.worker_start,
+                "meter_versions": {str(k): v for k, v in self.meters.versions().items()}}
+
+    def finish(self, st: Started, ran: int, failure: UserError | None) -> tuple[Summary | None, UserError | None]:
+        """session.json's last state and the report; the failure to raise, if any."""
+        session, sdir = st.session, st.sdir
+        session.finished_at = utc_now()
+        here = self.host_record()
+        session.worker_versions = {**session.worker_versions, **here["worker_versions"]}
+        session.power["meter_versions"] = here["meter_versions"]
+        session.worker_start = {**session.worker_start, **here["worker_start"]}
+        references = {str(r): {"path": str(ref.path), "cached": ref.cached, "failure": ref.failure,
+                               "versions": ref.versions} for r, ref in st.refs.items()}
+        if not st.resumed:
+            session.power["idle_w"], session.references = here["idle_w"], references
+        else:
+            session.resumes[-1].update(idle_w=here["idle_w"], references=references)
+        summary = None
+        try:
+            sdir.write_session(session)
+            summary = write_report(sdir).summary
+        except OSError as e:
+            failure = failure or self.write_failed(sdir, e, ran)
+        except UserError as e:  # a report file that cannot be written, named
+            failure = failure or self.write_failed(sdir, e, ran)
+        return summary, failure
+
+    @staticmethod
+    def result(sdir: SessionDir, summary: Summary | None, interrupted: bool) -> SessionResult:
+        assert summary is not None  # finish returned no failure
         counts = Counter(r.status for r in sdir.read_runs().records)
         return SessionResult(sdir, summary, counts["ok"], counts["failed"], counts["unsupported"], interrupted)
 
@@ -436,9 +488,9 @@ class Session:
         try:
             return step()
         except OSError as e:
-            raise self._write_failed(sdir, e, ran) from None
+            raise self.write_failed(sdir, e, ran) from None
 
-    def _write_failed(self, sdir: SessionDir, e: OSError | UserError, ran: int) -> UserError:
+    def write_failed(self, sdir: SessionDir, e: OSError | UserError, ran: int) -> UserError:
         """What failed, that the finished runs are safe, and the command that continues; exit 2
         when nothing ran in this session, 1 otherwise."""
         runs = sdir.root / RUNS
@@ -474,6 +526,13 @@ class Session:
                    "energy_unavailable_reason": None if self.meters.name else self.meters.reason},
             provenance=provenance.collect(self._needed_envs()),
         )
+
+
+def run_record(session_id: str, cell: Cell, planned: PlannedRun) -> RunRecord:
+    """A run's record as it starts: what the cell and the plan say, nothing measured yet."""
+    return RunRecord(session_id=session_id, cell_id=cell.id, run_index=planned.run_index,
+                     order_index=planned.order_index, started_at=utc_now(), backend=cell.backend, env=cell.env,
+                     device=cell.device or cell.compute_unit, precision=cell.precision, resolution=cell.resolution)
 
 
 def _meter_ending(record: MeterRecord) -> str:

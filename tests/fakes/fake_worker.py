@@ -47,6 +47,18 @@ def chosen_mode() -> str:
     return os.environ.get("FAKE_MODE", "ok")
 
 
+def hold() -> bool:
+    """Mode `hold`: the first worker to take the file FAKE_HOLD writes its pid there and stops in
+    its timed loop, for a test to kill its node; any later one runs as `ok`."""
+    try:
+        fd = os.open(os.environ["FAKE_HOLD"], os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+    except FileExistsError:
+        return False
+    os.write(fd, str(os.getpid()).encode())
+    os.close(fd)
+    return True
+
+
 RUNS_IN_THIS_PROCESS = 0  # mode "count" reports it: a forked worker must never see an earlier run's
 
 
@@ -98,6 +110,8 @@ def run() -> int:
     parse(ch.recv(), Measure)
     if mode == "selfkill":
         os.kill(os.getpid(), signal.SIGKILL)
+    if mode == "hold" and hold():
+        time.sleep(600)
     starts, ends = [], []
     for _ in range(setup.iterations):  # a timed loop that fills the window asked for, on the real clock
         starts.append(time.monotonic_ns())

@@ -1,0 +1,224 @@
+"""A session over a local Ray cluster, through the CLI as a user runs it: `uv run --extra fleet
+orchestrate ... --ray local:2`, so this process never imports Ray. The fault tests kill a real
+node: its raylet and every process under it."""
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+from conftest import REPO, fake_worker_matrix, only_session, stand_in
+
+pytestmark = pytest.mark.fleet
+UV = shutil.which("uv") or str(Path(sys.executable).parent / "uv")
+
+
+def fleet(*args: str, env: dict[str, str], nodes: int = 2) -> subprocess.Popen:
+    return subprocess.Popen([UV, "run", "--locked", "--extra", "fleet", "orchestrate", *args, "--ray", f"local:{nodes}"],
+                            cwd=REPO, env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+
+
+def finish(p: subprocess.Popen, timeout: float = 600) -> tuple[int, str]:
+    out, err = p.communicate(timeout=timeout)
+    return p.returncode, out + err
+
+
+def lines(d: Path) -> list[dict]:
+    return [json.loads(line) for line in (d / "runs.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture
+def fake(tmp_path):
+    """A fake-worker matrix of 3 runs and what its sessions need: (matrix, --env, environment)."""
+    matrix = fake_worker_matrix(tmp_path / "m.toml", runs=3, power='meter = "none"')
+    worker = stand_in(tmp_path / "fake-python", REPO / "tests" / "fakes" / "fake_worker.py")
+    env = {"CDB_CACHE_DIR": str(tmp_path / "cache"), "FAKE_HOLD": str(tmp_path / "hold")}
+    return matrix, f"diffusers={worker}", env
+
+
+def kill_node_of(pid: int) -> None:
+    """SIGKILL the node whose process tree holds `pid`: its raylet and everything under it."""
+    raylet = psutil.Process(pid)
+    while raylet.name() != "raylet":
+        raylet = raylet.parent()
+        assert raylet is not None, f"no raylet above {pid}"
+    doomed = [*raylet.children(recursive=True), raylet]
+    for p in doomed:
+        p.send_signal(signal.SIGKILL)
+
+
+def run_killing_a_node(matrix: Path, worker: str, env: dict[str, str], out: Path, nodes: int = 2) -> tuple[int, str]:
+    """A fleet session whose run 1 holds in its timed loop until its node is killed."""
+    p = fleet(str(matrix), "--out", str(out), "--env", worker, env={**env, "FAKE_MODES": "run-001=hold"}, nodes=nodes)
+    hold = Path(env["FAKE_HOLD"])
+    deadline = time.monotonic() + 300
+    while not (hold.is_file() and hold.read_text()):
+        assert p.poll() is None and time.monotonic() < deadline, finish(p)[1][-3000:]
+        time.sleep(0.2)
+    kill_node_of(int(hold.read_text()))
+    return finish(p)
+
+
+def test_runs_spread_over_the_nodes_and_a_cell_no_node_matches_is_unsupported(fake, tmp_path):
+    matrix, worker, env = fake
+    text = matrix.read_text()
+    cell = text[text.index("[[cells]]"):]
+    matrix.write_text(text.replace('precision = "fp32"\nresolution = 64',
+                                   'precision = "fp32"\nresolution = 64\nhosts = { hostname = "*" }')
+                      + cell.replace('id = "fake"', 'id = "elsewhere"') + 'hosts = { chip = "Apple M*" }\n')
+    code, output = finish(fleet(str(matrix), "--out", str(tmp_path / "out"), "--env", worker, env=env))
+    assert code == 0, output[-3000:]
+    d = only_session(tmp_path / "out")
+    runs = lines(d)
+    session = json.loads((d / "session.json").read_text())
+    hosts = session["hosts"]
+    assert len(hosts) == 2 and all("/node-" in k for k in hosts), hosts
+    fake_runs = [r for r in runs if r["cell_id"] == "fake"]
+    assert [r["status"] for r in fake_runs] == ["ok"] * 3
+    assert {r["host"] for r in fake_runs} == set(hosts)  # the first two runs start together, one per node
+    assert all(r["attempt"] == 1 for r in fake_runs)
+    elsewhere = [r for r in runs if r["cell_id"] == "elsewhere"]
+    assert [r["status"] for r in elsewhere] == ["unsupported"] * 3
+    assert all("no node of the cluster matches hosts { chip = 'Apple M*' }" in r["failure_reason"]
+               for r in elsewhere)
+    for r in fake_runs:
+        assert (d / r["samples_file"]).is_file() and (d / r["output_file"]).is_file() and (d / r["log_file"]).is_file()
+    for key, entry in hosts.items():
+        assert entry["host"]["hostname"] == key.split("/")[0]
+        assert entry["harness"]["git_commit"] and entry["env_lock_sha256"]
+        assert session["session_id"] in entry["sessions"]
+    report = (d / "report.md").read_text()
+    assert all(f"| {key} | fake |" in report for key in hosts)
+
+
+def test_a_node_killed_mid_run_fails_that_attempt_and_the_run_goes_to_the_other(fake, tmp_path):
+    matrix, worker, env = fake
+    code, output = run_killing_a_node(matrix, worker, env, tmp_path / "out")
+    assert code == 0, output[-3000:]
+    d = only_session(tmp_path / "out")
+    runs = lines(d)
+    lost, retried = [r for r in runs if r["run_index"] == 1]
+    assert lost["status"] == "failed" and lost["node_lost"] is True and lost["attempt"] == 1
+    assert lost["host"] in lost["failure_reason"] and "was lost during the run" in lost["failure_reason"]
+    assert "to be tried again on another node" in lost["failure_reason"]
+    assert retried["status"] == "ok" and retried["attempt"] == 2 and retried["host"] != lost["host"]
+    assert sorted((r["run_index"], r["status"]) for r in runs if r is not lost) == [(0, "ok"), (1, "ok"), (2, "ok")]
+    session = json.loads((d / "session.json").read_text())
+    assert session["status"] == "complete"
+    assert "lost" in session["hosts"][lost["host"]]["sessions"][session["session_id"]]
+    summary = json.loads((d / "summary.json").read_text())
+    assert summary["cells"][0]["n_ok"] == 3 and summary["cells"][0]["n_failed"] == 0
+
+
+def test_resume_runs_again_only_the_run_whose_node_was_lost(fake, tmp_path):
+    matrix, worker, env = fake
+    matrix.write_text(matrix.read_text().replace("[[cells]]", "[fleet]\nretries = 0\n[[cells]]"))
+    code, output = run_killing_a_node(matrix, worker, env, tmp_path / "out")
+    assert code == 1, output[-3000:]
+    d = only_session(tmp_path / "out")
+    before = lines(d)
+    (lost,) = [r for r in before if r["status"] == "failed"]
+    assert lost["node_lost"] and "no retries left" in lost["failure_reason"]
+    code, output = finish(fleet(str(matrix), "--resume", str(d), "--env", worker, env=env))
+    assert code == 0, output[-3000:]
+    after = lines(d)
+    assert after[:len(before)] == before
+    (again,) = after[len(before):]
+    assert (again["cell_id"], again["run_index"], again["attempt"], again["status"]) == (
+        lost["cell_id"], lost["run_index"], 2, "ok")
+    session = json.loads((d / "session.json").read_text())
+    assert session["status"] == "complete" and len(session["resumes"]) == 1
+    assert any(k.endswith("resume 1") for h in session["hosts"].values() for k in h["sessions"])
+
+
+def test_the_quick_example_over_two_nodes(diffusers_python, mlx_python, cache_dir, tmp_path):
+    code, output = finish(fleet(str(REPO / "examples" / "quick.toml"), "--out", str(tmp_path / "out"),
+                                env={"CDB_CACHE_DIR": str(cache_dir)}), timeout=900)
+    assert code == 0, output[-3000:]
+    d = only_session(tmp_path / "out")
+    runs = lines(d)
+    assert len(runs) == 9 and all(r["status"] == "ok" for r in runs), [r["failure_reason"] for r in runs]
+    hosts = json.loads((d / "session.json").read_text())["hosts"]
+    assert len(hosts) == 2 and {r["host"] for r in runs} == set(hosts)
+    report = (d / "report.md").read_text()
+    for cell in ("diffusers-cpu-fp32", "diffusers-cpu-bf16", "mlx-cpu-fp32"):
+        assert any(f"| {key} | {cell} |" in report for key in hosts), cell
+
+
+def test_an_interrupted_fleet_session_keeps_its_finished_runs_and_resumes(fake, tmp_path):
+    matrix, worker, env = fake
+    out = tmp_path / "out"
+    p = fleet(str(matrix), "--out", str(out), "--env", worker, env={**env, "FAKE_MODES": "run-001=hold"})
+    deadline = time.monotonic() + 300
+    while not ((runs := list(out.glob("*/runs.jsonl"))) and len(runs[0].read_text().splitlines()) == 2):
+        assert p.poll() is None and time.monotonic() < deadline, finish(p)[1][-3000:]
+        time.sleep(0.2)
+    p.send_signal(signal.SIGTERM)  # run 1 holds on its node; the other two are recorded
+    code, output = finish(p)
+    with contextlib.suppress(ProcessLookupError):  # the fake has no lifeline: the held worker is the test's to end
+        os.kill(int(Path(env["FAKE_HOLD"]).read_text()), signal.SIGKILL)
+    assert code == 130, output[-3000:]
+    d = only_session(out)
+    before = lines(d)
+    assert sorted(r["run_index"] for r in before) == [0, 2] and all(r["status"] == "ok" for r in before)
+    assert json.loads((d / "session.json").read_text())["status"] == "interrupted"
+    code, output = finish(fleet(str(matrix), "--resume", str(d), "--env", worker, env=env))
+    assert code == 0, output[-3000:]
+    after = lines(d)
+    assert after[:2] == before and [(r["run_index"], r["status"], r["attempt"]) for r in after[2:]] == [(1, "ok", 1)]
+
+
+def test_runs_left_without_a_live_node_fail_as_lost_and_a_resume_runs_them(fake, tmp_path):
+    matrix, worker, env = fake
+    code, output = run_killing_a_node(matrix, worker, env, tmp_path / "out", nodes=1)
+    assert code == 1, output[-3000:]
+    d = only_session(tmp_path / "out")
+    before = lines(d)
+    lost = [r for r in before if r["status"] != "ok"]
+    assert lost and all(r["status"] == "failed" and r["node_lost"] for r in lost), before
+    assert [r["attempt"] for r in lost if r["run_index"] == 1] == [1, 2]
+    assert "no live node is left to run it (lost: vm)" in lost[-1]["failure_reason"]
+    code, output = finish(fleet(str(matrix), "--resume", str(d), "--env", worker, env=env))
+    assert code == 0, output[-3000:]
+    summary = json.loads((d / "summary.json").read_text())
+    assert summary["cells"][0]["n_ok"] == 3 and summary["cells"][0]["n_failed"] == 0
+
+
+def test_each_host_runs_every_cells_runs_on_every_node(tmp_path):
+    matrix = fake_worker_matrix(tmp_path / "m.toml", runs=2, power='meter = "none"')
+    matrix.write_text(matrix.read_text().replace("[[cells]]", '[fleet]\nreplicate = "each-host"\n[[cells]]'))
+    worker = stand_in(tmp_path / "fake-python", REPO / "tests" / "fakes" / "fake_worker.py")
+    code, output = finish(fleet(str(matrix), "--out", str(tmp_path / "out"), "--env", f"diffusers={worker}",
+                                env={"CDB_CACHE_DIR": str(tmp_path / "cache")}))
+    assert code == 0, output[-3000:]
+    d = only_session(tmp_path / "out")
+    runs = lines(d)
+    assert sorted((r["run_index"], r["host"], r["status"]) for r in runs) == [
+        (0, "vm/node-1", "ok"), (1, "vm/node-1", "ok"), (2, "vm/node-2", "ok"), (3, "vm/node-2", "ok")]
+    report = (d / "report.md").read_text()
+    assert "| vm/node-1 | fake | 2/0 |" in report and "| vm/node-2 | fake | 2/0 |" in report
+    assert "each-host: fake: 2 run(s) on each of vm/node-1, vm/node-2" in output
+
+
+def test_each_host_keeps_a_lost_nodes_run_with_that_node_and_a_resume_runs_it_there(fake, tmp_path):
+    matrix, worker, env = fake
+    matrix.write_text(matrix.read_text().replace("runs = 3", "runs = 2")
+                      .replace("[[cells]]", '[fleet]\nreplicate = "each-host"\n[[cells]]'))
+    code, output = run_killing_a_node(matrix, worker, env, tmp_path / "out")
+    assert code == 1, output[-3000:]
+    d = only_session(tmp_path / "out")
+    (lost,) = [r for r in lines(d) if r["status"] != "ok"]
+    assert (lost["run_index"], lost["host"], lost["node_lost"]) == (1, "vm/node-1", True)
+    assert "each-host: its runs stay with it" in lost["failure_reason"]
+    code, output = finish(fleet(str(matrix), "--resume", str(d), "--env", worker, env=env))
+    assert code == 0, output[-3000:]
+    again = lines(d)[-1]
+    assert (again["run_index"], again["host"], again["attempt"], again["status"]) == (1, "vm/node-1", 2, "ok")
