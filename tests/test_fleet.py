@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -222,3 +223,61 @@ def test_each_host_keeps_a_lost_nodes_run_with_that_node_and_a_resume_runs_it_th
     assert code == 0, output[-3000:]
     again = lines(d)[-1]
     assert (again["run_index"], again["host"], again["attempt"], again["status"]) == (1, "vm/node-1", 2, "ok")
+
+
+def _ray_start(*args: str) -> subprocess.Popen:
+    """`ray start ... --block` from the checkout's environment with the fleet extra, as docs/fleet.md says."""
+    return subprocess.Popen([UV, "run", "--locked", "--extra", "fleet", "ray", "start", *args, "--block",
+                             "--num-cpus", "1", "--resources", '{"cdb-node": 1}'], cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0"})
+
+
+def test_a_running_cluster_at_its_address(fake, tmp_path):
+    matrix, worker, env = fake
+    port = 6390 + os.getpid() % 500
+    started = [_ray_start("--head", "--port", str(port), "--include-dashboard", "false")]
+    try:
+        deadline = time.monotonic() + 120
+        while True:  # the head's GCS takes its port once it is up
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+                break
+            assert started[0].poll() is None and time.monotonic() < deadline
+            time.sleep(0.5)
+        started.append(_ray_start("--address", f"127.0.0.1:{port}"))
+        count = (f"import ray; ray.init(address='127.0.0.1:{port}', log_to_driver=False, logging_level='ERROR'); "
+                 "print(sum(n['Alive'] for n in ray.nodes()))")
+        while subprocess.run([UV, "run", "--locked", "--extra", "fleet", "python", "-c", count], cwd=REPO,
+                             capture_output=True, text=True, timeout=120).stdout.strip() != "2":
+            assert started[1].poll() is None and time.monotonic() < deadline, "the second node did not join"
+            time.sleep(1)
+        p = subprocess.run([UV, "run", "--locked", "--extra", "fleet", "orchestrate", str(matrix), "--out",
+                            str(tmp_path / "out"), "--env", worker, "--ray", f"127.0.0.1:{port}"], cwd=REPO,
+                           env={**os.environ, **env}, capture_output=True, text=True, timeout=600)
+    finally:
+        for proc in started:  # each `ray start --block` and every process it started, by id
+            tree = [*psutil.Process(proc.pid).children(recursive=True), psutil.Process(proc.pid)]
+            for q in tree:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    q.kill()
+    assert p.returncode == 0, (p.stdout + p.stderr)[-3000:]
+    d = only_session(tmp_path / "out")
+    runs = lines(d)
+    hosts = json.loads((d / "session.json").read_text())["hosts"]
+    assert [r["status"] for r in runs] == ["ok"] * 3
+    assert len(hosts) == 2 and {r["host"] for r in runs} == set(hosts)  # the first two runs start together
+
+
+def test_an_address_where_no_cluster_answers_is_one_line(fake, tmp_path):
+    matrix, worker, env = fake
+    with socket.socket() as s:  # a port that was free a moment ago: nothing listens there
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    p = subprocess.run([UV, "run", "--locked", "--extra", "fleet", "orchestrate", str(matrix), "--out",
+                        str(tmp_path / "out"), "--env", worker, "--ray", f"127.0.0.1:{port}"], cwd=REPO,
+                       env={**os.environ, **env}, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2
+    assert p.stderr.strip().splitlines()[-1] == (
+        f"error: --ray 127.0.0.1:{port}: no Ray cluster answers there (Connection refused); start its head with "
+        "`ray start --head`, or run a local one with --ray local:N")
+    assert not (tmp_path / "out").exists()

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 from dataclasses import dataclass, field
 from types import ModuleType, TracebackType
 from typing import Any
@@ -16,6 +17,7 @@ from orchestrator.errors import UserError
 
 LOCAL = re.compile(r"local:([0-9]+)")
 LOCAL_MAX = 16
+HOST_PORT = re.compile(r"([^:/\s]+):([0-9]{1,5})")  # a head's GCS address; Ray waits minutes on one that is down
 # A node carrying this resource measures; when no node carries it, every node does. A local
 # cluster's head carries none: it hosts the driver and Ray's own services, no measurement.
 NODE_RESOURCE = "cdb-node"
@@ -52,6 +54,12 @@ class Cluster:
             raise UserError(f"--ray {address}: a local cluster has 1 to {LOCAL_MAX} nodes")
         self.ray = import_ray()
         self._local: Any = None
+        if self.local_nodes is None and (head := HOST_PORT.fullmatch(address)) is not None:
+            try:
+                socket.create_connection((head.group(1), int(head.group(2))), timeout=5).close()
+            except OSError as e:
+                raise UserError(f"--ray {address}: no Ray cluster answers there ({e.strerror or e}); start its head "
+                                f"with `ray start --head`, or run a local one with --ray local:N") from None
 
     def __enter__(self) -> Cluster:
         # A local cluster's head and Ray's core install SIGTERM handlers that kill the cluster
