@@ -165,3 +165,33 @@ def test_real_sessions_from_two_hosts_merge_and_read_like_any_session(tmp_path):
             assert "energy recomputed for 6 run(s)" in p.stdout + p.stderr
     p = cli(str(matrix), "--resume", str(fleet), "--env", f"diffusers={worker}")
     assert p.returncode == 2 and "a merged session is not resumed" in p.stderr, p.stderr[-2000:]
+
+
+def fleet_copy(tmp_path: Path, name: str) -> Path:
+    """A copy of the fixture session as a fleet session over two simulated nodes of one machine
+    (`--ray local:2`) records it: `hosts` keyed by node, each run's `host` its node."""
+    d = host_copy(tmp_path, name, "vm")
+    s = json.loads((d / "session.json").read_text())
+    s["hosts"] = {node: {"host": s["provenance"]["host"], "harness": s["provenance"].get("harness"),
+                         "env_lock_sha256": {}, "sessions": {name: {"order_seed": s["order_seed"]}}}
+                  for node in ("vm/node-1", "vm/node-2")}
+    (d / "session.json").write_text(json.dumps(s))
+    runs = read_runs(d)
+    for i, r in enumerate(runs):
+        r["host"] = f"vm/node-{1 + i % 2}"
+    (d / "runs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in runs))
+    return d
+
+
+def test_fleet_sessions_merge_keeping_each_run_on_its_node(tmp_path):
+    a, b = fleet_copy(tmp_path, "a"), fleet_copy(tmp_path, "b")
+    p = cli("merge", str(a), str(b), "--out", str(tmp_path / "fleet"))
+    assert p.returncode == 0, p.stderr
+    s = json.loads((tmp_path / "fleet" / "session.json").read_text())
+    assert list(s["hosts"]) == ["vm/node-1", "vm/node-2"]
+    assert sorted(s["hosts"]["vm/node-2"]["sessions"]) == ["a", "b"]
+    merged = {(r["merged_from"]["session_id"], r["merged_from"]["run_index"], r["cell_id"]): r["host"]
+              for r in read_runs(tmp_path / "fleet")}
+    for src in (a, b):
+        for r in read_runs(src):
+            assert merged[(src.name, r["run_index"], r["cell_id"])] == r["host"]

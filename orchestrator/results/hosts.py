@@ -30,12 +30,16 @@ def hostname(host: dict[str, Any] | None) -> str:
     return str((host or {}).get("hostname") or UNKNOWN)
 
 
+def same_machine(a: dict[str, Any] | None, b: dict[str, Any] | None) -> bool:
+    return {k: (a or {}).get(k) for k in IDENTITY} == {k: (b or {}).get(k) for k in IDENTITY}
+
+
 def host_key(host: dict[str, Any] | None, taken: dict[str, dict[str, Any]]) -> str:
     """The host's name among `taken` (key -> host): the same machine keeps its key; another one
     with the same hostname (cloud VMs are all `vm`) gets `name#2`, `name#3`, ..."""
     name, n = hostname(host), 1
     key = name
-    while key in taken and {k: taken[key].get(k) for k in IDENTITY} != {k: (host or {}).get(k) for k in IDENTITY}:
+    while key in taken and not same_machine(taken[key], host):
         n += 1
         key = f"{name}#{n}"
     return key

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.errors import UserError
-from orchestrator.results.hosts import host_key, run_host, session_hosts
+from orchestrator.results.hosts import host_key, run_host, same_machine, session_hosts
 from orchestrator.results.recompute import inside
 from orchestrator.results.records import RunRecord, SessionRecord
 from orchestrator.results.store import RUNS, SessionDir
@@ -107,6 +107,15 @@ def _source_hosts(s: SessionRecord) -> dict[str, dict[str, Any]]:
     return out
 
 
+def _merged_key(name: str, host: dict[str, Any] | None, hosts: dict[str, dict[str, Any]]) -> str:
+    """A source's host in the merged session: under its own key where that key is new or names the
+    same machine (so a fleet session's `vm/node-1` and `vm/node-2`, simulated nodes of one machine,
+    stay two), else under the machine's key among those merged so far (`host_key`)."""
+    if name not in hosts or same_machine(hosts[name].get("host"), host):
+        return name
+    return host_key(host, {k: v.get("host") or {} for k, v in hosts.items()})
+
+
 def _copy(src: Source, rec: RunRecord, out: SessionDir, index: int, problems: list[str]) -> RunRecord:
     """The run's files under its new index; a file the source lacks is named and its field cleared."""
     stem = f"run-{index:03d}"
@@ -166,7 +175,7 @@ def _write(sources: list[Source], out: SessionDir) -> Merged:
     for src in sources:
         renamed: dict[str, str] = {}
         for name, entry in _source_hosts(src.session).items():
-            key = host_key(entry.get("host"), {k: v.get("host") or {} for k, v in hosts.items()})
+            key = _merged_key(name, entry.get("host"), hosts)
             renamed[name] = key
             if key in hosts:
                 hosts[key]["sessions"].update(entry["sessions"])
