@@ -168,6 +168,7 @@ def test_an_interrupted_fleet_session_keeps_its_finished_runs_and_resumes(fake, 
         os.kill(int(Path(env["FAKE_HOLD"]).read_text()), signal.SIGKILL)
     assert code == 130, output[-3000:]
     d = only_session(out)
+    assert f"continue with: uv run --extra fleet orchestrate {matrix} --resume {d} --ray local:2" in output
     before = lines(d)
     assert sorted(r["run_index"] for r in before) == [0, 2] and all(r["status"] == "ok" for r in before)
     assert json.loads((d / "session.json").read_text())["status"] == "interrupted"

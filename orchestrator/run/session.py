@@ -48,16 +48,19 @@ WINDOW_UPDATES = 20  # a timed window spans at least this many meter updates (do
 SHORT_WINDOW_UPDATES = 10  # fewer than this and the run is flagged
 
 
-def resume_command(matrix: Path, folder: Path) -> str:
+def resume_command(matrix: Path, folder: Path, ray: str | None = None) -> str:
     """The command that continues this session, as one line to paste: `uv run` from the checkout,
-    or the README's `sudo -E .venv/bin/orchestrate` when the session ran under sudo."""
+    or the README's `sudo -E .venv/bin/orchestrate` when the session ran under sudo; a fleet
+    session (`ray`: its `--ray` address) continues on the same cluster, with the `fleet` extra."""
+    fleet = " --extra fleet" if ray else ""
     if invoking_user() is not None:
         prefix = f"sudo -E {shlex.quote(str(REPO_ROOT / '.venv' / 'bin' / 'orchestrate'))}"
     elif Path.cwd().resolve().is_relative_to(REPO_ROOT):
-        prefix = "uv run orchestrate"
+        prefix = f"uv run{fleet} orchestrate"
     else:
-        prefix = f"uv run --project {shlex.quote(str(REPO_ROOT))} orchestrate"
-    return f"{prefix} {shlex.quote(str(matrix))} --resume {shlex.quote(str(folder))}"
+        prefix = f"uv run{fleet} --project {shlex.quote(str(REPO_ROOT))} orchestrate"
+    tail = f" --ray {shlex.quote(ray)}" if ray else ""
+    return f"{prefix} {shlex.quote(str(matrix))} --resume {shlex.quote(str(folder))}{tail}"
 
 
 @dataclass
@@ -99,6 +102,7 @@ class Session:
         self.meters: Meters = Meters(None, "not chosen yet")
         self.idle_w: dict[Meter, float | None] = {}
         self.forkservers: dict[str, ForkServer | None] = {}  # env -> its server; None: its workers are spawned
+        self.ray: str | None = None  # a fleet session's --ray address, for the command that resumes it
         self.worker_start: dict[str, dict[str, Any]] = {}  # env -> how its workers started (session.json)
 
     # -- preparation -------------------------------------------------------------------------
@@ -438,7 +442,7 @@ class Session:
 
     def interrupted(self, sdir: SessionDir) -> None:
         self.display.warn(f"interrupted; finished runs are in {sdir.root / 'runs.jsonl'}")
-        self.display.log(f"continue with: {resume_command(self.matrix.path, sdir.root)}")
+        self.display.log(f"continue with: {resume_command(self.matrix.path, sdir.root, self.ray)}")
 
     def close(self) -> None:
         """Stop what the session started on this host: fork servers and meters."""
