@@ -399,3 +399,72 @@ def test_auto_takes_the_replay_when_pointed_at_it(replay):
     from orchestrator.energy.meters import choose
 
     assert choose(_power()).name == "powermetrics"
+
+
+class FakeNvml:
+    """pynvml as far as NvmlMeter uses it, counting inits as NVML does: once every init has been
+    shut down, every call raises (NVMLError_Uninitialized)."""
+
+    NVML_TEMPERATURE_GPU, NVML_CLOCK_SM = 0, 1
+
+    def __init__(self):
+        self.inits, self.mj = 0, 0
+
+    def _live(self):
+        if self.inits <= 0:
+            raise RuntimeError("NVMLError_Uninitialized")
+
+    def nvmlInit(self):
+        self.inits += 1
+
+    def nvmlShutdown(self):
+        self._live()
+        self.inits -= 1
+
+    def nvmlDeviceGetHandleByIndex(self, index):
+        self._live()
+        return index
+
+    def nvmlDeviceGetTotalEnergyConsumption(self, h):
+        self._live()
+        self.mj += 1
+        return self.mj
+
+    def nvmlDeviceGetPowerUsage(self, h):
+        return 100_000
+
+    def nvmlDeviceGetTemperature(self, h, kind):
+        return 40
+
+    def nvmlDeviceGetClockInfo(self, h, kind):
+        return 1980
+
+    def nvmlDeviceGetCurrentClocksEventReasons(self, h):
+        return 0
+
+    def nvmlSystemGetNVMLVersion(self):
+        self._live()
+        return "13.580"
+
+    def nvmlSystemGetDriverVersion(self):
+        self._live()
+        return "580.159.04"
+
+    def nvmlDeviceGetName(self, h):
+        self._live()
+        return "NVIDIA H200"
+
+
+def test_nvml_meter_names_its_version_after_it_is_closed(monkeypatch):
+    # the session writes meter versions into session.json after closing its meters
+    fake = FakeNvml()
+
+    def init():
+        fake.nvmlInit()
+        return fake
+    monkeypatch.setattr(nvml, "_nvml", init)
+    monkeypatch.setattr(nvml, "CALIBRATE_S", 0.05)
+    meter = nvml.NvmlMeter(0, poll_s=0.005)
+    meter.close()
+    assert fake.inits == 0
+    assert meter.version().startswith("NVML 13.580, driver 580.159.04, GPU 0 NVIDIA H200, counter step ")

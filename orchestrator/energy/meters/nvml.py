@@ -87,7 +87,6 @@ class NvmlMeter(Meter):
 
     def __init__(self, index: int = 0, poll_s: float = POLL_S):
         self._nv = _nvml()
-        self._index = index
         self._h = self._nv.nvmlDeviceGetHandleByIndex(index)
         self._reasons = (getattr(self._nv, "nvmlDeviceGetCurrentClocksEventReasons", None)
                          or self._nv.nvmlDeviceGetCurrentClocksThrottleReasons)
@@ -97,6 +96,10 @@ class NvmlMeter(Meter):
         self._poller.start()
         time.sleep(CALIBRATE_S)
         self._update_s = update_interval(self._poller.stop()) or 0.1
+        # read now: session.json asks for it after the session has closed its meters, when NVML
+        # answers only if some other init is still open
+        self._version = (f"NVML {self._nv.nvmlSystemGetNVMLVersion()}, driver {self._nv.nvmlSystemGetDriverVersion()}, "
+                         f"GPU {index} {self._nv.nvmlDeviceGetName(self._h)}, counter step {self._update_s * 1e3:.0f} ms")
 
     def _read(self) -> int:
         """The energy counter first, right at the poller's time stamp; the slower extra readings after."""
@@ -113,9 +116,7 @@ class NvmlMeter(Meter):
         return energy
 
     def version(self) -> str:
-        nv = self._nv
-        return (f"NVML {nv.nvmlSystemGetNVMLVersion()}, driver {nv.nvmlSystemGetDriverVersion()}, "
-                f"GPU {self._index} {nv.nvmlDeviceGetName(self._h)}, counter step {self._update_s * 1e3:.0f} ms")
+        return self._version
 
     def update_interval_s(self) -> float:
         return self._update_s
