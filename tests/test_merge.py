@@ -183,6 +183,26 @@ def fleet_copy(tmp_path: Path, name: str) -> Path:
     return d
 
 
+def test_a_fleet_runs_lost_attempt_is_merged_before_the_attempt_that_replaced_it(tmp_path):
+    a, b = fleet_copy(tmp_path, "a"), fleet_copy(tmp_path, "b")
+    runs = read_runs(a)
+    lost = {**runs[0], "status": "failed", "node_lost": True, "attempt": 1, "host": "vm/node-2",
+            "failure_reason": "node vm/node-2 was lost during the run"}
+    runs[0]["attempt"] = 2
+    (a / "runs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in [lost, *runs]))
+    p = cli("merge", str(a), str(b), "--out", str(tmp_path / "fleet"))
+    assert p.returncode == 0, p.stderr
+    assert "recorded twice" not in p.stdout + p.stderr
+    merged = read_runs(tmp_path / "fleet")
+    assert len(merged) == 29
+    lost_i = next(i for i, r in enumerate(merged) if r.get("node_lost"))
+    after = merged[lost_i + 1]
+    assert (after["cell_id"], after["run_index"], after["attempt"]) == (lost["cell_id"], merged[lost_i]["run_index"], 2)
+    assert merged[lost_i]["host"] == "vm/node-2" and merged[lost_i]["merged_from"]["session_id"] == "a"
+    p = cli("report", str(tmp_path / "fleet"))
+    assert p.returncode == 0 and "recorded twice" not in p.stdout + p.stderr
+
+
 def test_fleet_sessions_merge_keeping_each_run_on_its_node(tmp_path):
     a, b = fleet_copy(tmp_path, "a"), fleet_copy(tmp_path, "b")
     p = cli("merge", str(a), str(b), "--out", str(tmp_path / "fleet"))

@@ -27,6 +27,7 @@ class Source:
     session: SessionRecord
     runs: list[RunRecord]
     problems: list[str]
+    lost: list[RunRecord]  # a fleet's attempts whose node was lost, each before the attempt that replaced it
 
 
 @dataclass
@@ -45,7 +46,7 @@ def _read(path: Path) -> Source:
     runs = sdir.read_runs()
     if not runs.records:
         raise UserError(f"{path}: no readable runs ({'; '.join(runs.problems) or 'runs.jsonl is empty'}); nothing to merge")
-    return Source(sdir, session, runs.records, runs.problems)
+    return Source(sdir, session, runs.records, runs.problems, runs.superseded)
 
 
 def _harnesses(s: SessionRecord) -> list[str | None]:
@@ -187,12 +188,15 @@ def _write(sources: list[Source], out: SessionDir) -> Merged:
                                                     r.cell_id, r.run_index)):
             index = next_index.get(rec.cell_id, 0)
             next_index[rec.cell_id] = index + 1
-            host = renamed.get(run_host(rec, src.session), run_host(rec, src.session))
-            src_hosts.append(host)
-            moved = _copy(src, rec, out, index, problems)
-            out.append_run(replace(moved, session_id=out.id, run_index=index, host=host,
-                                   merged_from=rec.merged_from or {"session_id": src.session.session_id,
-                                                                   "run_index": rec.run_index}))
+            earlier = sorted((x for x in src.lost if (x.cell_id, x.run_index) == (rec.cell_id, rec.run_index)),
+                             key=lambda x: x.attempt or 0)
+            for attempt in [*earlier, rec]:  # the lost attempts first, so the merged file reads them as superseded
+                host = renamed.get(run_host(attempt, src.session), run_host(attempt, src.session))
+                src_hosts.append(host)
+                moved = _copy(src, attempt, out, index, problems)
+                out.append_run(replace(moved, session_id=out.id, run_index=index, host=host,
+                                       merged_from=attempt.merged_from or {"session_id": src.session.session_id,
+                                                                           "run_index": attempt.run_index}))
         merged_from.append({"session_id": src.session.session_id, "path": str(src.sdir.root.resolve()),
                             "status": src.session.status, "started_at": src.session.started_at,
                             "finished_at": src.session.finished_at, "hosts": list(dict.fromkeys(src_hosts)),
