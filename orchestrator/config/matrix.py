@@ -94,7 +94,7 @@ class Timing:
                                 "toolchain), forked from the env's fork server (imports paid once per session), "
                                 "or auto: the fork server on Linux, spawn on macOS",
                                 choices=("auto", "forkserver", "spawn"))
-    min_window_s: float | None = setting(None, doc="shortest timed window (default: 20 update intervals of "
+    min_window_s: float | None = setting(None, doc="shortest timed window (default: 80 update intervals of "
                                          "the session's meter)", ge=0, le=HOUR_S)
 
 
