@@ -4,7 +4,7 @@ import pytest
 
 from orchestrator.energy.arithmetic import Interval
 from orchestrator.energy.meters.base import MeterRecord, Reading
-from orchestrator.run.cooldown import adaptive, cooled, temperature_falling
+from orchestrator.run.cooldown import FIRST_INTERVAL_MAX_S, adaptive, cooled, idle_power, temperature_falling
 
 S = 10**9
 
@@ -78,3 +78,38 @@ def test_adaptive_respects_min_and_max():
     assert c.settled is True and c.seconds == pytest.approx(30.0)
     c = _run(FakeMeter(), min_s=1, max_s=3, margin=0.01)
     assert c.settled is False and c.seconds == pytest.approx(3.0, abs=0.5)
+
+
+class SlowStartMeter:
+    """A meter whose first interval comes `delay_s` after its start (a meter process slow to
+    start on a busy host), then one 100 W interval per 0.5 s of fake time."""
+
+    def __init__(self, delay_s: float):
+        self.t, self.delay_s, self.started = 0.0, delay_s, False
+
+    def start(self):
+        self.started = True
+
+    def peek(self):
+        n = max(0, int((self.t - self.delay_s) * 2))
+        return MeterRecord([Interval(int(self.delay_s * S) + i * S // 2, int(self.delay_s * S) + (i + 1) * S // 2,
+                                     {"cpu": 50.0}) for i in range(n)], [])
+
+    def stop(self):
+        return self.peek()
+
+    def sleep(self, s):
+        self.t += s
+
+
+@pytest.mark.parametrize("delay_s", [0.0, 3.0, 8.0])
+def test_idle_power_counts_its_seconds_from_the_meters_first_interval(delay_s):
+    m = SlowStartMeter(delay_s)
+    assert idle_power(m, 1.0, clock=lambda: m.t, sleep=m.sleep) == pytest.approx(100.0)
+    assert m.t == pytest.approx(delay_s + 0.5 + 1.0, abs=0.1)  # the first interval ends 0.5 s after the delay
+
+
+def test_idle_power_of_a_meter_that_never_gives_an_interval_is_none_after_a_bounded_wait():
+    m = SlowStartMeter(delay_s=1e9)
+    assert idle_power(m, 1.0, clock=lambda: m.t, sleep=m.sleep) is None
+    assert m.t == pytest.approx(FIRST_INTERVAL_MAX_S + 1.0, abs=0.1)

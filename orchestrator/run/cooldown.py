@@ -26,6 +26,7 @@ PLATEAU_FALL = 0.02  # less than this fall from the 2 s before to the last 2 s: 
 TEMPERATURE_S = 5.0  # the temperature trend over the last this many seconds
 FALLING_C_PER_S = -0.05
 POLL_S = 0.5
+FIRST_INTERVAL_MAX_S = 10.0  # the idle window waits this long at most for the meter's first interval
 
 
 @dataclass(frozen=True)
@@ -35,11 +36,18 @@ class Cooldown:
     settled_by: str | None = None  # "idle": back near idle power; "plateau": power stopped falling
 
 
-def idle_power(meter: Meter, seconds: float) -> float | None:
+def idle_power(meter: Meter, seconds: float, clock: Callable[[], float] = time.monotonic,
+               sleep: Callable[[float], None] = time.sleep) -> float | None:
     """The host's idle power: median total interval power over `seconds` with no worker (None
-    when the meter gave nothing, or values that cannot be energy)."""
+    when the meter gave nothing, or values that cannot be energy). The `seconds` count from the
+    meter's first interval, waited for up to FIRST_INTERVAL_MAX_S: a meter process that starts
+    slowly on a busy host (powermetrics, its replay) gave no interval at all in a 1 s idle window,
+    and the session's adaptive cooldowns then fell back to fixed ones."""
     meter.start()
-    time.sleep(seconds)
+    deadline = clock() + FIRST_INTERVAL_MAX_S
+    while not meter.peek().intervals and clock() < deadline:
+        sleep(POLL_S / 10)
+    sleep(seconds)
     rec = meter.stop()
     if not rec.intervals or invalid_reason(rec.intervals) is not None:
         return None
