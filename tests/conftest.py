@@ -223,3 +223,17 @@ def root_powermetrics(folder: Path, python: Path) -> tuple[Path, Path]:
     meter.chmod(0o755)
     return meter, ids
 
+
+def start_broker(python: Path, meter: Path, sock: Path, user: pwd.struct_passwd) -> subprocess.Popen:
+    """`sudo orchestrate broker --socket SOCK` for `user`, run by root with `meter` as its
+    `broker.POWERMETRICS`; returned once it says it listens."""
+    start = (f"import orchestrator.energy.meters.broker as b; b.POWERMETRICS = {str(meter)!r}; "
+             "from orchestrator.cli import main; main()")
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO), "HOME": "/root", "SUDO_UID": str(user.pw_uid),
+           "SUDO_GID": str(user.pw_gid), "SUDO_USER": user.pw_name}
+    proc = subprocess.Popen([str(python), "-c", start, "broker", "--socket", str(sock)], env=env, cwd="/",
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    assert line.startswith(f"meter broker: listening at {sock} for {user.pw_name}"), (line, proc.communicate())
+    return proc
