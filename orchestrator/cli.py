@@ -382,6 +382,13 @@ def doctor(as_json: bool) -> None:
     click.echo(f"power meters (auto would use: {r['auto_meter'] or 'none'}):")
     for name, m in r["meters"].items():
         click.echo(f"  {name:13s} {'yes' if m['available'] else 'no '}  {m['detail']}")
+    nb = r["meter_broker"]
+    if nb["answers"]:
+        pid = f" (pid {nb['pid']})" if nb["pid"] is not None else ""
+        click.echo(f"  this machine's meter broker answers at {nb['socket']}{pid}; it runs "
+                   f"{nb['powermetrics'] or 'nothing: it finds no powermetrics'}")
+    else:
+        click.echo(f"  no meter broker answers at {nb['socket']} (sudo orchestrate broker starts one)")
     click.echo("backends:")
     for name, b in r["backends"].items():
         for entry in b["envs"].values() if "envs" in b else [b]:

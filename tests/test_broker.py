@@ -114,6 +114,11 @@ def test_two_users_clients_each_get_their_own_powermetrics_and_sigterm_ends_them
             assert h["where"] == f"the meter broker at {sock}" and h["broker_pid"] == broker.pid  # SO_PEERCRED
             assert psutil.Process(h["meter_pid"]).ppid() == broker.pid
         assert held[0]["meter_pid"] != held[1]["meter_pid"]
+        doctor = as_user(node, "import json; from orchestrator.doctor import node_broker; print(json.dumps(node_broker()))",
+                         sock, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        out, err = doctor.communicate(timeout=60)
+        assert json.loads(out) == {"socket": str(sock), "answers": True, "pid": broker.pid,
+                                   "powermetrics": str(node.meter)}, err
         out, err = clients[0].communicate("\n", timeout=60)
         assert json.loads(out) == {"stop": [-signal.SIGTERM, False], "uids": [node.user.pw_uid] * 3}, err
         assert gone(held[0]["meter_pid"])
