@@ -171,6 +171,8 @@ def test_what_is_at_the_socket_path_is_checked_before_listening(node):
     # the test's folder is root's, mode 0755: not a broker's folder, and never chowned
     assert "is not a meter broker's folder" in refused(node.folder / "x.sock")
     assert node.folder.stat().st_uid == 0
+    assert "is too long for a Unix socket (at most 103 bytes)" in refused(node.folder / ("a" * 100) / "x.sock")
+    assert not (node.folder / ("a" * 100)).exists()
     link = node.folder / "link"
     link.symlink_to(node.folder)
     assert "is not a folder (a link is not followed)" in refused(link / "x.sock")

@@ -53,6 +53,7 @@ SOCKET = "/var/run/coreml-diffusion-benchmarks/broker.sock"  # a node broker's, 
 SOCKET_ENV = "CDB_BROKER_SOCKET"  # where the unprivileged side looks for it instead
 MAX_PEERS = 16  # connections a node broker serves at once: each may hold one powermetrics
 HELLO_TIMEOUT_S = 5.0
+MAX_SOCKET_PATH = 103  # bytes: clients connect by the whole path, and macOS's sun_path holds 104 with its NUL
 
 _client: BrokerClient | None = None
 _looked_up = False
@@ -306,6 +307,10 @@ def _bind(path: str, user: InvokingUser) -> tuple[socket.socket, int, str, int]:
     replaced; anything else at `path`, or a broker that still answers there, is refused. The
     process works inside the folder from here, so no name is resolved through a link."""
     folder, name = os.path.split(os.path.abspath(path))
+    if not name:
+        raise UserError(f"{path} names no socket in a folder: choose another --socket")
+    if len(os.fsencode(path)) > MAX_SOCKET_PATH:
+        raise UserError(f"{path} is too long for a Unix socket (at most {MAX_SOCKET_PATH} bytes): choose another --socket")
     folder_fd = _own_folder(folder, user)
     os.fchdir(folder_fd)
     try:
