@@ -17,7 +17,7 @@ from orchestrator.config import envs as envs_mod
 from orchestrator.config.matrix import load_matrix, with_runs
 from orchestrator.console import Display
 from orchestrator.energy import meters
-from orchestrator.energy.meters.broker import separate
+from orchestrator.energy.meters import broker
 from orchestrator.errors import UserError
 from orchestrator.report.tables import common_sessions, comparison_table, group_ratio_table
 from orchestrator.report.tables import fmt as fmt_number
@@ -46,6 +46,7 @@ def cli() -> None:
     orchestrate compare A B        two cells, or one cell in two sessions, with a verdict
     orchestrate schema             the matrix file's JSON Schema, for editors
     orchestrate selftest           what works on this host: every backend, device and meter, in minutes
+    sudo orchestrate broker        this machine's root meter broker, for sessions and Ray nodes without sudo
     """
 
 
@@ -381,10 +382,27 @@ def doctor(as_json: bool) -> None:
     click.echo(f"power meters (auto would use: {r['auto_meter'] or 'none'}):")
     for name, m in r["meters"].items():
         click.echo(f"  {name:13s} {'yes' if m['available'] else 'no '}  {m['detail']}")
+    nb = r["meter_broker"]
+    if nb["answers"]:
+        pid = f" (pid {nb['pid']})" if nb["pid"] is not None else ""
+        click.echo(f"  this machine's meter broker answers at {nb['socket']}{pid}; it runs "
+                   f"{nb['powermetrics'] or 'nothing: it finds no powermetrics'}")
+    else:
+        click.echo(f"  no meter broker answers at {nb['socket']} (sudo orchestrate broker starts one)")
     click.echo("backends:")
     for name, b in r["backends"].items():
         for entry in b["envs"].values() if "envs" in b else [b]:
             click.echo(f"  {name:13s} {_backend_line(entry)}")
+
+
+@cli.command("broker")
+@click.option("--socket", "socket_path", default=broker.SOCKET, show_default=True, metavar="PATH",
+              help="The Unix socket to listen at (its folder is made the invoking user's, mode 0700).")
+def broker_command(socket_path: str) -> None:
+    """(sudo) Run this machine's root meter broker until Ctrl-C or SIGTERM: it starts and stops
+    powermetrics, and nothing else, for the user who ran sudo, so that their sessions without
+    sudo and their Ray node's actors record energy (CDB_BROKER_SOCKET tells them another PATH)."""
+    sys.exit(broker.listen(socket_path))
 
 
 @cli.command()
@@ -423,7 +441,8 @@ def _interrupt(signum, frame) -> None:
 
 
 def main() -> None:
-    separate()  # first: under sudo, fork the root meter broker and become the invoking user
+    if sys.argv[1:2] != ["broker"]:  # the node broker is the root part itself: it forks and drops nothing
+        broker.separate()  # first: under sudo, fork the root meter broker and become the invoking user
     try:
         cli.main(standalone_mode=False)
     except UserError as e:

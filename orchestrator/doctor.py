@@ -9,6 +9,7 @@ from typing import Any
 from orchestrator.config.envs import discover
 from orchestrator.config.matrix import default_power
 from orchestrator.energy import meters
+from orchestrator.energy.meters import broker
 from orchestrator.energy.preflight import checks, load
 from orchestrator.results import provenance
 from workers.contract.backends import BACKENDS
@@ -37,6 +38,17 @@ def env_report(env, name: str, backend: str) -> dict[str, Any]:
     return {"env": name, "synced": True, **probe_env(env, backend)}
 
 
+def node_broker() -> dict[str, Any]:
+    """Whether this machine's meter broker (`sudo orchestrate broker`) answers where this
+    user's sessions and Ray actors look for it, and whether it sees powermetrics."""
+    path = broker.socket_path()
+    node = broker.connect(path)
+    if node is None:
+        return {"socket": path, "answers": False}
+    node.close()
+    return {"socket": path, "answers": True, "pid": node.pid, "powermetrics": node.powermetrics}
+
+
 def diagnose() -> dict[str, Any]:
     host = provenance.host()
     pmset = checks.pmset_executable(None)
@@ -53,6 +65,7 @@ def diagnose() -> dict[str, Any]:
             "gpu_throttle": throttle(0) if throttle is not None else None,
         },
         "meters": {name: {"available": a.ok, "detail": a.reason} for name, a in available.items()},
+        "meter_broker": node_broker(),
         "auto_meter": next((spec.name for spec in meters.REGISTRY if spec.auto and available[spec.name].ok), None),
         "backends": {},
     }

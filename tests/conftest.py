@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+import pwd
+import shutil
 import subprocess
 import sys
 import tempfile
+import tomllib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,6 +23,15 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 # Synthetic weights and reference outputs that tests make (some by fake workers) never land in the
 # user's cache, where a real session would find them; a test that wants its own cache still sets one.
 os.environ["CDB_CACHE_DIR"] = tempfile.mkdtemp(prefix="cdb-test-cache-")
+
+
+PRIVSEP_USER = "cdb-privsep-test"
+AS_ROOT_WITH_A_USER = pytest.mark.skipif(
+    not hasattr(os, "geteuid") or os.geteuid() != 0 or shutil.which("useradd") is None
+    or not Path("/usr/bin/python3").exists(),
+    reason="needs root, useradd and /usr/bin/python3 (as `sudo` on a Mac would be)")
+# the orchestrator's own dependencies, read from pyproject so a new one cannot be missed in user_venv
+ORCHESTRATOR_DEPS = [*tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"], "safetensors"]
 
 
 def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 900, cwd: Path = REPO) -> subprocess.CompletedProcess:
@@ -167,3 +179,61 @@ def pytest_collection_modifyitems(items) -> None:
                 item.get_closest_marker("slow") and not needs_env):
             continue
         item.add_marker(pytest.mark.env if needs_env else pytest.mark.unit)
+
+
+def unprivileged_user(name: str = PRIVSEP_USER) -> pwd.struct_passwd:
+    """A real unprivileged user, made on first use (root tests: sudo's invoking user, or a stranger)."""
+    try:
+        return pwd.getpwnam(name)
+    except KeyError:
+        subprocess.run(["useradd", "--no-create-home", "--shell", "/usr/sbin/nologin", name], check=True)
+        return pwd.getpwnam(name)
+
+
+@pytest.fixture(scope="module")
+def shared():
+    """A folder an unprivileged user can read (pytest's own temporary folders are root's alone)."""
+    folder = Path(tempfile.mkdtemp(prefix="cdb-privsep-"))
+    folder.chmod(0o755)
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def user_venv(folder: Path) -> Path:
+    """A venv of /usr/bin/python3 with the orchestrator's dependencies under `folder`, which an
+    unprivileged user can read (this box's own Python lives under /root, which they cannot); its
+    interpreter."""
+    venv = folder / "venv"
+    uv = os.environ.get("UV") or shutil.which("uv")
+    subprocess.run([uv, "venv", "-q", "--python", "/usr/bin/python3", str(venv)], check=True)
+    subprocess.run([uv, "pip", "install", "-q", "--python", str(venv / "bin" / "python"), *ORCHESTRATOR_DEPS], check=True)
+    return venv / "bin" / "python"
+
+
+def root_powermetrics(folder: Path, python: Path) -> tuple[Path, Path]:
+    """A root-owned stand-in powermetrics in `folder` (the replay of a real capture) for a root
+    broker's `broker.POWERMETRICS`, and the file where each of its starts records its uids. A
+    broker passes no environment: the stand-in carries its own."""
+    for name, source in (("powermetrics_replay.py", REPO / "tests" / "fakes" / "powermetrics_replay.py"),
+                         ("capture.plist", REPO / "tests" / "fixtures" / "powermetrics" / "m4-plist-1sample-thermal.plist")):
+        shutil.copy(source, folder / name)
+    ids, meter = folder / "powermetrics-ids", folder / "powermetrics"
+    meter.write_text(f'#!/bin/sh\nCDB_REPLAY_FILE="{folder / "capture.plist"}" CDB_REPLAY_IDFILE="{ids}" exec "{python}" '
+                     f'"{folder / "powermetrics_replay.py"}" "$@"\n')
+    meter.chmod(0o755)
+    return meter, ids
+
+
+def start_broker(python: Path, meter: Path, sock: Path, user: pwd.struct_passwd) -> subprocess.Popen:
+    """`sudo orchestrate broker --socket SOCK` for `user`, run by root with `meter` as its
+    `broker.POWERMETRICS`; returned once it says it listens."""
+    start = (f"import orchestrator.energy.meters.broker as b; b.POWERMETRICS = {str(meter)!r}; "
+             "from orchestrator.cli import main; main()")
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO), "HOME": "/root", "SUDO_UID": str(user.pw_uid),
+           "SUDO_GID": str(user.pw_gid), "SUDO_USER": user.pw_name}
+    proc = subprocess.Popen([str(python), "-c", start, "broker", "--socket", str(sock)], env=env, cwd="/",
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    assert line.startswith(f"meter broker: listening at {sock} for {user.pw_name}"), (line, proc.communicate())
+    return proc

@@ -197,4 +197,6 @@ def test_doctor_says_what_this_host_can_measure(diffusers_python, mlx_python):
     assert "no uv.lock yet" in coreml["coreml-apple"]["detail"]
     text = cli("doctor")
     assert text.returncode == 0 and "power meters (auto would use:" in text.stdout
+    assert r["meter_broker"] == {"socket": "/var/run/coreml-diffusion-benchmarks/broker.sock", "answers": False}
+    assert "  no meter broker answers at /var/run/coreml-diffusion-benchmarks/broker.sock" in text.stdout
     assert "mlx           env mlx: cpu: " in text.stdout and "gpu: no" in text.stdout

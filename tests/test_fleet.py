@@ -15,7 +15,16 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import REPO, fake_worker_matrix, only_session, stand_in
+from conftest import (
+    AS_ROOT_WITH_A_USER,
+    REPO,
+    fake_worker_matrix,
+    only_session,
+    root_powermetrics,
+    stand_in,
+    start_broker,
+    unprivileged_user,
+)
 
 pytestmark = pytest.mark.fleet
 UV = shutil.which("uv") or str(Path(sys.executable).parent / "uv")
@@ -282,3 +291,31 @@ def test_an_address_where_no_cluster_answers_is_one_line(fake, tmp_path):
         f"error: --ray 127.0.0.1:{port}: no Ray cluster answers there (Connection refused); start its head with "
         "`ray start --head`, or run a local one with --ray local:N")
     assert not (tmp_path / "out").exists()
+
+
+@AS_ROOT_WITH_A_USER
+def test_the_nodes_actors_record_energy_through_the_machines_meter_broker(tmp_path):
+    """A Mac fleet's route to powermetrics: `sudo orchestrate broker` on the machine, Ray started
+    without sudo. Both local nodes' actors inherit the driver's CDB_BROKER_SOCKET and reach it
+    (the session runs as root here, which the broker lets in besides its user)."""
+    python = Path(sys.executable)
+    meter, ids = root_powermetrics(tmp_path, python)
+    sock = tmp_path / "run" / "broker.sock"
+    broker = start_broker(python, meter, sock, unprivileged_user())
+    matrix = fake_worker_matrix(tmp_path / "m.toml", runs=3,
+                                power='meter = "powermetrics"\ninterval_ms = 20\nbaseline_s = 0.5')
+    worker = stand_in(tmp_path / "fake-python", REPO / "tests" / "fakes" / "fake_worker.py")
+    try:
+        code, output = finish(fleet(str(matrix), "--out", str(tmp_path / "out"), "--env", f"diffusers={worker}",
+                                    env={"CDB_CACHE_DIR": str(tmp_path / "cache"), "CDB_BROKER_SOCKET": str(sock)}))
+    finally:
+        broker.send_signal(signal.SIGTERM)
+        broker.communicate(timeout=60)
+    assert code == 0 and broker.returncode == 0, output[-3000:]
+    d = only_session(tmp_path / "out")
+    runs = lines(d)
+    assert [r["status"] for r in runs] == ["ok"] * 3 and len({r["host"] for r in runs}) == 2
+    assert all(r["energy_per_step_j"] is not None and r["meter_exit"] == "stopped" for r in runs), runs
+    assert f"{meter} (cpu_power,gpu_power,ane_power,thermal, -i 20) through the meter broker at {sock}" \
+        in (d / "session.json").read_text()
+    assert set(ids.read_text().split("\n")) - {""} == {"0 0 0"}

@@ -10,33 +10,23 @@ Python that the user can read (this box's own Python lives under /root, which th
 
 import json
 import os
-import pwd
 import shutil
 import subprocess
-import tempfile
 import time
-import tomllib
-from pathlib import Path
 
 import psutil
 import pytest
-from conftest import REPO, fake_worker_matrix, only_session
+from conftest import (
+    AS_ROOT_WITH_A_USER,
+    REPO,
+    fake_worker_matrix,
+    only_session,
+    root_powermetrics,
+    unprivileged_user,
+    user_venv,
+)
 
-pytestmark = [pytest.mark.slow,
-              pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0 or shutil.which("useradd") is None
-                                 or not Path("/usr/bin/python3").exists(),
-                                 reason="needs root, useradd and /usr/bin/python3 (as `sudo` on a Mac would be)")]
-USER = "cdb-privsep-test"
-# the orchestrator's own dependencies, read from pyproject so a new one cannot be missed here
-ORCHESTRATOR_DEPS = [*tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"], "safetensors"]
-
-
-def _user() -> pwd.struct_passwd:
-    try:
-        return pwd.getpwnam(USER)
-    except KeyError:
-        subprocess.run(["useradd", "--no-create-home", "--shell", "/usr/sbin/nologin", USER], check=True)
-        return pwd.getpwnam(USER)
+pytestmark = [pytest.mark.slow, AS_ROOT_WITH_A_USER]
 
 
 def _watch(proc: subprocess.Popen) -> dict[int, dict]:
@@ -61,34 +51,14 @@ def _watch(proc: subprocess.Popen) -> dict[int, dict]:
     return seen
 
 
-@pytest.fixture
-def shared():
-    """A folder the test user can read (pytest's own temporary folders are root's alone)."""
-    folder = Path(tempfile.mkdtemp(prefix="cdb-privsep-"))
-    folder.chmod(0o755)
-    yield folder
-    shutil.rmtree(folder, ignore_errors=True)
-
-
 def test_under_sudo_only_the_broker_and_powermetrics_run_as_root(shared):
-    user = _user()
-    venv = shared / "venv"
-    uv = os.environ.get("UV") or shutil.which("uv")
-    subprocess.run([uv, "venv", "-q", "--python", "/usr/bin/python3", str(venv)], check=True)
-    subprocess.run([uv, "pip", "install", "-q", "--python", str(venv / "bin" / "python"), *ORCHESTRATOR_DEPS], check=True)
-    python = venv / "bin" / "python"
-    for name in ("fake_worker.py", "powermetrics_replay.py"):
-        shutil.copy(REPO / "tests" / "fakes" / name, shared / name)
-    capture = shared / "capture.plist"
-    shutil.copy(REPO / "tests" / "fixtures" / "powermetrics" / "m4-plist-1sample-thermal.plist", capture)
-    ids = shared / "powermetrics-ids"
-    meter = shared / "powermetrics"  # the broker passes no environment: the stand-in carries its own
-    meter.write_text(f'#!/bin/sh\nCDB_REPLAY_FILE="{capture}" CDB_REPLAY_IDFILE="{ids}" exec "{python}" '
-                     f'"{shared / "powermetrics_replay.py"}" "$@"\n')
+    user = unprivileged_user()
+    python = user_venv(shared)
+    meter, ids = root_powermetrics(shared, python)
+    shutil.copy(REPO / "tests" / "fakes" / "fake_worker.py", shared / "fake_worker.py")
     worker = shared / "worker-python"
     worker.write_text(f'#!/bin/sh\nexec "{python}" "{shared / "fake_worker.py"}" "$@"\n')
-    for exe in (meter, worker):
-        exe.chmod(0o755)
+    worker.chmod(0o755)
     work = shared / "work"  # the user's own folder, as their checkout and home would be
     work.mkdir()
     os.chown(work, user.pw_uid, user.pw_gid)
@@ -96,7 +66,7 @@ def test_under_sudo_only_the_broker_and_powermetrics_run_as_root(shared):
     start = (f"import orchestrator.energy.meters.broker as b; b.POWERMETRICS = {str(meter)!r}; "
              "from orchestrator.cli import main; main()")
     env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO), "SUDO_UID": str(user.pw_uid),
-           "SUDO_GID": str(user.pw_gid), "SUDO_USER": USER, "HOME": "/root", "CDB_CACHE_DIR": str(work / "cache"),
+           "SUDO_GID": str(user.pw_gid), "SUDO_USER": user.pw_name, "HOME": "/root", "CDB_CACHE_DIR": str(work / "cache"),
            "FAKE_MODE": "ok"}
     proc = subprocess.Popen([str(python), "-c", start, str(matrix), "--out", str(work / "out"),
                              "--env", f"diffusers={worker}"], cwd=work, env=env,

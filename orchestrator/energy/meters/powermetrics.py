@@ -2,8 +2,9 @@
 
 One powermetrics process per run, started before the cooldown and stopped after the timed
 window. Samples are anchored by their arrival time and their own `elapsed_ns`; the document's
-`timestamp` (one-second resolution) is ignored. Under sudo the fixed /usr/bin/powermetrics runs
-through the root meter broker (broker.py), which hands its output streams over; anything else,
+`timestamp` (one-second resolution) is ignored. The fixed /usr/bin/powermetrics runs through a
+root meter broker (broker.py), which hands its output streams over: the one forked under sudo,
+or else this machine's `sudo orchestrate broker` where one answers; anything else,
 including an executable named by `[power] powermetrics` or CDB_POWERMETRICS (tests run a replay
 of real captured output that way), runs as the orchestrator's own user under the guard, so it
 dies with the orchestrator. Either way the run keeps how the process ended and the end of its
@@ -33,14 +34,24 @@ def executable(configured: str | None = None) -> str:
     return os.environ.get("CDB_POWERMETRICS") or configured or broker.POWERMETRICS
 
 
+def _broker(exe: str) -> broker.BrokerClient | None:
+    """The broker that runs `exe`, where it is the fixed powermetrics and a broker answers."""
+    return broker.client() if exe == broker.POWERMETRICS else None
+
+
 def available(configured: str | None = None) -> Availability:
     exe = executable(configured)
+    client = _broker(exe)
+    if client is not None:  # the broker's side is where it runs, and what it sees counts
+        if client.powermetrics is None:
+            return Availability(False, f"{exe} not found by {client.where} (powermetrics is macOS-only)")
+        return Availability(True, f"{client.powermetrics} through {client.where}")
     if not (Path(exe).is_file() or shutil.which(exe)):
         return Availability(False, f"{exe} not found (powermetrics is macOS-only)")
-    if exe == broker.POWERMETRICS and broker.client() is None and os.geteuid() != 0:
-        return Availability(False, "powermetrics needs root: run the session under sudo")
-    return Availability(True, exe + (" (through the root meter broker)" if exe == broker.POWERMETRICS
-                                     and broker.client() is not None else ""))
+    if exe == broker.POWERMETRICS and os.geteuid() != 0:
+        return Availability(False, "powermetrics needs root: run the session under sudo, or start this machine's "
+                                   f"meter broker (sudo orchestrate broker; none answers at {broker.socket_path()})")
+    return Availability(True, exe)
 
 
 def intervals(samples: list[Sample]) -> list[Interval]:
@@ -65,7 +76,7 @@ class PowermetricsMeter(Meter):
         self._interval_ms = interval_ms
         self._exe = executable(configured)
         self._proc: subprocess.Popen | None = None  # run here, under the guard
-        self._broker: broker.BrokerClient | None = None  # or run by the root broker
+        self._broker = _broker(self._exe)  # or run by a root broker
         self._threads: list[threading.Thread] = []
         self._stream = PlistStream()
         self._stderr = bytearray()
@@ -74,17 +85,18 @@ class PowermetricsMeter(Meter):
         return [self._exe, *broker.command(self._interval_ms, list(broker.SAMPLERS))[1:]]
 
     def version(self) -> str:
-        return f"{self._exe} ({','.join(broker.SAMPLERS)}, -i {self._interval_ms})"
+        exe, through = self._exe, ""
+        if self._broker is not None:
+            exe, through = self._broker.powermetrics or exe, f" through {self._broker.where}"
+        return f"{exe} ({','.join(broker.SAMPLERS)}, -i {self._interval_ms}){through}"
 
     def update_interval_s(self) -> float:
         return self._interval_ms / 1e3
 
     def start(self) -> None:
         self._stream, self._stderr = PlistStream(), bytearray()
-        client = broker.client()
-        if client is not None and self._exe == broker.POWERMETRICS:
-            _, out_fd, err_fd = client.start(self._interval_ms, list(broker.SAMPLERS))
-            self._broker, self._proc = client, None
+        if self._broker is not None:
+            _, out_fd, err_fd = self._broker.start(self._interval_ms, list(broker.SAMPLERS))
         else:
             self._proc = subprocess.Popen([sys.executable, "-m", "orchestrator.energy.meters.guard", "--", *self.command()],
                                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
@@ -92,7 +104,6 @@ class PowermetricsMeter(Meter):
             out_fd, err_fd = os.dup(self._proc.stdout.fileno()), os.dup(self._proc.stderr.fileno())
             self._proc.stdout.close()
             self._proc.stderr.close()
-            self._broker = None
         self._threads = [threading.Thread(target=self._read, args=(out_fd,), name="powermetrics-reader", daemon=True),
                          threading.Thread(target=self._read_stderr, args=(err_fd,), name="powermetrics-stderr",
                                           daemon=True)]
