@@ -79,7 +79,7 @@ class Node:
             envs = envs_mod.discover(envs_mod.parse_overrides(self.job.env_overrides))
             path = REPO_ROOT / self.job.matrix
             m = with_runs(load_matrix(path, set(envs)), self.job.runs)
-            meters.check_name(m.power, str(path))
+            meters.check(m, str(path))
             self.session = Session(m, envs, Display(quiet=True), nvml_check=self.job.nvml_check,
                                    force_power=self.job.force_power)
             self.started = self.session.start(Path(tempfile.mkdtemp(prefix="cdb-fleet-node-")))

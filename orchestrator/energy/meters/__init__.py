@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from orchestrator.config.matrix import Cell, Power
+from orchestrator.config.matrix import Cell, Matrix, Power
 from orchestrator.energy.meters import nvml, powermetrics, rapl
 from orchestrator.energy.meters.base import Meter, MeterSpec, NoMeter
 from orchestrator.errors import UserError
@@ -74,6 +74,20 @@ def check_name(power: Power, where: str) -> MeterSpec | None:
         known = ", ".join(["auto", "none", *(s.name for s in REGISTRY)])
         raise UserError(f"{where}: [power]: field 'meter': {power.meter!r} is not one of {known}")
     return spec
+
+
+def check(m: Matrix, where: str) -> None:
+    """The meter's name (`check_name`), and that cells with `isolation = "gpu"` have a meter that
+    reads each board alone: runs on other GPUs of the node share its host's rails. `auto` is
+    checked on each node, against the meter it chooses there."""
+    spec = check_name(m.power, where)
+    if m.power.meter == "auto" or (spec is not None and spec.per_gpu):
+        return
+    per_board = ", ".join(s.name for s in REGISTRY if s.per_gpu)
+    if lines := [f"{where}: cell {c.id!r}: field 'isolation': \"gpu\" needs a per-board meter ([power] meter = "
+                 f"\"auto\" or {per_board}); {m.power.meter!r} cannot tell one GPU's runs from the others'"
+                 for c in m.cells if c.isolation == "gpu"]:
+        raise UserError(*lines)
 
 
 def choose(power: Power) -> Meters:
