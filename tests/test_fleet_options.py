@@ -1,5 +1,6 @@
 """What a fleet session checks without a cluster: the matrix's [fleet] section and cells'
-`hosts` and `isolation`, `--ray` without Ray installed, node keys and label matching."""
+`hosts` and `isolation`, `--ray` without Ray installed, node keys, label matching and which
+node or GPU slot is free."""
 
 import subprocess
 import sys
@@ -130,3 +131,22 @@ def test_gpu_isolation_needs_a_cuda_device_and_a_per_board_meter(tmp_path):
         assert e.value.lines == [f"{path}: cell 'g': field 'isolation': \"gpu\" needs a per-board meter ([power] "
                                  f"meter = \"auto\" or nvml); '{meter}' cannot tell one GPU's runs from the others'"]
 
+
+def test_a_gpu_slot_meters_its_own_board_whatever_device_the_cell_names():
+    cell = Cell(id="g", backend="diffusers", precision="fp16", device="cuda", isolation="gpu")
+    assert meters.Meters(None, "none").index(cell) == 0
+    assert meters.Meters(None, "none", gpu=3).index(cell) == 3
+
+
+def test_gpu_slots_of_a_node_run_together_and_never_beside_a_whole_node_run():
+    def member(key: str, node: str, gpu: int | None = None) -> Member:
+        return Member(key, RayNode(node, "10.0.0.1"), None, NodeFacts(host={"hostname": "gpu"}, gpu=gpu))
+
+    whole, g0, g1 = member("h", "a"), member("h/gpu-0", "a", 0), member("h/gpu-1", "a", 1)
+    other = member("h2", "b")
+    assert g1.free([g0]) and not whole.free([g0]) and not g0.free([whole]) and not g0.free([g0])
+    assert whole.free([other]) and g0.free([other]) and whole.free([]) and not whole.free([whole])
+    gpu_cell = Cell(id="g", backend="diffusers", precision="fp16", device="cuda", isolation="gpu")
+    node_cell = Cell(id="n", backend="diffusers", precision="fp16", device="cuda")
+    assert g0.serves(gpu_cell) and not whole.serves(gpu_cell)
+    assert whole.serves(node_cell) and not g0.serves(node_cell)

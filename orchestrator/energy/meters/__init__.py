@@ -30,13 +30,18 @@ def gpu_index(cell: Cell) -> int:
 @dataclass
 class Meters:
     """The session's meter source (None: no energy is measured, `reason` says why); a per-GPU
-    source gets one meter per GPU index, following each cell."""
+    source gets one meter per GPU index, following each cell, or the one GPU a fleet's GPU slot
+    is bound to (`gpu`: its NVML index, which CUDA_VISIBLE_DEVICES does not renumber)."""
 
     spec: MeterSpec | None
     reason: str  # what was chosen and why, or why no energy is measured
     skipped: dict[str, str] = field(default_factory=dict)
     power: Power | None = None
+    gpu: int | None = None
     _made: dict[int, Meter] = field(default_factory=dict)
+
+    def index(self, cell: Cell) -> int:
+        return self.gpu if self.gpu is not None else gpu_index(cell)
 
     @property
     def name(self) -> str | None:
@@ -45,7 +50,7 @@ class Meters:
     def for_cell(self, cell: Cell) -> Meter:
         if self.spec is None or self.power is None:
             return NoMeter(self.reason)
-        key = gpu_index(cell) if self.spec.per_gpu else 0
+        key = self.index(cell) if self.spec.per_gpu else 0
         if key not in self._made:
             self._made[key] = self.spec.make(self.power, key)
         return self._made[key]
@@ -54,7 +59,7 @@ class Meters:
         """The slowdowns the source sees on the cell's GPU now; None where it cannot tell."""
         if self.spec is None or self.spec.throttle_reasons is None:
             return None
-        return self.spec.throttle_reasons(gpu_index(cell))
+        return self.spec.throttle_reasons(self.index(cell))
 
     def versions(self) -> dict[int, str]:
         return {k: m.version() for k, m in self._made.items()}
