@@ -80,7 +80,7 @@ def run(matrix: Path, out: Path, resume: Path | None, runs: int | None, quiet: b
     display = Display(quiet=quiet)
     envs = envs_mod.discover(envs_mod.parse_overrides(env_overrides))
     m = load_matrix(matrix, set(envs))
-    meters.check_name(m.power, str(matrix))
+    meters.check(m, str(matrix))
     if runs is not None:
         m = with_runs(m, runs)
     signal.signal(signal.SIGTERM, _interrupt)
@@ -119,7 +119,7 @@ def check(matrix: Path, out: Path, runs: int | None, previous: Path | None, env_
 
     envs = envs_mod.discover(envs_mod.parse_overrides(env_overrides))
     m = load_matrix(matrix, set(envs))
-    meters.check_name(m.power, str(matrix))
+    meters.check(m, str(matrix))
     check_matrix(m if runs is None else with_runs(m, runs), envs, out, Display(), previous)
 
 

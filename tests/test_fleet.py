@@ -319,3 +319,42 @@ def test_the_nodes_actors_record_energy_through_the_machines_meter_broker(tmp_pa
     assert f"{meter} (cpu_power,gpu_power,ane_power,thermal, -i 20) through the meter broker at {sock}" \
         in (d / "session.json").read_text()
     assert set(ids.read_text().split("\n")) - {""} == {"0 0 0"}
+
+
+def test_gpu_isolated_runs_share_a_node_one_per_gpu_and_a_whole_node_run_runs_alone(tmp_path):
+    """One node with two simulated GPUs (CDB_FLEET_LOCAL_GPUS): the fake worker records the GPU it
+    was bound to and its timed window, so overlaps are read from the runs themselves."""
+    matrix = fake_worker_matrix(tmp_path / "m.toml", runs=2, power='meter = "auto"', order="sequential")
+    text = matrix.read_text().replace("[power]", "min_window_s = 6\n[power]")  # margin: the two slots' runs start seconds apart on a busy host
+    head, cell = text[:text.index("[[cells]]")], text[text.index("[[cells]]"):]
+    gpu = cell.replace('id = "fake"', 'id = "gpu"').replace('device = "cpu"', 'device = "cuda"') + 'isolation = "gpu"\n'
+    matrix.write_text(head + gpu + cell)  # sequential: both GPU runs, then the whole-node runs, which must wait
+    worker = stand_in(tmp_path / "fake-python", REPO / "tests" / "fakes" / "fake_worker.py")
+    (traces := tmp_path / "traces").mkdir()
+    code, output = finish(fleet(str(matrix), "--out", str(tmp_path / "out"), "--env", f"diffusers={worker}", nodes=1,
+                                env={"CDB_CACHE_DIR": str(tmp_path / "cache"), "CDB_FLEET_LOCAL_GPUS": "2",
+                                     "FAKE_TRACE": str(traces)}))
+    assert code == 0, output[-3000:]
+    d = only_session(tmp_path / "out")
+    runs = {f"{r['cell_id']}/run-{r['run_index']:03d}": r for r in lines(d)}
+    seen = [json.loads(p.read_text()) for p in traces.iterdir()]
+    window = {t["label"]: t for t in seen if t["label"] in runs}  # the reference's worker is traced too
+    assert sorted(window) == ["fake/run-000", "fake/run-001", "gpu/run-000", "gpu/run-001"], seen
+    assert all(r["status"] == "ok" for r in runs.values())
+    hosts = json.loads((d / "session.json").read_text())["hosts"]
+    assert sorted(hosts) == ["vm", "vm/gpu-0", "vm/gpu-1"], hosts
+    gpu_runs = [runs["gpu/run-000"], runs["gpu/run-001"]]
+    assert sorted(r["gpu"] for r in gpu_runs) == [0, 1]
+    for r in gpu_runs:
+        t = window[f"gpu/run-{r['run_index']:03d}"]
+        assert r["host"] == f"vm/gpu-{r['gpu']}" and hosts[r["host"]]["gpu"]["index"] == r["gpu"]
+        assert (t["cuda_visible_devices"], t["cuda_device_order"]) == (str(r["gpu"]), "PCI_BUS_ID")
+    a, b = (window[f"gpu/run-00{i}"] for i in (0, 1))
+    assert max(a["start_ns"], b["start_ns"]) < min(a["end_ns"], b["end_ns"]), "the two GPU runs did not overlap"
+    for label in ("fake/run-000", "fake/run-001"):
+        assert runs[label]["host"] == "vm" and runs[label]["gpu"] is None
+        mine = window[label]
+        for other in window.values():
+            if other is not mine:
+                assert other["end_ns"] <= mine["start_ns"] or mine["end_ns"] <= other["start_ns"], (label, other)
+    assert "| vm/gpu-0 | gpu |" in (d / "report.md").read_text()

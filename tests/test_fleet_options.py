@@ -1,5 +1,6 @@
 """What a fleet session checks without a cluster: the matrix's [fleet] section and cells'
-`hosts`, `--ray` without Ray installed, node keys and label matching."""
+`hosts` and `isolation`, `--ray` without Ray installed, node keys, label matching and which
+node or GPU slot is free."""
 
 import subprocess
 import sys
@@ -7,7 +8,8 @@ import sys
 import pytest
 from conftest import REPO
 
-from orchestrator.config.matrix import load_matrix
+from orchestrator.config.matrix import Cell, load_matrix
+from orchestrator.energy import meters
 from orchestrator.errors import UserError
 from orchestrator.fleet.cluster import RayNode
 from orchestrator.fleet.dispatch import Member, host_keys, refusals
@@ -73,8 +75,6 @@ def test_nodes_sharing_a_hostname_get_a_key_each():
 
 
 def test_cells_select_nodes_by_facts_chip_and_ray_labels():
-    from orchestrator.config.matrix import Cell
-
     def cell(**hosts: str) -> Cell:
         return Cell(id="c", backend="diffusers", precision="fp32", device="cpu", hosts=hosts)
 
@@ -101,3 +101,52 @@ def test_a_node_whose_study_differs_from_the_drivers_is_refused_naming_each_diff
         "eeeeeeeeeeee… (vs cccccccccccc…); harness commit ['ffffffffffffffffffffffffffffffffffffffff'] "
         "(vs ['dddddddddddddddddddddddddddddddddddddddd'])",
         "--ray: refusing node gpu (10.0.0.3): envs/mlx: uv is not installed"]
+
+
+GPU_CELL = '\n[[cells]]\nid = "g"\nbackend = "diffusers"\ndevice = "cuda"\nprecision = "fp16"\nresolution = 64\n'
+
+
+def test_gpu_isolation_needs_a_cuda_device_and_a_per_board_meter(tmp_path):
+    text = QUICK.read_text() + GPU_CELL + 'isolation = "gpu"\n'
+    bad = (text.replace('id = "g"', 'id = "g1"') + GPU_CELL.replace('"g"', '"g2"').replace('"cuda"', '"cuda:1"')
+           + 'isolation = "gpu"\n' + GPU_CELL.replace('"g"', '"g3"').replace('"cuda"', '"cpu"') + 'isolation = "gpu"\n'
+           + GPU_CELL.replace('"g"', '"g4"') + 'isolation = "board"\n')
+    lines = _errors(tmp_path, bad)
+    assert [line.split(": ", 1)[1] for line in lines] == [
+        "cell 'g2': field 'isolation': \"gpu\" needs device = \"cuda\" (a run gets one GPU of its node, which it "
+        "sees as cuda:0), got device 'cuda:1'",
+        "cell 'g3': field 'isolation': \"gpu\" needs device = \"cuda\" (a run gets one GPU of its node, which it "
+        "sees as cuda:0), got device 'cpu'",
+        "cell 'g4': field 'isolation': 'board' is not one of gpu, node"], lines
+    path = tmp_path / "ok.toml"
+    for meter in ("auto", "nvml"):
+        path.write_text(text.replace('meter = "auto"', f'meter = "{meter}"'))
+        m = load_matrix(path, ENVS)
+        meters.check(m, str(path))
+        assert [c.isolation for c in m.cells] == ["node", "node", "node", "gpu"]
+    for meter in ("rapl", "none"):
+        path.write_text(text.replace('meter = "auto"', f'meter = "{meter}"'))
+        with pytest.raises(UserError) as e:
+            meters.check(load_matrix(path, ENVS), str(path))
+        assert e.value.lines == [f"{path}: cell 'g': field 'isolation': \"gpu\" needs a per-board meter ([power] "
+                                 f"meter = \"auto\" or nvml); '{meter}' cannot tell one GPU's runs from the others'"]
+
+
+def test_a_gpu_slot_meters_its_own_board_whatever_device_the_cell_names():
+    cell = Cell(id="g", backend="diffusers", precision="fp16", device="cuda", isolation="gpu")
+    assert meters.Meters(None, "none").index(cell) == 0
+    assert meters.Meters(None, "none", gpu=3).index(cell) == 3
+
+
+def test_gpu_slots_of_a_node_run_together_and_never_beside_a_whole_node_run():
+    def member(key: str, node: str, gpu: int | None = None) -> Member:
+        return Member(key, RayNode(node, "10.0.0.1"), None, NodeFacts(host={"hostname": "gpu"}, gpu=gpu))
+
+    whole, g0, g1 = member("h", "a"), member("h/gpu-0", "a", 0), member("h/gpu-1", "a", 1)
+    other = member("h2", "b")
+    assert g1.free([g0]) and not whole.free([g0]) and not g0.free([whole]) and not g0.free([g0])
+    assert whole.free([other]) and g0.free([other]) and whole.free([]) and not whole.free([whole])
+    gpu_cell = Cell(id="g", backend="diffusers", precision="fp16", device="cuda", isolation="gpu")
+    node_cell = Cell(id="n", backend="diffusers", precision="fp16", device="cuda")
+    assert g0.serves(gpu_cell) and not whole.serves(gpu_cell)
+    assert whole.serves(node_cell) and not g0.serves(node_cell)

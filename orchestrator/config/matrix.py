@@ -25,6 +25,7 @@ from workers.contract.backends import BACKENDS, PRECISIONS
 from workers.contract.presets import PRESETS
 
 ORDERS = ("interleaved", "sequential")
+ISOLATIONS = ("node", "gpu")
 CELL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # ASCII only; it names files and folders
 SEED_MAX = 2**32 - 1  # what numpy's legacy seeding and the recorded order seed accept
 DAY_S = 86400.0
@@ -101,7 +102,7 @@ class Timing:
 @dataclass(frozen=True)
 class Power:
     # Checked against the meter registry (orchestrator/energy/meters, a layer above this one) by
-    # `meters.check_name` right after the matrix loads, so a new meter needs no edit here.
+    # `meters.check` right after the matrix loads, so a new meter needs no edit here.
     meter: str = setting("auto", doc="the energy meter: auto, none, or a name in the meter registry",
                          pattern=(re.compile(r"[a-z][a-z0-9_-]*"), "a meter's name: lowercase letters, digits, '_', '-'"))
     interval_ms: int = setting(100, doc="meter sampling interval", ge=1, le=60_000)
@@ -178,6 +179,11 @@ class Cell:
     hosts: dict[str, str] = setting(factory=dict, doc="a fleet session (`--ray`): the nodes that run the cell, by "
                                     "label: `{ chip = \"Apple M2*\" }` matches a node whose fact or Ray label `chip` "
                                     "matches the pattern (fnmatch); empty: every node. A local session ignores it")
+    isolation: str = setting("node", doc="a fleet session (`--ray`): what one run has to itself. `node`: the whole "
+                             "node, no other run beside it; `gpu`: one NVIDIA GPU of its node (device = \"cuda\"), "
+                             "so runs of such cells share a multi-GPU node, one per GPU, each metered on its own "
+                             "board. A local session runs one run at a time either way",
+                             choices=ISOLATIONS)
     options: dict[str, Any] = setting(factory=dict, extra=True, doc="the backend's own keys, beside the others")
 
     def as_setup(self) -> dict[str, Any]:
@@ -349,6 +355,9 @@ def _cell(raw: Any, index: int, known_envs: set[str], problems: Problems) -> Cel
             problems.add(where, f"field 'hosts': {HOST_LABEL[1]}, got {label!r}")
         if not pattern:
             problems.add(where, f"field 'hosts': label {label!r} has an empty pattern")
+    if c["isolation"] == "gpu" and c["device"] != "cuda":
+        problems.add(where, f"field 'isolation': \"gpu\" needs device = \"cuda\" (a run gets one GPU of its node, "
+                     f"which it sees as cuda:0), got device {c['device']!r}")
     options = {k: raw[k] for k in extra if k in raw}
     for key, value in options.items():
         allowed = extra[key].values

@@ -21,6 +21,9 @@ HOST_PORT = re.compile(r"([^:/\s]+):([0-9]{1,5})")  # a head's GCS address; Ray 
 # A node carrying this resource measures; when no node carries it, every node does. A local
 # cluster's head carries none: it hosts the driver and Ray's own services, no measurement.
 NODE_RESOURCE = "cdb-node"
+# Simulated GPUs for each node of `local:N`, for tests of GPU slots on a machine without one: Ray
+# hands them out and sets CUDA_VISIBLE_DEVICES as for real ones; nothing runs on them.
+LOCAL_GPUS = "CDB_FLEET_LOCAL_GPUS"
 
 
 def import_ray() -> ModuleType:
@@ -41,6 +44,7 @@ class RayNode:
     node_id: str
     address: str
     labels: dict[str, str] = field(default_factory=dict)
+    gpus: int = 0  # the GPUs Ray knows of on the node: each is a slot for cells with isolation = "gpu"
 
 
 class Cluster:
@@ -78,8 +82,9 @@ class Cluster:
             from ray.cluster_utils import Cluster as LocalCluster
 
             self._local = LocalCluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
+            gpus = int(os.environ.get(LOCAL_GPUS) or 0)
             for _ in range(self.local_nodes):
-                self._local.add_node(num_cpus=1, resources={NODE_RESOURCE: 1})
+                self._local.add_node(num_cpus=1, num_gpus=gpus, resources={NODE_RESOURCE: 1})
             address = self._local.address
         try:
             ray.init(address=address, log_to_driver=False, logging_level="WARNING")
@@ -103,5 +108,6 @@ class Cluster:
         """The live nodes that measure, in node id order."""
         alive = [n for n in self.ray.nodes() if n.get("Alive")]
         marked = [n for n in alive if (n.get("Resources") or {}).get(NODE_RESOURCE)]
-        return [RayNode(n["NodeID"], str(n.get("NodeManagerAddress")), dict(n.get("Labels") or {}))
+        return [RayNode(n["NodeID"], str(n.get("NodeManagerAddress")), dict(n.get("Labels") or {}),
+                        int((n.get("Resources") or {}).get("GPU") or 0))
                 for n in sorted(marked or alive, key=lambda n: n["NodeID"])]

@@ -2,10 +2,12 @@
 the session as a local one does (one folder, session.json, the plan, the references), then puts
 one actor on each measuring node (node.py), each running one measurement at a time: two runs on
 one machine would share its power rails and its cores, and a run's energy and latency would be
-the other's too. Each free node takes the next planned run its labels allow; each run's record
-is appended to runs.jsonl, with its node as `host`, the moment it comes back. A node that dies
-mid-run fails that attempt, with the reason and the node, and the run goes to another node up
-to `[fleet] retries` more times."""
+the other's too. Where cells opt in (`isolation = "gpu"`), each GPU Ray knows of on a node also
+gets an actor of its own (a GPU slot, `num_gpus=1`): GPU slots of one node run at the same time,
+each on its board, and never beside a run of the whole node. Each free node or slot takes the next
+planned run its labels allow; each run's record is appended to runs.jsonl, with its node or slot
+as `host`, the moment it comes back. A node that dies mid-run fails that attempt, with the reason
+and the node, and the run goes to another node up to `[fleet] retries` more times."""
 
 from __future__ import annotations
 
@@ -33,7 +35,8 @@ from orchestrator.run.session import Session, SessionResult, Started, run_record
 
 @dataclass
 class Member:
-    """A measuring node: its actor, its key in session.json's `hosts`, what it said at setup."""
+    """A measuring node, or one GPU of it (`facts.gpu`): its actor, its key in session.json's
+    `hosts`, what it said at setup."""
 
     key: str
     node: RayNode
@@ -50,9 +53,21 @@ class Member:
         return {**facts, "gpu": gpus[0] if gpus else "", "chip": str(host.get("cpu") if apple or not gpus else gpus[0]),
                 **self.node.labels}
 
-    def serves(self, cell: Cell) -> bool:
+    def matches(self, cell: Cell) -> bool:
+        """The cell's `hosts` match this node."""
         mine = self.labels()
         return all(label in mine and fnmatchcase(mine[label], pattern) for label, pattern in cell.hosts.items())
+
+    def serves(self, cell: Cell) -> bool:
+        """The cell's `hosts` match, and its runs take a GPU slot where this is one, the whole node else."""
+        return self.matches(cell) and (cell.isolation == "gpu") == (self.facts.gpu is not None)
+
+    def free(self, busy: list[Member]) -> bool:
+        """Not running, and nothing of the other kind runs on its node: a whole-node run has no GPU
+        run beside it, and a GPU run no whole-node run."""
+        beside = [x for x in busy if x.node.node_id == self.node.node_id]
+        return self not in busy and (not beside if self.facts.gpu is None else all(x.facts.gpu is not None
+                                                                                   for x in beside))
 
 
 @dataclass
@@ -108,19 +123,31 @@ class Fleet:
         nodes = self.cluster.nodes()
         if not nodes:
             raise UserError(f"--ray {self.cluster.address}: the cluster has no live node")
+        # A GPU slot is an actor that holds one of the node's GPUs for the session: Ray picks which.
+        per_gpu = any(c.isolation == "gpu" for c in self.matrix.enabled_cells)
+        slots = [(n, i) for n in nodes for i in range(n.gpus)] if per_gpu else []
         actors = [remote.options(num_cpus=0, max_concurrency=1,
                                  scheduling_strategy=NodeAffinitySchedulingStrategy(n.node_id, soft=False))
                   .remote(self.job) for n in nodes]
-        with self.display.status(f"starting the session on {len(nodes)} node(s)"):
-            facts = [self._setup(ray, ref) for ref in [a.setup.remote() for a in actors]]
+        gpu_actors = [remote.options(num_cpus=0, num_gpus=1, max_concurrency=1,
+                                     scheduling_strategy=NodeAffinitySchedulingStrategy(n.node_id, soft=False))
+                      .remote(self.job, gpu_slot=True) for n, _ in slots]
+        with self.display.status(f"starting the session on {len(nodes)} node(s), {len(slots)} GPU slot(s)"):
+            refs = [a.setup.remote() for a in [*actors, *gpu_actors]]
+            facts = [self._setup(ray, ref) for ref in refs]
+        keys = host_keys(facts[:len(nodes)])
+        key_of = {n.node_id: k for n, k in zip(nodes, keys, strict=True)}
         self.members = [Member(key, node, actor, f)
-                        for key, node, actor, f in zip(host_keys(facts), nodes, actors, facts, strict=True)]
+                        for key, node, actor, f in zip(keys, nodes, actors, facts[:len(nodes)], strict=True)]
+        self.members += [Member(f"{key_of[n.node_id]}/gpu-{f.gpu if f.gpu is not None else i}", n, actor, f)
+                         for (n, i), actor, f in zip(slots, gpu_actors, facts[len(nodes):], strict=True)]
         mine = {**identity(st.session), "harness commit": [str(provenance.harness().get("git_commit"))]}
         if problems := refusals(mine, self.members):
             raise UserError(*problems)
         for m in self.members:
-            self.display.log(f"node {m.key}: {m.node.address}, {m.facts.host.get('cpu')}, "
-                             f"{len(m.facts.host.get('gpus') or [])} GPU(s)")
+            self.display.log(f"node {m.key}: {m.node.address}, " + (
+                f"GPU {m.facts.gpu}, isolation = \"gpu\" cells" if m.facts.gpu is not None else
+                f"{m.facts.host.get('cpu')}, {len(m.facts.host.get('gpus') or [])} GPU(s)"))
 
     @staticmethod
     def _setup(ray: Any, ref: Any) -> NodeFacts:
@@ -198,26 +225,31 @@ class Fleet:
                 and (x.lost is None or not alive)]
 
     def _dispatch(self, st: Started) -> None:
-        """Every queued run on a free node that serves its cell, records appended as they come
-        back."""
+        """Every queued run on a free node or GPU slot that serves its cell, records appended as
+        they come back. A whole-node run that waits for a node's GPU runs to end holds back the
+        GPU runs queued after it there, so it keeps its place in the run order."""
         ray = self.cluster.ray
         m, sdir = self.matrix, st.sdir
         total, queue = self.queued
-        free = list(self.members)
         busy: dict[Any, tuple[Member, Attempt]] = {}
         with self.display.progress(total=total, completed=total - len(queue)) as progress:
             while queue or busy:
+                held: set[str] = set()  # node ids a waiting whole-node run is owed
                 for attempt in list(queue):
                     cell = m.cell(attempt.planned.cell_id)
-                    if not self._serving(cell, attempt, alive=True):
+                    serving = self._serving(cell, attempt, alive=True)
+                    if not serving:
                         queue.remove(attempt)
                         self._append(sdir, self._unserved(sdir, cell, attempt), progress)
                         continue
-                    member = next((x for x in self._serving(cell, attempt, alive=True) if x in free), None)
+                    running = [x for x, _ in busy.values()]
+                    member = next((x for x in serving if x.free(running)
+                                   and (x.facts.gpu is None or x.node.node_id not in held)), None)
                     if member is None:
+                        if cell.isolation == "node":
+                            held |= {x.node.node_id for x in serving}
                         continue
                     queue.remove(attempt)
-                    free.remove(member)
                     p = attempt.planned
                     busy[member.actor.run.remote(p.cell_id, p.run_index, p.order_index)] = (member, attempt)
                     progress.start_run(p, cell, total)
@@ -233,12 +265,10 @@ class Fleet:
                     if attempt.left > 0:
                         queue.appendleft(replace(attempt, attempt=attempt.attempt + 1, left=attempt.left - 1))
                 except ray.exceptions.RayError as e:  # the harness failed on the node: the run's failure, not the node's
-                    free.append(member)
                     rec = run_record(sdir.id, m.cell(attempt.planned.cell_id), attempt.planned)
-                    rec.status, rec.host, rec.attempt = "failed", member.key, attempt.attempt
+                    rec.status, rec.host, rec.gpu, rec.attempt = "failed", member.key, member.facts.gpu, attempt.attempt
                     rec.failure_reason = f"the harness failed the run on node {member.key}: {_first_line(e)}"
                 else:
-                    free.append(member)
                     rec = self._received(sdir, done, member, attempt)
                 self._append(sdir, rec, progress)
 
@@ -252,11 +282,12 @@ class Fleet:
             path = sdir.root / relative
             path.parent.mkdir(parents=True, exist_ok=True)
             write_atomic(path, data)
-        return replace(done.record, session_id=sdir.id, host=member.key, attempt=attempt.attempt)
+        return replace(done.record, session_id=sdir.id, host=member.key, gpu=member.facts.gpu, attempt=attempt.attempt)
 
     def _lost(self, sdir: SessionDir, cell: Cell, attempt: Attempt, member: Member) -> RunRecord:
         rec = run_record(sdir.id, cell, attempt.planned)
         rec.status, rec.host, rec.attempt, rec.node_lost = "failed", member.key, attempt.attempt, True
+        rec.gpu = member.facts.gpu
         rec.failure_reason = (f"node {member.key} ({member.node.address}) was lost during the run ({member.lost})"
                               + ("; to be tried again on another node" if attempt.left > 0 else
                                  "; each-host: its runs stay with it" if attempt.host else "; no retries left"))
@@ -274,7 +305,11 @@ class Fleet:
             return rec
         wanted = ", ".join(f"{k} = {v!r}" for k, v in cell.hosts.items())
         rec.status = "unsupported"
-        rec.failure_reason = f"no node of the cluster matches hosts {{ {wanted} }}"
+        if cell.isolation == "gpu" and any(x.matches(cell) for x in self.members):
+            rec.failure_reason = ("isolation = \"gpu\": no node of the cluster that matches its hosts has a GPU "
+                                  "that Ray knows of")
+        else:
+            rec.failure_reason = f"no node of the cluster matches hosts {{ {wanted} }}"
         return rec
 
     def _record_hosts(self, st: Started, finished: bool) -> None:
@@ -292,7 +327,10 @@ class Fleet:
                     here = {"lost": _first_line(e)}
             for env, versions in (here.get("worker_versions") or {}).items():
                 st.session.worker_versions.setdefault(env, versions)
-            entry = hosts.setdefault(member.key, {"host": member.facts.host, "harness": member.facts.harness,
+            gpus = member.facts.host.get("gpus") or []
+            gpu = member.facts.gpu
+            slot = {} if gpu is None else {"gpu": {"index": gpu, "nvidia_smi": gpus[gpu] if gpu < len(gpus) else None}}
+            entry = hosts.setdefault(member.key, {"host": member.facts.host, **slot, "harness": member.facts.harness,
                                                   "env_lock_sha256": member.facts.env_lock_sha256,
                                                   "ray": {"node_id": member.node.node_id,
                                                           "address": member.node.address,

@@ -7,6 +7,7 @@ bytes of its files; the driver keeps the one session folder."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -50,6 +51,7 @@ class NodeFacts:
     env_lock_sha256: dict[str, Any] = field(default_factory=dict)
     preflight: dict[str, Any] = field(default_factory=dict)
     problem: str | None = None  # why the node cannot take part, as the node's one line
+    gpu: int | None = None  # a GPU slot: the NVML index of its GPU
 
 
 @dataclass
@@ -64,11 +66,30 @@ def matrix_reference(path: Path) -> str:
     return str(resolved.relative_to(REPO_ROOT)) if resolved.is_relative_to(REPO_ROOT) else str(resolved)
 
 
-class Node:
-    """The actor's class (dispatch.py makes it a Ray actor, pinned to its node)."""
+def bound_gpu() -> int:
+    """The GPU Ray gave this actor, bound for its workers: CUDA_VISIBLE_DEVICES names it, read in
+    PCI bus order (CUDA_DEVICE_ORDER), the order NVML indexes boards in, so the index the meter
+    reads is the board the worker runs on whatever order CUDA would list them in."""
+    import ray
 
-    def __init__(self, job: Job):
+    (given,) = ray.get_gpu_ids()
+    try:
+        index = int(given)
+    except ValueError:
+        raise UserError(f"Ray gave this GPU slot GPU {given!r}, not an index: start the node's Ray without "
+                        "CUDA_VISIBLE_DEVICES naming GPUs by UUID") from None
+    os.environ["CUDA_VISIBLE_DEVICES"] = str(index)
+    os.environ["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
+    return index
+
+
+class Node:
+    """The actor's class (dispatch.py makes it a Ray actor, pinned to its node): the whole node, or
+    with `gpu_slot` one GPU of it that Ray assigned (`num_gpus=1`), for cells with isolation = "gpu"."""
+
+    def __init__(self, job: Job, gpu_slot: bool = False):
         self.job = job
+        self.gpu_slot = gpu_slot
         self.session: Session | None = None
         self.started: Started | None = None
 
@@ -76,13 +97,18 @@ class Node:
         """The node's local session started; its facts, or the problem that keeps it out."""
         facts = NodeFacts(host=provenance.host(), harness=provenance.harness())
         try:
+            facts.gpu = bound_gpu() if self.gpu_slot else None
             envs = envs_mod.discover(envs_mod.parse_overrides(self.job.env_overrides))
             path = REPO_ROOT / self.job.matrix
             m = with_runs(load_matrix(path, set(envs)), self.job.runs)
-            meters.check_name(m.power, str(path))
+            meters.check(m, str(path))
             self.session = Session(m, envs, Display(quiet=True), nvml_check=self.job.nvml_check,
-                                   force_power=self.job.force_power)
+                                   force_power=self.job.force_power, gpu=facts.gpu)
             self.started = self.session.start(Path(tempfile.mkdtemp(prefix="cdb-fleet-node-")))
+            spec = self.session.meters.spec
+            if facts.gpu is not None and spec is not None and not spec.per_gpu:
+                raise UserError(f"isolation = \"gpu\": [power] meter = \"auto\" chose {spec.name} here, which "
+                                "cannot tell one GPU's runs from the others'; name a per-board meter (nvml)")
         except UserError as e:
             facts.problem = "; ".join(e.lines)
             return facts

@@ -175,6 +175,9 @@ class RunRecord:
     log_file: str | None = field(None, doc="the worker's stderr, relative to the session folder")
     host: str | None = field(None, doc="the host it ran on, a key of session.json's `hosts` (a merged or fleet session); "
                                        "null: the session's own host, or its resume's")
+    gpu: int | None = field(None, doc="a fleet session's `isolation = \"gpu\"` run: the NVML index (PCI bus order) "
+                                      "of the one GPU of its node it saw and was metered on; its `host` ends in "
+                                      "`/gpu-N`; null: the run had its node to itself")
     merged_from: dict[str, Any] | None = field(None, doc="a merged session: the `session_id` and `run_index` the run "
                                                          "had in its source session")
     attempt: int | None = field(None, unit="count", doc="a fleet session (`--ray`): which attempt at this run, 1 "
@@ -242,7 +245,9 @@ class SessionRecord:
                                                             "idle power and references then")
     energy_recomputed: list[dict[str, Any]] = field(factory=list, doc="one per `orchestrate recompute-energy`: "
                                                                       "time, harness, runs")
-    hosts: dict[str, dict[str, Any]] = field(factory=dict, doc="a merged or fleet session: per host (the runs' `host`), its "
+    hosts: dict[str, dict[str, Any]] = field(factory=dict, doc="a merged or fleet session: per host (the runs' `host`; a "
+                                                               "fleet's GPU slot is `NODE/gpu-N`, with `gpu`: its "
+                                                               "`index` and `nvidia_smi` line), its "
                                                                "hardware, harness, env lock sha256 and, per source "
                                                                "session, its idle power, preflight, run order seed "
                                                                "and the versions its workers reported")

@@ -90,8 +90,9 @@ class Started:
 
 class Session:
     def __init__(self, matrix: Matrix, envs: dict[str, Env], display: Display, nvml_check: bool = False,
-                 force_power: bool = False):
+                 force_power: bool = False, gpu: int | None = None):
         self.matrix = matrix
+        self.gpu = gpu  # a fleet's GPU slot: the NVML index of the one GPU its workers see, which its meter reads
         self.preflight = PreflightGate(matrix.preflight, force_power, display.status)
         self.nvml_check = nvml_check
         self.envs = envs
@@ -399,6 +400,7 @@ class Session:
     def session_preflight(self) -> dict[str, Any]:
         """The meter chosen and the session's preflight, its problems said."""
         self.meters = choose(self.matrix.power)
+        self.meters.gpu = self.gpu
         self.display.explain(f"power: {self.meters.name or 'none'}", self.meters.reason)
         preflight = self.preflight.session_start(records_power=self.meters.name is not None)
         for problem in preflight["power"]["problems"]:

@@ -4,6 +4,7 @@ orchestrator sends a setup a worker accepts. Each mode is one fault a worker can
 MODES lists them, with the stage at which each strikes."""
 
 import functools
+import json
 import os
 import signal
 import sys
@@ -126,7 +127,20 @@ def run() -> int:
         out.write(encode(result)[:-10])
         sys.exit(0)
     ch.send(result)
+    trace(starts[0], ends[-1])
     return 4 if mode == "bad_exit" else 0
+
+
+def trace(start_ns: int, end_ns: int) -> None:
+    """With FAKE_TRACE (a folder): the run's GPU binding and its timed window on the system-wide
+    monotonic clock, one file per run, for a test of which runs overlapped where."""
+    if folder := os.environ.get("FAKE_TRACE"):
+        label = sys.argv[sys.argv.index("--run-label") + 1] if "--run-label" in sys.argv else str(os.getpid())
+        line = json.dumps({"label": label, "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+                           "cuda_device_order": os.environ.get("CUDA_DEVICE_ORDER"), "start_ns": start_ns,
+                           "end_ns": end_ns})
+        with open(os.path.join(folder, f"{os.getpid()}.json"), "w") as f:
+            f.write(line)
 
 
 if "--forkserver" in sys.argv:  # the fake as a fork server: the real one, forking this fake's run()

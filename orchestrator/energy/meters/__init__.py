@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from orchestrator.config.matrix import Cell, Power
+from orchestrator.config.matrix import Cell, Matrix, Power
 from orchestrator.energy.meters import nvml, powermetrics, rapl
 from orchestrator.energy.meters.base import Meter, MeterSpec, NoMeter
 from orchestrator.errors import UserError
@@ -30,13 +30,18 @@ def gpu_index(cell: Cell) -> int:
 @dataclass
 class Meters:
     """The session's meter source (None: no energy is measured, `reason` says why); a per-GPU
-    source gets one meter per GPU index, following each cell."""
+    source gets one meter per GPU index, following each cell, or the one GPU a fleet's GPU slot
+    is bound to (`gpu`: its NVML index, which CUDA_VISIBLE_DEVICES does not renumber)."""
 
     spec: MeterSpec | None
     reason: str  # what was chosen and why, or why no energy is measured
     skipped: dict[str, str] = field(default_factory=dict)
     power: Power | None = None
+    gpu: int | None = None
     _made: dict[int, Meter] = field(default_factory=dict)
+
+    def index(self, cell: Cell) -> int:
+        return self.gpu if self.gpu is not None else gpu_index(cell)
 
     @property
     def name(self) -> str | None:
@@ -45,7 +50,7 @@ class Meters:
     def for_cell(self, cell: Cell) -> Meter:
         if self.spec is None or self.power is None:
             return NoMeter(self.reason)
-        key = gpu_index(cell) if self.spec.per_gpu else 0
+        key = self.index(cell) if self.spec.per_gpu else 0
         if key not in self._made:
             self._made[key] = self.spec.make(self.power, key)
         return self._made[key]
@@ -54,7 +59,7 @@ class Meters:
         """The slowdowns the source sees on the cell's GPU now; None where it cannot tell."""
         if self.spec is None or self.spec.throttle_reasons is None:
             return None
-        return self.spec.throttle_reasons(gpu_index(cell))
+        return self.spec.throttle_reasons(self.index(cell))
 
     def versions(self) -> dict[int, str]:
         return {k: m.version() for k, m in self._made.items()}
@@ -74,6 +79,20 @@ def check_name(power: Power, where: str) -> MeterSpec | None:
         known = ", ".join(["auto", "none", *(s.name for s in REGISTRY)])
         raise UserError(f"{where}: [power]: field 'meter': {power.meter!r} is not one of {known}")
     return spec
+
+
+def check(m: Matrix, where: str) -> None:
+    """The meter's name (`check_name`), and that cells with `isolation = "gpu"` have a meter that
+    reads each board alone: runs on other GPUs of the node share its host's rails. `auto` is
+    checked on each node, against the meter it chooses there."""
+    spec = check_name(m.power, where)
+    if m.power.meter == "auto" or (spec is not None and spec.per_gpu):
+        return
+    per_board = ", ".join(s.name for s in REGISTRY if s.per_gpu)
+    if lines := [f"{where}: cell {c.id!r}: field 'isolation': \"gpu\" needs a per-board meter ([power] meter = "
+                 f"\"auto\" or {per_board}); {m.power.meter!r} cannot tell one GPU's runs from the others'"
+                 for c in m.cells if c.isolation == "gpu"]:
+        raise UserError(*lines)
 
 
 def choose(power: Power) -> Meters:
