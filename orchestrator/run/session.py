@@ -44,7 +44,7 @@ from workers.contract.messages import Ready, Result
 from workers.contract.typed import to_dict
 
 T = TypeVar("T")
-WINDOW_UPDATES = 80  # a timed window spans at least this many meter updates: 20 left NVML's net J/step ±5% per run (docs/methodology.md, "Energy")
+WINDOW_UPDATES = 80  # a timed window spans at least this many meter updates; with 20, one H200 cell's runs spread over 4.19-4.66 J/step (docs/methodology.md, "Energy")
 SHORT_WINDOW_UPDATES = 10  # fewer than this and the run is flagged
 
 
