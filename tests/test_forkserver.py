@@ -5,12 +5,13 @@ and a server that dies or never starts."""
 import json
 import os
 import signal
+import threading
 
 import pytest
 from conftest import cli, fake_worker_matrix, only_session, stand_in
 
 from orchestrator.run.forkserver import ForkServer, ForkServerError, chosen
-from orchestrator.run.worker_client import WorkerRun, run_worker
+from orchestrator.run.worker_client import WorkerRun, _stop, run_worker, worker_command
 from tests.test_runner import FAKE, _setup, fake_env, fake_mode  # noqa: F401  (fixtures)
 from workers.contract.messages import Ready
 
@@ -70,6 +71,27 @@ def test_a_hung_forked_worker_is_stopped_at_the_timeout(fake_env, server, tmp_pa
     assert o.hello is not None
     with pytest.raises(ProcessLookupError):
         os.kill(o.hello.pid, 0)
+
+
+def test_a_worker_stopped_right_after_its_fork_is_ended(fake_env, server, tmp_path, fake_mode):  # noqa: F811
+    """SIGTERM may end a run between the server naming its worker and the worker making its own
+    process group; the orchestrator hung there, waiting on a worker that waited on its stdin."""
+    fake_mode("ok")
+    server.start()
+    codes: list[int | None] = []
+
+    def fork_and_stop() -> None:
+        with open(tmp_path / "run.log", "ab") as log:
+            for _ in range(20):  # the window is a few microseconds wide; the old code hung within 20 every time
+                worker = server.fork(worker_command(fake_env, "t")[1:], fake_env.worker_environ(), log, 20.0)
+                _stop(worker)
+                codes.append(worker.returncode)
+
+    thread = threading.Thread(target=fork_and_stop, daemon=True)
+    thread.start()
+    thread.join(timeout=120)  # a hang detector, not a time limit: the loop takes 2 s
+    assert not thread.is_alive(), f"stopping a just-forked worker hung after {len(codes)} workers"
+    assert len(codes) == 20 and all(code is not None and code != 0 for code in codes)
 
 
 def test_a_server_that_died_is_started_again(fake_env, server, tmp_path, fake_mode):  # noqa: F811

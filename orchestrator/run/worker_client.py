@@ -244,14 +244,11 @@ def run_worker(env: Env, setup: Setup, *, label: str, log_path: Path, timeout_s:
 def _stop(proc: subprocess.Popen[bytes] | ForkedWorker) -> None:
     """The worker and anything it started are gone when a run ends, however it ended."""
     if proc.poll() is None:
+        _signal(proc.pid, signal.SIGTERM)
         try:
-            os.killpg(proc.pid, signal.SIGTERM)
             proc.wait(timeout=STOP_GRACE_S)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        except subprocess.TimeoutExpired:
+            _signal(proc.pid, signal.SIGKILL)
             proc.wait()
     for stream in (proc.stdin, proc.stdout):
         if stream and not stream.closed:
@@ -259,3 +256,16 @@ def _stop(proc: subprocess.Popen[bytes] | ForkedWorker) -> None:
                 stream.close()
             except OSError:
                 pass
+
+
+def _signal(pid: int, signum: int) -> None:
+    """Signal the worker's process group, or the worker alone while it has none: a forked worker
+    makes its group (setsid) only once it runs, and the server names it right after the fork, so
+    a run stopped at once would otherwise leave it waiting on its stdin and the orchestrator on it."""
+    try:
+        os.killpg(pid, signum)
+    except ProcessLookupError:
+        try:
+            os.kill(pid, signum)
+        except ProcessLookupError:
+            pass  # already gone; the wait that follows collects its status
