@@ -113,7 +113,7 @@ def test_a_worker_whose_server_dies_mid_run_fails_with_the_reason(fake_env, serv
         os.kill(ready.pid, signal.SIGKILL)
         assert run.measure() is None
     o = run.outcome
-    assert o.status == "failed" and o.reason is not None and "exited with code 3" in o.reason
+    assert o.status == "failed" and o.reason is not None and "went down with its fork server, which died" in o.reason
 
 
 def test_a_server_that_cannot_start_says_why(fake_env, server, monkeypatch):  # noqa: F811

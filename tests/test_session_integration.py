@@ -133,16 +133,18 @@ resolution = 64
 
 def _workers_of(cache_dir: Path, log: str = "") -> list[psutil.Process]:
     """This test run's `python -m workers` processes (other checkouts' tests may be running sessions
-    of the same matrix beside us) that have a log open whose name starts with `log`: a run's worker,
+    of the same matrix beside us) whose stderr is a log whose name starts with `log`: a run's worker,
     spawned or forked from a fork server, writes its stderr to logs/<cell>.run-NNN.log, a fork
-    server to logs/forkserver.<env>.log; "" matches them all."""
+    server to logs/forkserver.<env>.log; "" matches them all. Stderr, not any open fd: a fork
+    server holds the run's log for a moment too, between receiving it and forking the worker."""
     found = []
     for p in psutil.process_iter(["cmdline"]):
         try:
             cmd = p.info["cmdline"] or []
             if cmd[1:3] != ["-m", "workers"] or p.environ().get("CDB_CACHE_DIR") != str(cache_dir):
                 continue
-            if any(Path(f.path).parent.name == "logs" and Path(f.path).name.startswith(log) for f in p.open_files()):
+            if any(f.fd == 2 and Path(f.path).parent.name == "logs" and Path(f.path).name.startswith(log)
+                   for f in p.open_files()):
                 found.append(p)
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue

@@ -40,6 +40,7 @@ class ForkedWorker:
     def __init__(self, pid: int, stdin: IO[bytes], stdout: IO[bytes], conn: socket.socket, reader: FrameReader):
         self.pid, self.stdin, self.stdout = pid, stdin, stdout
         self.returncode: int | None = None
+        self.server_died = False  # the server went before telling how the worker ended
         self._conn, self._reader = conn, reader
 
     def poll(self) -> int | None:
@@ -58,6 +59,7 @@ class ForkedWorker:
             raise subprocess.TimeoutExpired(f"forked worker {self.pid}", timeout or 0.0) from None
         except (ProtocolError, Invalid, OSError):
             self.returncode = ORPHAN_EXIT  # the server is gone, and with it, by its lifeline, the child
+            self.server_died = True
         self._reader.close()
         self._conn.close()
         return self.returncode

@@ -62,6 +62,13 @@ def _last_line(log: Path) -> str:
     return lines[-1].strip()[:300] if lines else ""
 
 
+def _ended(proc: subprocess.Popen[bytes] | ForkedWorker) -> str:
+    """How the worker ended, in words; a forked worker whose server died ends with it and says so."""
+    if isinstance(proc, ForkedWorker) and proc.server_died:
+        return "went down with its fork server, which died,"
+    return describe_exit(proc.returncode)
+
+
 class WorkerRun:
     """One worker process, from start() through an optional measure() to close(); `outcome`
     says how it went. close() always ends the process and anything it started."""
@@ -177,7 +184,7 @@ class WorkerRun:
                 self._proc.wait(timeout=STOP_GRACE_S)
             except subprocess.TimeoutExpired:
                 pass  # described as still running; _stop ends it
-            raise _Failed(f"worker {describe_exit(self._proc.returncode)} before sending {kinds[0].TYPE}") from None
+            raise _Failed(f"worker {_ended(self._proc)} before sending {kinds[0].TYPE}") from None
         except ProtocolError as e:
             raise _Failed(str(e)) from None
         if msg["type"] == Error.TYPE:
@@ -217,7 +224,7 @@ class WorkerRun:
                     self._proc.wait(timeout=STOP_GRACE_S)
                 except subprocess.TimeoutExpired:
                     pass  # described as still running; _stop ends it
-                raise _Failed(f"worker {describe_exit(self._proc.returncode)} before reading its "
+                raise _Failed(f"worker {_ended(self._proc)} before reading its "
                               f"{message.TYPE}") from None
 
     def _exit(self) -> None:
@@ -229,7 +236,7 @@ class WorkerRun:
         except subprocess.TimeoutExpired:
             raise _Failed("worker did not exit after sending its result") from None
         if code != 0:
-            raise _Failed(f"worker {describe_exit(code)} after its result")
+            raise _Failed(f"worker {_ended(self._proc)} after its result")
 
 
 def run_worker(env: Env, setup: Setup, *, label: str, log_path: Path, timeout_s: float,
