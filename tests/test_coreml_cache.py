@@ -22,6 +22,7 @@ def _hold(root: str, key: str, seconds: float, started) -> None:
         time.sleep(seconds)
 
 
+@pytest.mark.slow
 def test_a_second_holder_waits_for_the_first(tmp_path):
     ctx = multiprocessing.get_context("spawn")
     started = ctx.Event()

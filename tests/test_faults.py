@@ -40,6 +40,7 @@ def _metered(seconds: float = 1.0):
     return meter, meter.stop()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode,reason", METER_FAULTS.items())
 def test_impossible_meter_values_are_named_not_used(fake_meter, mode, reason):
     fake_meter(mode)
@@ -48,6 +49,7 @@ def test_impossible_meter_values_are_named_not_used(fake_meter, mode, reason):
     assert reason in f"powermetrics: {invalid_reason(record.intervals)}"
 
 
+@pytest.mark.slow
 def test_the_real_capture_is_valid(fake_meter):
     fake_meter("replay")
     _, record = _metered()
@@ -65,6 +67,7 @@ def test_a_meter_that_exits_keeps_its_status_and_words(fake_meter):
     assert "cannot open [/dev/xcpm] [bold]" in record.stderr_tail
 
 
+@pytest.mark.slow
 def test_a_flooding_meter_is_held_to_a_bounded_buffer(fake_meter):
     fake_meter("flood")
     meter, record = _metered(1.5)
@@ -72,6 +75,7 @@ def test_a_flooding_meter_is_held_to_a_bounded_buffer(fake_meter):
     assert len(meter._stream._pending) <= MAX_DOCUMENT_BYTES
 
 
+@pytest.mark.slow
 def test_a_garbage_meter_is_counted(fake_meter):
     fake_meter("garbage")
     _, record = _metered()

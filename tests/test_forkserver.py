@@ -15,8 +15,6 @@ from orchestrator.run.worker_client import WorkerRun, _stop, run_worker, worker_
 from tests.test_runner import FAKE, _setup, fake_env, fake_mode  # noqa: F401  (fixtures)
 from workers.contract.messages import Ready
 
-pytestmark = pytest.mark.unit
-
 
 @pytest.fixture
 def server(fake_env, tmp_path):  # noqa: F811
@@ -62,6 +60,7 @@ def test_a_forked_worker_fails_as_a_spawned_one_does(fake_env, server, tmp_path,
     assert forked.reason.split(" (log: ")[1:] == spawned.reason.split(" (log: ")[1:]
 
 
+@pytest.mark.slow
 def test_a_hung_forked_worker_is_stopped_at_the_timeout(fake_env, server, tmp_path, fake_mode):  # noqa: F811
     fake_mode("hang")
     with _run(fake_env, server, tmp_path, timeout_s=1.0) as run:
@@ -128,6 +127,7 @@ def test_auto_forks_on_linux_and_spawns_on_macos():
     assert chosen("spawn", "linux")[0] == "spawn"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("server", ["ok", "crash"])
 def test_a_session_records_how_each_worker_started(tmp_path, server):
     """Through the CLI: the fake worker's fork server forks every run's worker, and a server

@@ -86,6 +86,7 @@ def test_the_report_states_group_ratios_in_every_form(grouped):
     assert 'id="group-ratios"' in html and energy["statement"] in html
 
 
+@pytest.mark.slow
 def test_compare_states_a_group_against_another(grouped):
     p = cli("compare", f"{grouped}:camp-gpu", f"{grouped}:camp-ane", "--format", "json")
     assert p.returncode == 0, p.stderr

@@ -59,6 +59,7 @@ def test_runs_after_a_resume_on_another_machine_belong_to_that_machine():
     assert run_host(RunRecord(session_id="s", cell_id="c", run_index=9, host="mac-b"), session) == "mac-b"
 
 
+@pytest.mark.slow
 def test_the_h100_study_resumed_on_three_machines_reports_them_as_docs_reports_md_says(tmp_path):
     p = cli("report", str(REPO / "docs" / "results" / "2026-11-27-h100-sd15-cuda"), "--out", str(tmp_path),
             "--format", "json")

@@ -41,6 +41,7 @@ def read_runs(d: Path) -> list[dict]:
     return [json.loads(ln) for ln in (d / "runs.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_merge_keeps_every_run_with_its_host_and_renumbers_within_each_cell(tmp_path):
     a = host_copy(tmp_path, "a", "mac-a")
     b = host_copy(tmp_path, "b", "mac-b", latency_scale=1.2)
@@ -104,6 +105,7 @@ def test_merge_refuses_another_study_naming_the_session_and_what_differs(tmp_pat
     assert not (tmp_path / "fleet").exists()
 
 
+@pytest.mark.slow
 def test_merge_refuses_bad_arguments_in_one_line(tmp_path):
     a = host_copy(tmp_path, "a", "mac-a")
     (tmp_path / "full").mkdir()
@@ -116,6 +118,7 @@ def test_merge_refuses_bad_arguments_in_one_line(tmp_path):
         assert p.returncode == 2 and said in p.stderr and "Traceback" not in p.stderr, (args, p.stderr)
 
 
+@pytest.mark.slow
 def test_two_machines_sharing_a_hostname_stay_two_hosts(tmp_path):
     a = host_copy(tmp_path, "a", "MacBook-Pro")
     b = host_copy(tmp_path, "b", "MacBook-Pro", provenance__host__cpu="Apple M4 Max")
@@ -183,6 +186,7 @@ def fleet_copy(tmp_path: Path, name: str) -> Path:
     return d
 
 
+@pytest.mark.slow
 def test_a_fleet_runs_lost_attempt_is_merged_before_the_attempt_that_replaced_it(tmp_path):
     a, b = fleet_copy(tmp_path, "a"), fleet_copy(tmp_path, "b")
     runs = read_runs(a)
@@ -203,6 +207,7 @@ def test_a_fleet_runs_lost_attempt_is_merged_before_the_attempt_that_replaced_it
     assert p.returncode == 0 and "recorded twice" not in p.stdout + p.stderr
 
 
+@pytest.mark.slow
 def test_fleet_sessions_merge_keeping_each_run_on_its_node(tmp_path):
     a, b = fleet_copy(tmp_path, "a"), fleet_copy(tmp_path, "b")
     p = cli("merge", str(a), str(b), "--out", str(tmp_path / "fleet"))

@@ -178,6 +178,7 @@ def _alive(pid: int) -> bool:
     return True
 
 
+@pytest.mark.slow
 @needs_shared
 def test_meter_fed_by_the_replay_matches_the_capture(replay, monkeypatch):
     monkeypatch.setenv("CDB_REPLAY_FILE", str(M1PRO))
@@ -193,6 +194,7 @@ def test_meter_fed_by_the_replay_matches_the_capture(replay, monkeypatch):
     assert not _alive(int((replay / "pid").read_text()))
 
 
+@pytest.mark.slow
 def test_meter_reports_thermal_pressure(replay, monkeypatch):
     monkeypatch.setenv("CDB_REPLAY_FILE", str(M4))
     meter = PowermetricsMeter(interval_ms=30)

@@ -118,6 +118,7 @@ def test_records_without_identity_are_named_and_duplicates_resolved(known):
     assert ane["n_ok"] == 7 and ane["metrics"]["latency_ms_median"]["max"] == 10.3
 
 
+@pytest.mark.slow
 def test_report_cli_exit_codes_and_messages(known, tmp_path):
     """The CLI itself: a folder that is not a session, an unknown baseline."""
     p = cli("report", str(tmp_path))
@@ -228,6 +229,7 @@ def test_an_interrupted_session_shows_every_planned_cell(known, tmp_path):
     assert (created.root / "runs.jsonl").read_text() == ""  # a session has its runs.jsonl from the start
 
 
+@pytest.mark.slow
 def test_an_mse_of_zero_is_drawn_at_the_floor_of_the_log_panel_and_said_so(energy):
     runs = [json.loads(x) for x in (energy / "runs.jsonl").read_text().splitlines()]
     for r in runs:
@@ -419,6 +421,7 @@ def test_compare_needs_two_cells_within_a_session(energy):
         _compare(f"{energy}:gpu", f"{energy}:nope")
 
 
+@pytest.mark.slow
 def test_compare_cli_output_and_exit_codes(energy):
     """The CLI itself: JSON, the verdict lines, a refusal's exit code and message."""
     p = cli("compare", f"{energy}:gpu", f"{energy}:ane", "--format", "json")
@@ -456,6 +459,7 @@ def test_runs_without_the_image_estimate_get_50_x_the_step(energy):
     assert gpu.estimated_energy_per_50_step_image_j == pytest.approx(500.0)
 
 
+@pytest.mark.slow
 def test_runs_with_energy_but_no_channels_are_drawn_as_the_total(energy):
     runs = [json.loads(x) for x in (energy / "runs.jsonl").read_text().splitlines()]
     for r in runs:

@@ -36,6 +36,7 @@ def page(tmp_path):
         browser.close()
 
 
+@pytest.mark.slow
 def test_report_html_renders_tables_figures_and_reproduce_panel(page, tmp_path):
     d = tmp_path / "session"
     shutil.copytree(ENERGY, d)
@@ -62,6 +63,7 @@ def test_report_html_renders_tables_figures_and_reproduce_panel(page, tmp_path):
     assert (tmp_path / "report.png").stat().st_size > 50_000
 
 
+@pytest.mark.slow
 def test_report_html_of_a_session_without_energy_says_what_is_left_out(page, tmp_path):
     d = tmp_path / "session"
     shutil.copytree(REPO / "tests" / "fixtures" / "known-session", d)

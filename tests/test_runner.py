@@ -56,6 +56,7 @@ def test_ok_run_goes_through_ready_then_measure(fake_env, tmp_path, fake_mode):
     assert o.status == "ok" and o.reason is None and o.exit_code == 0 and o.result is result
 
 
+@pytest.mark.slow
 def test_time_between_ready_and_measure_does_not_count_against_the_timeout(fake_env, tmp_path, fake_mode):
     fake_mode("ok")
     with _run(fake_env, tmp_path, timeout_s=3.0) as run:
@@ -137,6 +138,7 @@ def test_close_without_measure_ends_the_worker(fake_env, tmp_path, fake_mode):
         os.kill(o.hello.pid, 0)
 
 
+@pytest.mark.slow
 def test_hung_worker_times_out_and_is_killed(fake_env, tmp_path, fake_mode):
     fake_mode("hang")
     with _run(fake_env, tmp_path, timeout_s=1.0) as run:
@@ -147,6 +149,7 @@ def test_hung_worker_times_out_and_is_killed(fake_env, tmp_path, fake_mode):
         os.kill(o.hello.pid, 0)
 
 
+@pytest.mark.slow
 def test_a_worker_that_stops_reading_cannot_block_the_orchestrator(fake_env, tmp_path, fake_mode):
     """A real setup (the pinned inputs) is larger than a pipe's buffer: the write has the run's deadline too."""
     fake_mode("hang")
