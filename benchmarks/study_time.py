@@ -94,9 +94,9 @@ def main() -> int:
     args = p.parse_args()
     if args.summarize:
         return summarize(Path(args.summarize), sessions_in(Path(args.summarize)), None)
-    ways = [w for w in MODES if w in (args.ways.split(",") if args.ways else
-                                      ["spawn", "forkserver"] + ["baseline"] * bool(args.baseline))]
-    unknown = set(args.ways.split(",")) - set(MODES) if args.ways else set()
+    asked = args.ways.split(",") if args.ways else ["spawn", "forkserver"] + ["baseline"] * bool(args.baseline)
+    ways = [w for w in MODES if w in asked]
+    unknown = set(asked) - set(MODES)
     if unknown or "forkserver" not in ways or ("baseline" in ways) != bool(args.baseline):
         p.error(f"--ways takes baseline, spawn and forkserver (forkserver always; baseline with and only with "
                 f"--baseline TREE), got {args.ways or ','.join(ways)}")
