@@ -142,12 +142,15 @@ def test_a_session_records_how_each_worker_started(tmp_path, server):
     session = json.loads((folder / "session.json").read_text())
     assert [r["status"] for r in runs] == ["ok", "ok"]
     assert all(r["realized"]["runs_in_process"] == 1 for r in runs)
+    assert session["references"]["64"]["cached"] is False  # this fake worker's own, computed here
     if server == "ok":
         assert [r["worker_start"] for r in runs] == ["forkserver"] * 2
+        assert session["references"]["64"]["worker_start"] == "forkserver"  # no second import for it
         assert session["worker_start"]["diffusers"]["mode"] == "forkserver"
         assert "fork server ready" in p.stdout + p.stderr
     else:
         assert [r["worker_start"] for r in runs] == ["spawn"] * 2
+        assert session["references"]["64"]["worker_start"] == "spawn"
         why = session["worker_start"]["diffusers"]["why"]
         assert session["worker_start"]["diffusers"]["mode"] == "spawn" and "exited with code 5" in why
         assert (p.stdout + p.stderr).count("exited with code 5") == 1

@@ -240,7 +240,9 @@ class SessionRecord:
     worker_versions: dict[str, Any] = field(factory=dict, doc="per env: the versions its workers reported")
     worker_start: dict[str, Any] = field(factory=dict, doc="per env: `mode` (`spawn` or `forkserver`) and why; a "
                                          "fork server's pid, `import_s`, `preloaded` and `not_preloaded` modules")
-    references: dict[str, Any] = field(factory=dict, doc="per resolution: the reference output used")
+    references: dict[str, Any] = field(factory=dict, doc="per resolution: the reference output used (`path`, `cached`, "
+                                       "`failure`, `versions`, and `worker_start`: `spawn` or `forkserver` when this "
+                                       "session computed it, null when it was cached)")
     resumes: list[dict[str, Any]] = field(factory=list, doc="one per `--resume`: time, host, harness, preflight, "
                                                             "idle power and references then")
     energy_recomputed: list[dict[str, Any]] = field(factory=list, doc="one per `orchestrate recompute-energy`: "

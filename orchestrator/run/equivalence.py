@@ -9,14 +9,16 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
 from orchestrator.config.envs import Env
-from orchestrator.config.matrix import Equivalence, Matrix
+from orchestrator.config.matrix import Cell, Equivalence, Matrix
 from orchestrator.results.store import write_atomic, write_json
+from orchestrator.run.forkserver import ForkServer
 from orchestrator.run.pins import PinnedModel, setup_message
 from orchestrator.run.worker_client import run_worker
 from workers.contract.inputs import PinnedInputs
@@ -70,6 +72,7 @@ class Reference:
     cached: bool
     failure: str | None
     versions: dict
+    worker_start: str | None = None  # how the worker that computed it started; None when cached
 
     @property
     def ok(self) -> bool:
@@ -77,8 +80,10 @@ class Reference:
 
 
 def reference_output(matrix: Matrix, env: Env, model: PinnedModel, inputs: PinnedInputs, resolution: int,
-                     cache: Path, log_path: Path) -> Reference:
-    """Load the cached reference, or compute it with one worker run (no warmup, one iteration)."""
+                     cache: Path, log_path: Path,
+                     forkserver: Callable[[Cell], ForkServer | None] = lambda cell: None) -> Reference:
+    """Load the cached reference, or compute it with one worker run (no warmup, one iteration),
+    forked from the server `forkserver` gives for the reference cell, asked only when computing."""
     spec = matrix.equivalence
     key = reference_key(spec, env, model, inputs)
     path = cache / "references" / f"{key}.npy"
@@ -87,9 +92,11 @@ def reference_output(matrix: Matrix, env: Env, model: PinnedModel, inputs: Pinne
         return Reference(cached[0], path, True, None, cached[1])
     cell = spec.reference_cell(resolution)
     setup = setup_message(matrix, cell, model, inputs, warmup=0, iterations=1)
-    outcome = run_worker(env, setup, label=f"{cell.id}", log_path=log_path, timeout_s=matrix.timing.run_timeout_s)
+    outcome = run_worker(env, setup, label=f"{cell.id}", log_path=log_path, timeout_s=matrix.timing.run_timeout_s,
+                         forkserver=forkserver(cell))
     if outcome.status != "ok" or outcome.ready is None or outcome.result is None:
-        return Reference(None, path, False, f"reference run {outcome.status}: {outcome.reason}", {})
+        return Reference(None, path, False, f"reference run {outcome.status}: {outcome.reason}", {},
+                         outcome.worker_start)
     output = outcome.result.output
     versions = outcome.ready.versions
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -97,8 +104,9 @@ def reference_output(matrix: Matrix, env: Env, model: PinnedModel, inputs: Pinne
     np.save(npy, output)
     write_atomic(path, npy.getvalue())  # the .npy first: a reference counts as cached once its .json is there
     write_json(meta_path, {"model_sha256": model.sha256, "inputs": inputs.digests(), "resolution": resolution,
-                           "spec": asdict(spec), "versions": versions, "realized": outcome.ready.realized})
-    return Reference(output, path, False, None, versions)
+                           "spec": asdict(spec), "versions": versions, "realized": outcome.ready.realized,
+                           "worker_start": outcome.worker_start})
+    return Reference(output, path, False, None, versions, outcome.worker_start)
 
 
 def _cached(path: Path, meta_path: Path, shape: tuple[int, ...]) -> tuple[np.ndarray, dict] | None:

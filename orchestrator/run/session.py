@@ -140,7 +140,8 @@ class Session:
         for res, inp in inputs.items():
             with self.display.status(f"fp32 reference output at {res}x{res} ({m.equivalence.backend} "
                                      f"{m.equivalence.device} {m.equivalence.precision})"):
-                ref = reference_output(m, env, model, inp, res, m.model.cache_dir, sdir.log_path(f"reference-{res}"))
+                ref = reference_output(m, env, model, inp, res, m.model.cache_dir, sdir.log_path(f"reference-{res}"),
+                                       forkserver=lambda cell: self._reference_forkserver(sdir, cell))
             if ref.ok:
                 self.display.log(f"reference {res}x{res}: {'cached' if ref.cached else 'computed'} ({ref.path})")
             else:
@@ -276,6 +277,14 @@ class Session:
             record["cuda"] = f"{server.ready.cuda_fork_unsafe}; its CUDA cells' workers are spawned"
             self.display.warn(f"env {env_name}: {record['cuda']}")
         return None
+
+    def _reference_forkserver(self, sdir: SessionDir, reference: Cell) -> ForkServer | None:
+        """The reference env's fork server, where its cells will have one anyway: a reference
+        computed then costs a fork, not a second import of the toolchain (on a fresh host, the
+        first session computes one per resolution). Started after the idle-power window, as ever."""
+        if not any(c.env == reference.env and c.id not in self.unsupported for c in self.matrix.enabled_cells):
+            return None
+        return self._forkserver(sdir, reference)
 
     def _start_forkserver(self, sdir: SessionDir, env_name: str) -> ForkServer | None:
         mode, why = chosen(self.matrix.timing.worker_start)
@@ -468,7 +477,7 @@ class Session:
         session.power["meter_versions"] = here["meter_versions"]
         session.worker_start = {**session.worker_start, **here["worker_start"]}
         references = {str(r): {"path": str(ref.path), "cached": ref.cached, "failure": ref.failure,
-                               "versions": ref.versions} for r, ref in st.refs.items()}
+                               "versions": ref.versions, "worker_start": ref.worker_start} for r, ref in st.refs.items()}
         if not st.resumed:
             session.power["idle_w"], session.references = here["idle_w"], references
         else:
