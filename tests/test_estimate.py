@@ -47,12 +47,12 @@ def test_the_same_matrix_is_estimated_cell_by_cell_from_the_study():
     assert lines[0].startswith(f"estimate from session 20261127T074558Z-fae2 ({H100}, the same matrix)")
     assert "  diffusers-cuda-fp16             7 x 33.4 s = 3 min 54 s" in lines
     assert "  diffusers-cuda-fp16-compile     7 x 74.9 s = 8 min 45 s" in lines
-    assert lines[-1] == "  total: 29 min 06 s, plus the references and the waits between runs"  # 1745.7 s
+    assert lines[-1] == "  total: 29 min 06 s, plus the idle-power window, the fork servers' imports, the references and the waits between runs"  # 1745.7 s
 
 
 def test_more_runs_scale_each_cell():
     lines = estimate_lines(load_matrix(SD15, ENVS), _planned(runs=14), H100)
-    assert lines[-1] == "  total: 58 min 11 s, plus the references and the waits between runs"  # 2 x 1745.7 s
+    assert lines[-1] == "  total: 58 min 11 s, plus the idle-power window, the fork servers' imports, the references and the waits between runs"  # 2 x 1745.7 s
 
 
 def test_a_cell_the_study_did_not_run_falls_back_to_the_bounds(tmp_path):

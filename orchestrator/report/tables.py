@@ -200,7 +200,8 @@ def budget_table(budgets: list[TimeBudget]) -> Table:
 BUDGET_NOTE = ("Where the runs' wall time went (worker start to exit, summed over runs of any status), in seconds and "
                "as a share of it. Irreducible: cooldown + baseline + warmup + timed window, what the method needs "
                "even with an instant load. The session's own start-to-finish time, when shown, also holds the "
-               "references and the waits between runs (env syncs and pinning come before it).")
+               "idle-power window, the fork servers' imports, the references and the waits between runs (env syncs "
+               "and pinning come before it).")
 
 
 def _median_range(median: float | None, p10: float | None, p90: float | None, spec: str) -> str:

@@ -35,7 +35,8 @@ class TimeBudget:
                                                              "it was resumed or the times are missing); it "
                                                              "starts after the envs are synced and the model and "
                                                              "inputs pinned, so what it exceeds `wall_s` by went "
-                                                             "to the references and the waits between runs")
+                                                             "to the idle-power window, the fork servers' "
+                                                             "imports, the references and the waits between runs")
 
 
 def time_budget(scope: str, runs: list[RunRecord], session_wall_s: float | None = None) -> TimeBudget:

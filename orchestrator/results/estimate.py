@@ -14,6 +14,7 @@ from orchestrator.errors import UserError
 from orchestrator.results.budget import time_budget
 from orchestrator.results.store import SessionDir
 
+OUTSIDE_RUNS = "idle-power window, the fork servers' imports, the references and the waits between runs"
 IGNORED = ("label", "notes", "enabled")  # what a cell's definition may change without changing its runs
 
 
@@ -61,9 +62,9 @@ def estimate_lines(matrix: Matrix, planned: dict[str, int], folder: Path) -> lis
             lines.append(f"  {cell_id:{width}}  {n} x {span(low)} to {span(high)} ({why}: the matrix's bounds)")
     if unknown:
         lines.append(f"  total: {span(total + unknown * low)} to {span(total + unknown * high)}, plus the "
-                     "references and the waits between runs")
+                     f"{OUTSIDE_RUNS}")
     else:
-        lines.append(f"  total: {span(total)}, plus the references and the waits between runs")
+        lines.append(f"  total: {span(total)}, plus the {OUTSIDE_RUNS}")
     return lines
 
 
