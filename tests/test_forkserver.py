@@ -43,6 +43,7 @@ def test_each_forked_worker_starts_from_the_servers_state(fake_env, server, tmp_
     assert len(pids) == 3
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["crash", "selfkill", "error", "bad_exit", "garbage", "iter_empty"])
 def test_a_forked_worker_fails_as_a_spawned_one_does(fake_env, server, tmp_path, fake_mode, mode):  # noqa: F811
     fake_mode(mode)

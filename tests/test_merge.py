@@ -89,6 +89,7 @@ def test_merge_keeps_every_run_with_its_host_and_renumbers_within_each_cell(tmp_
     assert p.returncode == 2 and "no runs on host 'mac-c' (hosts: mac-a, mac-b)" in p.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("change", "said"), [
     ({"model__sha256": "f" * 64}, "model sha256 ffffffffffff… (vs bbbbbbbbbbbb…)"),
     ({"provenance__harness__git_commit": "1" * 40}, "harness commit ['" + "1" * 40 + "']"),
