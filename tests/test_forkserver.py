@@ -6,11 +6,20 @@ import json
 import os
 import signal
 import threading
+import time
 
 import pytest
 from conftest import cli, fake_worker_matrix, only_session, stand_in
 
+from orchestrator.config.envs import Env
+from orchestrator.config.matrix import load_matrix
+from orchestrator.console import Display
+from orchestrator.energy.arithmetic import Interval
+from orchestrator.energy.meters import Meters
+from orchestrator.energy.meters.base import Availability, Meter, MeterRecord, MeterSpec
+from orchestrator.run import session as session_mod
 from orchestrator.run.forkserver import ForkServer, ForkServerError, chosen
+from orchestrator.run.session import Session
 from orchestrator.run.worker_client import WorkerRun, _stop, run_worker, worker_command
 from tests.test_runner import FAKE, _setup, fake_env, fake_mode  # noqa: F401  (fixtures)
 from workers.contract.messages import Ready
@@ -155,3 +164,61 @@ def test_a_session_records_how_each_worker_started(tmp_path, server):
         why = session["worker_start"]["diffusers"]["why"]
         assert session["worker_start"]["diffusers"]["mode"] == "spawn" and "exited with code 5" in why
         assert (p.stdout + p.stderr).count("exited with code 5") == 1
+
+
+class GateMeter(Meter):
+    """A meter that opens the gate the fake server's import waits at when its first window (the
+    session's idle-power window) starts, and notes when that was; its power is a steady 1 W."""
+
+    name = "gate"
+
+    def __init__(self, gate):
+        self.gate, self.first_start_ns = gate, None
+
+    def version(self):
+        return "gate"
+
+    def update_interval_s(self):
+        return 0.01
+
+    def start(self):
+        if self.first_start_ns is None:
+            self.first_start_ns = time.monotonic_ns()
+            self.gate.touch()
+
+    def stop(self):
+        return self.peek()
+
+    def peek(self):
+        now = time.monotonic_ns()
+        return MeterRecord(intervals=[Interval(now - 10_000_000, now, {"total": 0.01})])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sees_host", [False, True])
+def test_the_imports_run_beside_the_idle_window_only_of_a_meter_blind_to_the_host(tmp_path, monkeypatch, sees_host):
+    """The fork server is launched as the session starts. A meter that reads a GPU board alone
+    (nvml) measures idle power while the server imports; one that sees the host's CPU (rapl,
+    powermetrics) waits for the imports to end first, so they are not in its idle power."""
+    gate, done = tmp_path / "gate", tmp_path / "imported"
+    monkeypatch.setenv("FAKE_IMPORT_GATE", str(gate))
+    monkeypatch.setenv("FAKE_IMPORT_DONE", str(done))
+    monkeypatch.setenv("FAKE_IMPORT_WAIT_S", "2" if sees_host else "120")  # blind: the window opens the gate
+    meter = GateMeter(gate)
+    spec = MeterSpec("gate", available=lambda power: Availability(True, "test"), make=lambda power, index: meter,
+                     sees_host=sees_host)
+    monkeypatch.setattr(session_mod, "choose", lambda power: Meters(spec, "a test's meter", power=power))
+    path = fake_worker_matrix(tmp_path / "m.toml", 1, "idle_s = 0.2\nbaseline_s = 0.1")
+    path.write_text(path.read_text().replace("cooldown_s = 0", 'cooldown = "adaptive"\ncooldown_min_s = 0'))
+    python = stand_in(tmp_path / "python", FAKE)
+    envs = {"diffusers": Env("diffusers", None, external_python=python)}
+    result = Session(load_matrix(path, set(envs)), envs, Display(quiet=True)).run(tmp_path / "out")
+    assert result.n_ok == 1
+    imported_ns = int(done.read_text())
+    if sees_host:
+        assert imported_ns < meter.first_start_ns
+    else:
+        assert meter.first_start_ns < imported_ns
+    session = json.loads((result.dir.root / "session.json").read_text())
+    assert session["worker_start"]["diffusers"]["mode"] == "forkserver"
+    assert session["worker_start"]["diffusers"]["preloaded"] == ["gated_import"]

@@ -107,7 +107,8 @@ def refusals(mine: dict[str, Any], members: list[Member]) -> list[str]:
 class Fleet:
     def __init__(self, matrix: Matrix, envs: dict[str, Env], display: Display, cluster: Cluster, job: Job):
         self.matrix, self.display, self.cluster, self.job = matrix, display, cluster, job
-        self.session = Session(matrix, envs, display, nvml_check=job.nvml_check, force_power=job.force_power)
+        self.session = Session(matrix, envs, display, nvml_check=job.nvml_check, force_power=job.force_power,
+                               runs_here=False)
         self.session.ray = cluster.address
         self.members: list[Member] = []
         self.queued: tuple[int, deque[Attempt]] = (0, deque())  # the session's run count, the runs to hand out

@@ -66,18 +66,28 @@ class ForkedWorker:
 
 
 class ForkServer:
-    """One env's fork server for a session: started on the first run that needs it, restarted
+    """One env's fork server for a session: launched as the session starts, its imports waited
+    for when a run (or the idle-power window of a meter that sees the host) needs them, restarted
     once per run when it has died, ended by close()."""
 
     def __init__(self, env: Env, preload: list[str], log_path: Path):
         self.env, self.preload, self.log_path = env, preload, log_path
         self.ready: ForkReady | None = None
+        self.waited_s = 0.0  # how long the session waited for the imports, once it needed the server
+        self._launched_at = 0.0
         self._proc: subprocess.Popen[bytes] | None = None
         self._dir = ""
 
     def start(self) -> ForkReady:
         """Start the server and wait for its `fork_ready`; ForkServerError with the reason."""
+        self.launch()
+        return self.wait_ready()
+
+    def launch(self) -> None:
+        """Start the server's process, not waiting for its imports: the session goes on meanwhile
+        (`wait_ready` collects them)."""
         self.close()
+        self.ready, self.waited_s = None, 0.0
         self._dir = tempfile.mkdtemp(prefix="cdb-fork-")
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         command = [str(self.env.python), "-m", "workers", "--forkserver", self._socket, "--env-name", self.env.name,
@@ -88,10 +98,17 @@ class ForkServer:
                                               start_new_session=True, env=self.env.worker_environ())
             except OSError as e:
                 raise ForkServerError(f"cannot start the fork server ({self.env.python}): {e.strerror or e}") from None
-        assert self._proc.stdout is not None
+        self._launched_at = time.monotonic()
+
+    def wait_ready(self) -> ForkReady:
+        """The launched server's `fork_ready`, waited for; ForkServerError with the reason."""
+        if self.ready is not None:
+            return self.ready
+        assert self._proc is not None and self._proc.stdout is not None, "launch first"
+        t0 = time.monotonic()
         reader = FrameReader(self._proc.stdout)
         try:
-            self.ready = parse(reader.recv(time.monotonic() + START_TIMEOUT_S), ForkReady)
+            self.ready = parse(reader.recv(self._launched_at + START_TIMEOUT_S), ForkReady)
         except TimeoutError:
             self.close()
             raise ForkServerError(f"the fork server did not get ready within {START_TIMEOUT_S:g} s") from None
@@ -107,6 +124,7 @@ class ForkServer:
             raise ForkServerError(f"the fork server: {e}") from None
         finally:
             reader.close()
+            self.waited_s = time.monotonic() - t0
         return self.ready
 
     @property

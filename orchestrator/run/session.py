@@ -7,6 +7,7 @@ import json
 import os
 import secrets
 import shlex
+import shutil
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -90,8 +91,9 @@ class Started:
 
 class Session:
     def __init__(self, matrix: Matrix, envs: dict[str, Env], display: Display, nvml_check: bool = False,
-                 force_power: bool = False, gpu: int | None = None):
+                 force_power: bool = False, gpu: int | None = None, runs_here: bool = True):
         self.matrix = matrix
+        self.runs_here = runs_here  # False on a fleet's driver: its runs go to the nodes
         self.gpu = gpu  # a fleet's GPU slot: the NVML index of the one GPU its workers see, which its meter reads
         self.preflight = PreflightGate(matrix.preflight, force_power, display.status)
         self.nvml_check = nvml_check
@@ -125,13 +127,14 @@ class Session:
         for reason in sorted(set(self.unsupported.values())):
             self.display.warn(f"{reason}; its cells are recorded unsupported")
 
-    def prepare(self) -> tuple[PinnedModel, dict[int, PinnedInputs]]:
+    def prepare(self) -> dict[int, PinnedInputs]:
+        """The inputs pinned and the envs synced: what must hold before a session folder exists
+        (the model is pinned after, while the fork servers import)."""
         m = self.matrix
         inputs = pin_inputs(m.inputs, m.resolutions, m.path)  # cheap, so its mistakes surface first
         self._unlocked_envs()
         ensure_synced(self._needed_envs(), log=self.display.log)
-        model = pin_model(m.model, m.path, log=self.display.log)
-        return model, inputs
+        return inputs
 
     def references(self, sdir: SessionDir, model: PinnedModel, inputs: dict[int, PinnedInputs]) -> dict[int, Reference]:
         m = self.matrix
@@ -162,10 +165,14 @@ class Session:
             return NoMeter(f"meter {self.meters.name} unavailable for {cell.id}: {e}")
 
     def _idle_w(self, meter: Meter) -> float | None:
-        """The host's idle power for this meter, measured once, before any worker runs."""
+        """The host's idle power for this meter, measured once, before any worker runs: with the
+        fork servers' imports finished where the meter would see them, beside them where it
+        reads a GPU board alone."""
         if not meter.measures:
             return None
         if meter not in self.idle_w:
+            if self.meters.spec is None or self.meters.spec.sees_host:
+                self._await_forkservers()  # the imports would be in the window
             with self.display.status(f"measuring the host's idle power ({self.matrix.power.idle_s:g} s)"):
                 self.idle_w[meter] = idle_power(meter, self.matrix.power.idle_s)
             idle = self.idle_w[meter]
@@ -210,6 +217,7 @@ class Session:
             return rec
         rec.warmup_iterations = m.timing.warmup
         rec.meter = self.meters.name
+        forkserver = self._forkserver(sdir, cell)  # its imports over before the wait for a quiet host
         pre = self.preflight.before_run(cell, self.meters)
         rec = replace(rec, **pre)
         withheld = self.preflight.withhold_energy(pre)
@@ -226,7 +234,7 @@ class Session:
         baseline: tuple[int, int] | None = None
         meter_record: MeterRecord | None = None
         run = WorkerRun(self.envs[cell.env], setup, label=label, log_path=log, timeout_s=m.timing.run_timeout_s,
-                        forkserver=self._forkserver(sdir, cell))
+                        forkserver=forkserver)
         try:
             if isinstance(run.start(), Ready):
                 cooldown = self._cooldown(meter)
@@ -261,12 +269,14 @@ class Session:
         return rec
 
     def _forkserver(self, sdir: SessionDir, cell: Cell) -> ForkServer | None:
-        """The fork server of the cell's env, started at the env's first run; None where the run's
-        worker is spawned (the matrix says so, macOS, a server that could not start, or a CUDA cell
-        whose server cannot fork a CUDA user: each said once, with the reason)."""
+        """The fork server of the cell's env, ready; None where the run's worker is spawned (the
+        matrix says so, macOS, a server that could not start, or a CUDA cell whose server cannot
+        fork a CUDA user: each said once, with the reason). Every launched server is ready
+        before the first fork, so no import runs beside a run."""
         env_name = cell.env
         if env_name not in self.forkservers:
-            self.forkservers[env_name] = self._start_forkserver(sdir, env_name)
+            self._launch_forkserver(sdir, env_name)
+        self._await_forkservers()
         server = self.forkservers[env_name]
         if server is None or server.ready is None or not server.ready.cuda_fork_unsafe:
             return server
@@ -281,29 +291,59 @@ class Session:
     def _reference_forkserver(self, sdir: SessionDir, reference: Cell) -> ForkServer | None:
         """The reference env's fork server, where its cells will have one anyway: a reference
         computed then costs a fork, not a second import of the toolchain (on a fresh host, the
-        first session computes one per resolution). Started after the idle-power window, as ever."""
+        first session computes one per resolution)."""
         if not any(c.env == reference.env and c.id not in self.unsupported for c in self.matrix.enabled_cells):
             return None
         return self._forkserver(sdir, reference)
 
-    def _start_forkserver(self, sdir: SessionDir, env_name: str) -> ForkServer | None:
+    def _launch_forkservers(self, sdir: SessionDir) -> None:
+        """The fork servers of every env with cells, launched as the session starts: their
+        imports run while it writes session.json, shows the plan, measures idle power with a meter
+        that cannot see the host's CPU (nvml) and loads or computes the references, instead of
+        after all that. Not on a fleet's driver, whose runs go to the nodes."""
+        if not self.runs_here:
+            return
+        for env_name in sorted({c.env for c in self.matrix.enabled_cells if c.id not in self.unsupported}):
+            if env_name not in self.forkservers:
+                self._launch_forkserver(sdir, env_name)
+
+    def _launch_forkserver(self, sdir: SessionDir, env_name: str) -> None:
         mode, why = chosen(self.matrix.timing.worker_start)
-        server = None
-        if mode == "forkserver":
-            preload = sorted({mod for c in self.matrix.enabled_cells if c.env == env_name
-                              for mod in BACKENDS[c.backend].preload})
-            server = ForkServer(self.envs[env_name], preload, sdir.log_path(f"forkserver.{env_name}"))
-            try:
-                ready = server.start()
-            except ForkServerError as e:
-                server = None
-                mode, why = "spawn", f"{e}; its workers are spawned"
-                self.display.warn(f"env {env_name}: {why}")
-            else:
-                self.display.log(f"env {env_name}: fork server ready, imports took {ready.import_s:.1f} s")
-                self.worker_start[env_name] = {"mode": mode, "why": why, **to_dict(ready)}
-        self.worker_start.setdefault(env_name, {"mode": mode, "why": why})
-        return server
+        self.worker_start[env_name] = {"mode": mode, "why": why}
+        self.forkservers[env_name] = None
+        if mode != "forkserver":
+            return
+        preload = sorted({mod for c in self.matrix.enabled_cells if c.env == env_name
+                          for mod in BACKENDS[c.backend].preload})
+        server = ForkServer(self.envs[env_name], preload, sdir.log_path(f"forkserver.{env_name}"))
+        try:
+            server.launch()
+        except ForkServerError as e:
+            self._spawned(env_name, e)
+        else:
+            self.forkservers[env_name] = server
+
+    def _await_forkservers(self) -> None:
+        """Every launched server's imports finished; one that failed leaves its env spawning."""
+        for env_name, server in self.forkservers.items():
+            if server is None or server.ready is not None:
+                continue
+            with self.display.status(f"env {env_name}: waiting for the fork server's imports"):
+                try:
+                    ready = server.wait_ready()
+                except ForkServerError as e:
+                    self._spawned(env_name, e)
+                    continue
+            self.display.log(f"env {env_name}: fork server ready, imports took {ready.import_s:.1f} s; "
+                             f"the session waited {server.waited_s:.1f} s for it")
+            self.worker_start[env_name].update(to_dict(ready), waited_s=server.waited_s)
+
+    def _spawned(self, env_name: str, e: ForkServerError) -> None:
+        """A server that could not start: its env's workers are spawned, and the reason said."""
+        why = f"{e}; its workers are spawned"
+        self.display.warn(f"env {env_name}: {why}")
+        self.forkservers[env_name] = None
+        self.worker_start[env_name] = {"mode": "spawn", "why": why}
 
     def _energy(self, rec: RunRecord, sdir: SessionDir, cell: Cell, planned: PlannedRun, meter: Meter,
                 record: MeterRecord, baseline: tuple[int, int] | None, result: Result) -> RunRecord:
@@ -366,26 +406,40 @@ class Session:
     # -- the loop ----------------------------------------------------------------------------
     def start(self, results_root: Path, resume: SessionDir | None = None) -> Started:
         """Everything before the first run, on this host: the folder, envs, pins, meter, preflight,
-        session.json, the plan and the references. A fleet's driver starts the same way."""
-        m = self.matrix
+        session.json, the plan and the references, with the fork servers importing meanwhile. A
+        fleet's driver starts the same way, without fork servers."""
         target = results_root if resume is None else resume.root
         if problem := writable_problem(target, create=True):  # before envs sync or models pin
             raise UserError(f"{target}: results cannot be written there ({problem}); nothing ran"
                             + ("; choose another folder with --out" if resume is None else ""))
-        model, inputs = self.prepare()
-        preflight = self.session_preflight()
+        inputs = self.prepare()
         if resume is None:
             try:
                 sdir = SessionDir.create(results_root)
             except OSError as e:
                 raise UserError(f"cannot create a session folder in {results_root}: {e.strerror or e}; "
                                 f"nothing ran") from None
+        else:
+            sdir = resume
+        self._launch_forkservers(sdir)
+        try:
+            model = pin_model(self.matrix.model, self.matrix.path, log=self.display.log)
+            return self._started(sdir, resume is not None, model, inputs, self.session_preflight())
+        except BaseException:
+            self.close()
+            if resume is None and not sdir.has_session():  # nothing recorded: no folder left behind
+                shutil.rmtree(sdir.root, ignore_errors=True)
+            raise
+
+    def _started(self, sdir: SessionDir, resumed: bool, model: PinnedModel, inputs: dict[int, PinnedInputs],
+                 preflight: dict[str, Any]) -> Started:
+        m = self.matrix
+        if not resumed:
             seed = m.timing.order_seed if m.timing.order_seed is not None else secrets.randbits(32)
             session = self._session_record(sdir, model, inputs, seed)
             session.preflight = preflight
             done: list[RunRecord] = []
         else:
-            sdir = resume
             session = sdir.read_session()
             seed = resume_seed(sdir, session)
             if torn := sdir.set_aside_torn():
@@ -404,7 +458,7 @@ class Session:
         if m.timing.cooldown == "adaptive" and (first := next((c for c in m.enabled_cells if c.id not in self.unsupported), None)):
             self._meter(first)  # the host's idle power, before the reference or any worker runs
         refs = self._write(sdir, lambda: self.references(sdir, model, inputs), ran=0)
-        return Started(sdir, session, resume is not None, model, inputs, plan, todo, done, refs)
+        return Started(sdir, session, resumed, model, inputs, plan, todo, done, refs)
 
     def session_preflight(self) -> dict[str, Any]:
         """The meter chosen and the session's preflight, its problems said."""

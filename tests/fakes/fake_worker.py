@@ -148,5 +148,6 @@ if "--forkserver" in sys.argv:  # the fake as a fork server: the real one, forki
 
     if os.environ.get("FAKE_FORKSERVER") == "crash":
         sys.exit(5)
-    sys.exit(serve_forks(sys.argv[sys.argv.index("--forkserver") + 1], [], run))
+    preload = ["gated_import"] if os.environ.get("FAKE_IMPORT_GATE") else []
+    sys.exit(serve_forks(sys.argv[sys.argv.index("--forkserver") + 1], preload, run))
 sys.exit(run())

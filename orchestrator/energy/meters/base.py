@@ -109,3 +109,4 @@ class MeterSpec:
     per_gpu: bool = False  # one meter per GPU index, following each cell's device
     auto: bool = True  # `power.meter = "auto"` considers it, in registry order
     throttle_reasons: Callable[[int], list[str] | None] | None = None  # slowdowns active on a GPU now
+    sees_host: bool = True  # its reading includes the host's CPU, so host work must stay out of its idle window

@@ -145,4 +145,4 @@ class NvmlMeter(Meter):
 
 
 METER = MeterSpec("nvml", available=lambda power: available(), make=lambda power, index: NvmlMeter(index),
-                  per_gpu=True, throttle_reasons=throttle_reasons)
+                  per_gpu=True, throttle_reasons=throttle_reasons, sees_host=False)
