@@ -4,10 +4,12 @@ and a server that dies or never starts."""
 
 import json
 import os
+import re
 import signal
 import threading
 import time
 
+import psutil
 import pytest
 from conftest import cli, fake_worker_matrix, only_session, stand_in
 
@@ -17,6 +19,7 @@ from orchestrator.console import Display
 from orchestrator.energy.arithmetic import Interval
 from orchestrator.energy.meters import Meters
 from orchestrator.energy.meters.base import Availability, Meter, MeterRecord, MeterSpec
+from orchestrator.errors import UserError
 from orchestrator.run import session as session_mod
 from orchestrator.run.forkserver import ForkServer, ForkServerError, chosen
 from orchestrator.run.session import Session
@@ -222,3 +225,20 @@ def test_the_imports_run_beside_the_idle_window_only_of_a_meter_blind_to_the_hos
     session = json.loads((result.dir.root / "session.json").read_text())
     assert session["worker_start"]["diffusers"]["mode"] == "forkserver"
     assert session["worker_start"]["diffusers"]["preloaded"] == ["gated_import"]
+
+
+@pytest.mark.slow
+def test_a_session_that_fails_before_its_record_stops_its_servers_and_leaves_no_folder(tmp_path, monkeypatch):
+    """The servers are launched before the model is pinned: a model that does not match its
+    sha256 ends the session with its one line, the still-importing server ended, no folder."""
+    monkeypatch.setenv("FAKE_IMPORT_GATE", str(tmp_path / "gate"))
+    monkeypatch.setenv("FAKE_IMPORT_DONE", str(tmp_path / "imported"))
+    monkeypatch.setenv("FAKE_IMPORT_WAIT_S", "120")
+    path = fake_worker_matrix(tmp_path / "m.toml", 1, 'meter = "none"')
+    path.write_text(re.sub(r'sha256 = "[0-9a-f]{64}"', f'sha256 = "{"0" * 64}"', path.read_text(), count=1))
+    envs = {"diffusers": Env("diffusers", None, external_python=stand_in(tmp_path / "python", FAKE))}
+    with pytest.raises(UserError, match="sha256"):
+        Session(load_matrix(path, set(envs)), envs, Display(quiet=True)).run(tmp_path / "out")
+    assert not any((tmp_path / "out").iterdir())
+    left = [p.cmdline() for p in psutil.Process().children(recursive=True) if p.status() != psutil.STATUS_ZOMBIE]
+    assert not [c for c in left if "--forkserver" in c]

@@ -36,7 +36,8 @@ class TimeBudget:
                                                              "starts after the envs are synced and the model and "
                                                              "inputs pinned, so what it exceeds `wall_s` by went "
                                                              "to the idle-power window, the fork servers' "
-                                                             "imports, the references and the waits between runs")
+                                                             "imports (as far as the session waited for them), the "
+                                                             "references and the waits between runs")
 
 
 def time_budget(scope: str, runs: list[RunRecord], session_wall_s: float | None = None) -> TimeBudget:

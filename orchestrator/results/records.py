@@ -239,7 +239,9 @@ class SessionRecord:
     preflight: dict[str, Any] = field(factory=dict, doc="the session's preflight: idle load, power state, problems")
     worker_versions: dict[str, Any] = field(factory=dict, doc="per env: the versions its workers reported")
     worker_start: dict[str, Any] = field(factory=dict, doc="per env: `mode` (`spawn` or `forkserver`) and why; a "
-                                         "fork server's pid, `import_s`, `preloaded` and `not_preloaded` modules")
+                                         "fork server's pid, `import_s`, `waited_s` (how long the session waited for "
+                                         "those imports: they run while it starts), `preloaded` and `not_preloaded` "
+                                         "modules")
     references: dict[str, Any] = field(factory=dict, doc="per resolution: the reference output used (`path`, `cached`, "
                                        "`failure`, `versions`, and `worker_start`: `spawn` or `forkserver` when this "
                                        "session computed it, null when it was cached)")
