@@ -240,5 +240,17 @@ def test_a_session_that_fails_before_its_record_stops_its_servers_and_leaves_no_
     with pytest.raises(UserError, match="sha256"):
         Session(load_matrix(path, set(envs)), envs, Display(quiet=True)).run(tmp_path / "out")
     assert not any((tmp_path / "out").iterdir())
-    left = [p.cmdline() for p in psutil.Process().children(recursive=True) if p.status() != psutil.STATUS_ZOMBIE]
-    assert not [c for c in left if "--forkserver" in c]
+    assert not [c for c in _live_children() if "--forkserver" in c]
+
+
+def _live_children():
+    """The command lines of this process's live descendants; one that exits while they are read
+    is not one of them."""
+    out = []
+    for p in psutil.Process().children(recursive=True):
+        try:
+            if p.status() != psutil.STATUS_ZOMBIE:
+                out.append(p.cmdline())
+        except psutil.Error:
+            continue
+    return out
