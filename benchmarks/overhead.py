@@ -14,8 +14,11 @@ process, and so both sides (the harness's worker and fork server, the bare loop)
 CPUs: where fresh processes land on the host's cores changes a launch-bound GPU cell's speed, a
 nuisance both sides then share (docs/methodology.md, "Harness overhead"). Prints each
 round, the bare loop's minor page faults per timed step (the allocator state it measured: see
-docs/methodology.md, "Harness overhead") and the ratio of medians (harness / bare); 1.00 means
-the harness adds nothing measurable.
+docs/methodology.md, "Harness overhead") and two ratios (harness / bare): of the runs' median step
+and of their p10 step (the step at the CPU's full speed, where the host's CPU slows in phases:
+docs/methodology.md and `benchmarks/host_drift.py`); 1.00 means the harness adds nothing
+measurable. Both sides run the worker's window rule: at least the matrix's iterations and
+`min_window_s`.
 """
 
 from __future__ import annotations
@@ -54,14 +57,29 @@ model = backend_module(a["cell"]["backend"]).load(
     LoadSpec(cell=a["cell"], arch=UNetArch.from_dict(a["arch"]), model_path=a["path"], inputs=inp))
 for _ in range(a["warmup"]):
     model.step()
-lat = []
+def sched():
+    with open("/proc/thread-self/schedstat") as f:
+        on_cpu, queued, _ = f.read().split()
+    with open("/proc/thread-self/stat") as f:
+        cpu = f.read().rsplit(")", 1)[1].split()[36]
+    return int(on_cpu), int(queued), int(cpu)
+lat, steps = [], []
 faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(a["iterations"]):
-    t = time.perf_counter()
+first = t1 = time.monotonic_ns()
+while len(lat) < a["iterations"] or t1 - first < a["min_window_s"] * 1e9:
+    s0 = sched() if a.get("steps_out") else None
+    t = time.monotonic_ns()
     model.step()
-    lat.append((time.perf_counter() - t) * 1e3)
+    t1 = time.monotonic_ns()
+    lat.append((t1 - t) / 1e6)
+    if s0:
+        s1 = sched()
+        steps.append((t, t1, s1[0] - s0[0], s1[1] - s0[1], s1[2]))
 faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
-print(json.dumps({"median_ms": float(np.median(lat)), "minor_faults_per_step": faults / a["iterations"]}))
+if a.get("steps_out"):
+    json.dump(steps, open(a["steps_out"], "w"))
+print(json.dumps({"median_ms": float(np.median(lat)), "p10_ms": float(np.percentile(lat, 10)),
+                  "minor_faults_per_step": faults / len(lat)}))
 """
 
 
@@ -71,16 +89,20 @@ BARE_FAULTS: list[float] = []  # the bare loop's minor page faults per timed ste
 FORKSERVER: list[ForkServer] = []  # with --worker-start forkserver: the harness's workers are forked from it
 
 
-def _harness(env, setup, bare_args, log, timeout_s) -> float | None:
+def _median_p10(lat_ms) -> tuple[float, float]:
+    return float(np.median(lat_ms)), float(np.percentile(lat_ms, 10))
+
+
+def _harness(env, setup, bare_args, log, timeout_s) -> tuple[float, float] | None:
     o = run_worker(env, setup, label="overhead", log_path=log, timeout_s=timeout_s,
                    forkserver=FORKSERVER[0] if FORKSERVER else None)
     if o.status != "ok" or o.result is None:
         print(f"harness run failed: {o.reason}", file=sys.stderr)
         return None
-    return float(np.median((np.asarray(o.result.iteration_end_ns) - np.asarray(o.result.iteration_start_ns)) / 1e6))
+    return _median_p10((np.asarray(o.result.iteration_end_ns) - np.asarray(o.result.iteration_start_ns)) / 1e6)
 
 
-def _bare(env, setup, bare_args, log, timeout_s) -> float | None:
+def _bare(env, setup, bare_args, log, timeout_s) -> tuple[float, float] | None:
     b = subprocess.run([str(env.python), "-c", BARE, bare_args], capture_output=True, text=True,
                        cwd=REPO, env=env.worker_environ(), timeout=timeout_s)
     if b.returncode != 0:
@@ -88,7 +110,25 @@ def _bare(env, setup, bare_args, log, timeout_s) -> float | None:
         return None
     out = json.loads(b.stdout.strip().splitlines()[-1])
     BARE_FAULTS.append(out["minor_faults_per_step"])
-    return out["median_ms"]
+    return out["median_ms"], out["p10_ms"]
+
+
+def prepare(matrix: Path, cell_id: str, overrides: list[str]):
+    """The matrix, its cell, the cell's env (synced), the worker's setup and the bare loop's arguments
+    (the same weights and inputs, pinned as a session pins them)."""
+    envs = discover(parse_overrides(overrides))
+    m = load_matrix(matrix, set(envs))
+    cell = m.cell(cell_id)
+    env = envs[cell.env]
+    ensure_synced([env])
+    model = pin_model(m.model, m.path)
+    inputs = pin_inputs(m.inputs, [cell.resolution], m.path)[cell.resolution]
+    setup = setup_message(m, cell, model, inputs)
+    bare = {"cell": cell.as_setup(), "arch": setup.model.arch, "path": str(model.path),
+            "resolution": cell.resolution, "batch": m.inputs.batch, "seed": m.inputs.seed,
+            "timestep": m.inputs.timestep, "warmup": m.timing.warmup, "iterations": m.timing.iterations,
+            "min_window_s": setup.min_window_s}
+    return m, cell, env, setup, bare
 
 
 def _cpu_list(text: str) -> set[int]:
@@ -113,23 +153,16 @@ def main() -> int:
     if args.cpus is not None:
         os.sched_setaffinity(0, args.cpus)
         print(f"pinned to CPUs {sorted(os.sched_getaffinity(0))}", flush=True)
-    envs = discover(parse_overrides(args.env))
-    m = load_matrix(Path(args.matrix), set(envs))
-    cell = m.cell(args.cell)
-    env = envs[cell.env]
-    ensure_synced([env])
-    model = pin_model(m.model, m.path)
-    inputs = pin_inputs(m.inputs, [cell.resolution], m.path)[cell.resolution]
-    setup = setup_message(m, cell, model, inputs)
-    bare_args = json.dumps({"cell": cell.as_setup(), "arch": setup.model.arch, "path": str(model.path),
-                            "resolution": cell.resolution, "batch": m.inputs.batch, "seed": m.inputs.seed,
-                            "timestep": m.inputs.timestep, "warmup": m.timing.warmup, "iterations": m.timing.iterations})
+    m, cell, env, setup, bare_spec = prepare(Path(args.matrix), args.cell, args.env)
+    bare_args = json.dumps(bare_spec)
     log = Path(tempfile.mkdtemp(prefix="cdb-overhead-")) / "worker.log"
     if args.worker_start == "forkserver":
         FORKSERVER.append(ForkServer(env, list(BACKENDS[cell.backend].preload), log.with_name("forkserver.log")))
         print(f"fork server ready, imports took {FORKSERVER[0].start().import_s:.1f} s", flush=True)
-    harness, bare = [], []
-    print(f"{cell.id}: {m.timing.warmup} warmup + {m.timing.iterations} iterations per run, {args.rounds} rounds", flush=True)
+    harness: list[tuple[float, float]] = []
+    bare: list[tuple[float, float]] = []
+    print(f"{cell.id}: {m.timing.warmup} warmup + at least {m.timing.iterations} iterations and {setup.min_window_s} s "
+          f"per run, {args.rounds} rounds", flush=True)
     for r in range(args.rounds):
         t0 = time.monotonic()
         first, second = (_harness, _bare) if r % 2 == 0 else (_bare, _harness)
@@ -138,10 +171,12 @@ def main() -> int:
             if ms is None:
                 return 1
             (harness if measure is _harness else bare).append(ms)
-        print(f"round {r} ({'harness' if r % 2 == 0 else 'bare'} first): harness {harness[-1]:.3f} ms/step   "
-              f"bare loop {bare[-1]:.3f} ms/step, {BARE_FAULTS[-1]:.0f} page faults/step ({time.monotonic() - t0:.0f} s)", flush=True)
-    h, b = float(np.median(harness)), float(np.median(bare))
-    print(f"median over rounds: harness {h:.3f} ms/step, bare {b:.3f} ms/step, ratio {h / b:.3f}")
+        print(f"round {r} ({'harness' if r % 2 == 0 else 'bare'} first): harness {harness[-1][0]:.3f} ms/step "
+              f"(p10 {harness[-1][1]:.3f})   bare loop {bare[-1][0]:.3f} ms/step (p10 {bare[-1][1]:.3f}), "
+              f"{BARE_FAULTS[-1]:.0f} page faults/step ({time.monotonic() - t0:.0f} s)", flush=True)
+    for i, name in enumerate(("median", "p10")):
+        h, b = float(np.median([x[i] for x in harness])), float(np.median([x[i] for x in bare]))
+        print(f"runs' {name} per step, median over rounds: harness {h:.3f} ms, bare {b:.3f} ms, ratio {h / b:.3f}")
     for server in FORKSERVER:
         server.close()
     return 0
