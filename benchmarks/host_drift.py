@@ -92,7 +92,7 @@ def measure(args: argparse.Namespace) -> Path:
         busy_stop.unlink()
         _phase(marks, "probe alone again", args.phase_s)
         for k, cell_id in enumerate(args.cells.split(",")):
-            _, cell, env, _, bare = prepare(Path(args.matrix), cell_id, args.env)
+            _, _, env, _, bare = prepare(Path(args.matrix), cell_id, args.env)
             steps = out / f"loop-{k}-{cell_id}.json"
             bare.update(iterations=args.iterations, steps_out=str(steps))
             marks.append((f"loop {k} {cell_id}", time.monotonic_ns()))

@@ -15,8 +15,8 @@ CPUs: where fresh processes land on the host's cores changes a launch-bound GPU 
 nuisance both sides then share (docs/methodology.md, "Harness overhead"). Prints each
 round, the bare loop's minor page faults per timed step (the allocator state it measured: see
 docs/methodology.md, "Harness overhead") and two ratios (harness / bare): of the runs' median step
-and of their p10 step (the step at the CPU's full speed, where the host's CPU slows in phases:
-docs/methodology.md and `benchmarks/host_drift.py`); 1.00 means the harness adds nothing
+and of their p10 step (less moved than the median by the host CPU's slow phases, unless a
+phase covers a whole window: docs/methodology.md and `benchmarks/host_drift.py`); 1.00 means the harness adds nothing
 measurable. Both sides run the worker's window rule: at least the matrix's iterations and
 `min_window_s`.
 """
