@@ -97,6 +97,7 @@ WORKER_FAULTS = [
     ("iter_huge", "failed", "protocol: result: field iteration_start_ns: a stamp outside 0..2**63-1 ns"),
     ("iter_negative", "failed", "protocol: result: field iteration_start_ns: a stamp outside 0..2**63-1 ns"),
     ("iter_few", "failed", "protocol: result: field iteration_start_ns: 1 iterations, at least 2 asked for"),
+    ("faults_negative", "failed", "protocol: result: field minor_faults: -5, a count cannot be negative"),
     ("window_inf", "failed", "protocol: result: field window_end_ns: expected an integer, got inf"),
     ("window_empty", "failed", "protocol: result: field"),
     ("output_shape", "failed", "protocol: result: field output: shape [2, 4, 1, 1], the latent's is [1, 4, 1, 1]"),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import platform
+import resource
 import sys
 import time
 import traceback
@@ -80,19 +81,28 @@ def verified_spec(setup: Setup) -> LoadSpec:
     )
 
 
-def timed_loop(model: LoadedModel, iterations: int, min_window_s: float) -> tuple[list[int], list[int]]:
-    """Whole iterations until both `iterations` ran and the window lasted `min_window_s`."""
+def minor_faults() -> int:
+    """This process's minor page faults so far, all threads: read around the timed loop, they say
+    whether the steps' memory came from the allocator's own heap or fresh from the kernel, a state
+    that changes a CPU step's speed by up to a fifth (docs/methodology.md, "Harness overhead")."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def timed_loop(model: LoadedModel, iterations: int, min_window_s: float) -> tuple[list[int], list[int], int]:
+    """Whole iterations until both `iterations` ran and the window lasted `min_window_s`: their
+    starts and ends, and the minor page faults over the loop (read outside the stamps)."""
     min_ns = int(min_window_s * 1e9)
     clock = time.monotonic_ns
     starts: list[int] = []
     ends: list[int] = []
+    faults = minor_faults()
     first = clock()
     while len(starts) < iterations or (ends[-1] - first) < min_ns:
         s = clock()
         model.step()
         ends.append(clock())
         starts.append(s)
-    return starts, ends
+    return starts, ends, minor_faults() - faults
 
 
 class NvmlCheckRead:
@@ -137,13 +147,13 @@ def run(channel: Channel, env_name: str) -> int:
                         model_sha256=setup.model.sha256))
     parse(channel.recv(), Measure)
     check = NvmlCheckRead(setup.cell) if setup.nvml_check else None
-    starts, ends = timed_loop(model, setup.iterations, setup.min_window_s)
+    starts, ends, faults = timed_loop(model, setup.iterations, setup.min_window_s)
     if check is not None:
         check.end()
     out = model.output()
     send(channel, Result(window_start_ns=starts[0], window_end_ns=ends[-1], iteration_start_ns=starts,
                          iteration_end_ns=ends, output=out, output_sha256=sha256_array(out),
-                         nvml_check=check.result() if check is not None else None))
+                         nvml_check=check.result() if check is not None else None, minor_faults=faults))
     return 0
 
 

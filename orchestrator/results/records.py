@@ -13,7 +13,7 @@ from typing import Any
 
 from workers.contract.typed import Invalid, build, field
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 RUN_STATUSES = ("ok", "failed", "unsupported")
 
 
@@ -24,7 +24,13 @@ def _v1(data: dict[str, Any]) -> dict[str, Any]:
     return {**data, "schema_version": 2}
 
 
-UPGRADES: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _v1}  # run records
+def _v2(data: dict[str, Any]) -> dict[str, Any]:
+    """Version 3 added `minor_faults_per_step`: earlier workers did not count faults, so it reads
+    as null."""
+    return {**data, "schema_version": 3}
+
+
+UPGRADES: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _v1, 2: _v2}  # run records
 
 # Cell ids the reference study (matrix.toml) once had, and the ids it has now: results recorded
 # under an old id read, report and compare under the new one.
@@ -107,6 +113,12 @@ class RunRecord:
     latency_ms_iqr: float | None = field(None, unit="ms", doc="over the run's iterations")
     latency_ms_min: float | None = field(None, unit="ms", doc="over the run's iterations")
     latency_ms_mean: float | None = field(None, unit="ms", doc="over the run's iterations")
+    minor_faults_per_step: float | None = field(None, unit="count", doc="the worker's minor page faults over the timed "
+                                                "window (all its threads) / `iterations`: near 0 when the steps' "
+                                                "memory stays in the allocator's heap, thousands when it is returned "
+                                                "to the kernel and faulted in again each step, which on a CPU cell "
+                                                "can be a fifth slower (docs/methodology.md, \"Harness overhead\"); "
+                                                "null from a worker that did not count")
     output_sha256: str | None = field(None, doc="of the output tensor (float32)")
     output_shape: list[int] | None = field(None, doc="of the output tensor")
     mse: float | None = field(None, finite=False, doc="vs the reference output")
@@ -212,7 +224,12 @@ def _v1_session(data: dict[str, Any]) -> dict[str, Any]:
     return {**data, "schema_version": 2}
 
 
-SESSION_UPGRADES: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _v1_session}
+def _v2_session(data: dict[str, Any]) -> dict[str, Any]:
+    """session.json did not change in version 3 (its run records did; the two share the number)."""
+    return {**data, "schema_version": 3}
+
+
+SESSION_UPGRADES: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _v1_session, 2: _v2_session}
 
 
 @dataclass

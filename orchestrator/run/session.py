@@ -394,6 +394,7 @@ class Session:
         rec.iterations = w.n
         rec.window_s = (res.window_end_ns - res.window_start_ns) / 1e9
         rec.latency_ms_median, rec.latency_ms_iqr, rec.latency_ms_min, rec.latency_ms_mean = w.median, w.iqr, w.min, w.mean
+        rec.minor_faults_per_step = None if res.minor_faults is None else res.minor_faults / w.n
         rec.output_sha256, rec.output_shape = res.output_sha256, list(output.shape)
         rec.samples_file, rec.output_file = sdir.rel(samples), sdir.rel(out_path)
         if reference.output is not None:

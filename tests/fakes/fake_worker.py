@@ -31,6 +31,7 @@ RESULT_CHANGES = {
     "iter_huge": lambda r, s: {"iteration_end_ns": [2**64 - 1] * len(s), "window_end_ns": 2**64 - 1},
     "iter_negative": lambda r, s: {"window_start_ns": -5},
     "iter_few": lambda r, s: {"iteration_start_ns": s[:1], "iteration_end_ns": r["iteration_end_ns"][:1]},
+    "faults_negative": lambda r, s: {"minor_faults": -5},
     "window_inf": lambda r, s: {"window_end_ns": float("inf")},
     "window_empty": lambda r, s: {"window_start_ns": r["window_end_ns"]},
     "output_shape": lambda r, s: {"output": np.ones((2, 4, 1, 1), np.float32)},

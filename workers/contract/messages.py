@@ -112,6 +112,8 @@ class Result:
     output: np.ndarray = field(doc="the UNet output of the last iteration")
     output_sha256: str = field(doc="of `output`")
     nvml_check: NvmlCheck | None = field(None, doc="with `nvml_check`: the worker's own counter reads")
+    minor_faults: int | None = field(None, unit="count", doc="the worker's minor page faults over the timed loop, all "
+                                     "its threads (getrusage): memory the steps took fresh from the kernel")
 
     def check(self, setup: Setup) -> None:
         """What the types cannot say: at least the iterations asked for, each ending after it
@@ -131,6 +133,8 @@ class Result:
             if b < a:
                 raise Invalid(f"{where} iteration_end_ns: the stamps go backwards at position {i + 1} "
                               f"({b} after {a}; window start, then each iteration's start and end, then window end)")
+        if self.minor_faults is not None and self.minor_faults < 0:
+            raise Invalid(f"{where} minor_faults: {self.minor_faults}, a count cannot be negative")
         if self.window_end_ns <= self.window_start_ns:
             raise Invalid(f"{where} window_end_ns: the window lasts {self.window_end_ns - self.window_start_ns} ns")
         expected = tuple(setup.inputs.latent.shape)
