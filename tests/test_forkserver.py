@@ -243,6 +243,22 @@ def test_a_session_that_fails_before_its_record_stops_its_servers_and_leaves_no_
     assert not [c for c in _live_children() if "--forkserver" in c]
 
 
+@pytest.mark.slow
+def test_a_resumed_session_starts_fork_servers_only_for_envs_with_runs_left(tmp_path):
+    """A resume whose runs are all recorded imports no toolchain: it starts no fork server, and
+    the runs it keeps are the first session's."""
+    path = fake_worker_matrix(tmp_path / "m.toml", 1, 'meter = "none"')
+    envs = {"diffusers": Env("diffusers", None, external_python=stand_in(tmp_path / "python", FAKE))}
+    first = Session(load_matrix(path, set(envs)), envs, Display(quiet=True))
+    result = first.run(tmp_path / "out")
+    assert result.n_ok == 1 and first.forkservers["diffusers"] is not None
+    again = Session(load_matrix(path, set(envs)), envs, Display(quiet=True))
+    resumed = again.run(tmp_path / "out", resume=result.dir)
+    assert resumed.n_ok == 1 and again.forkservers == {} and again.worker_start == {}
+    session = json.loads((result.dir.root / "session.json").read_text())
+    assert len(session["resumes"]) == 1 and session["worker_start"]["diffusers"]["mode"] == "forkserver"
+
+
 def _live_children():
     """The command lines of this process's live descendants; one that exits while they are read
     is not one of them."""

@@ -105,6 +105,7 @@ class Session:
         self.meters: Meters = Meters(None, "not chosen yet")
         self.idle_w: dict[Meter, float | None] = {}
         self.forkservers: dict[str, ForkServer | None] = {}  # env -> its server; None: its workers are spawned
+        self.envs_with_runs: set[str] = set()  # envs whose cells have runs left (set as the session starts)
         self.ray: str | None = None  # a fleet session's --ray address, for the command that resumes it
         self.worker_start: dict[str, dict[str, Any]] = {}  # env -> how its workers started (session.json)
 
@@ -292,18 +293,22 @@ class Session:
         """The reference env's fork server, where its cells will have one anyway: a reference
         computed then costs a fork, not a second import of the toolchain (on a fresh host, the
         first session computes one per resolution)."""
-        if not any(c.env == reference.env and c.id not in self.unsupported for c in self.matrix.enabled_cells):
+        if reference.env not in self.envs_with_runs:
             return None
         return self._forkserver(sdir, reference)
 
-    def _launch_forkservers(self, sdir: SessionDir) -> None:
-        """The fork servers of every env with cells, launched as the session starts: their
+    def _launch_forkservers(self, sdir: SessionDir, resumed: bool) -> None:
+        """The fork servers of every env with runs left, launched as the session starts: their
         imports run while it writes session.json, shows the plan, measures idle power with a meter
         that cannot see the host's CPU (nvml) and loads or computes the references, instead of
-        after all that. Not on a fleet's driver, whose runs go to the nodes."""
+        after all that. None for a resumed session's envs whose runs are all recorded, nor on a
+        fleet's driver, whose runs go to the nodes."""
+        finished = {(r.cell_id, r.run_index) for r in sdir.read_runs().records if not r.node_lost} if resumed else set()
+        self.envs_with_runs = {c.env for c in self.matrix.enabled_cells if c.id not in self.unsupported
+                               and any((c.id, i) not in finished for i in range(self.matrix.timing.runs))}
         if not self.runs_here:
             return
-        for env_name in sorted({c.env for c in self.matrix.enabled_cells if c.id not in self.unsupported}):
+        for env_name in sorted(self.envs_with_runs):
             if env_name not in self.forkservers:
                 self._launch_forkserver(sdir, env_name)
 
@@ -422,7 +427,7 @@ class Session:
                                 f"nothing ran") from None
         else:
             sdir = resume
-        self._launch_forkservers(sdir)
+        self._launch_forkservers(sdir, resume is not None)
         try:
             model = pin_model(self.matrix.model, self.matrix.path, log=self.display.log)
             return self._started(sdir, resume is not None, model, inputs, self.session_preflight())
