@@ -13,12 +13,15 @@ Rounds alternate which goes first, so slow drifts of the host hit both alike. `-
 process, and so both sides (the harness's worker and fork server, the bare loop), to the same
 CPUs: where fresh processes land on the host's cores changes a launch-bound GPU cell's speed, a
 nuisance both sides then share (docs/methodology.md, "Harness overhead"). Prints each
-round, the bare loop's minor page faults per timed step (the allocator state it measured: see
-docs/methodology.md, "Harness overhead") and two ratios (harness / bare): of the runs' median step
+round with both sides' minor page faults per timed step (the allocator state each measured: a
+CPU step whose memory is faulted in afresh each time is up to a fifth slower; docs/methodology.md,
+"Harness overhead") and two ratios (harness / bare): of the runs' median step
 and of their p10 step (less moved than the median by the host CPU's slow phases, unless a
 phase covers a whole window: docs/methodology.md and `benchmarks/host_drift.py`); 1.00 means the harness adds nothing
 measurable. Both sides run the worker's window rule: at least the matrix's iterations and
-`min_window_s`.
+`min_window_s`. Both inherit this process's environment, so on Linux
+`GLIBC_TUNABLES=glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=67108864` before
+the command holds glibc's allocator in one state on both sides.
 """
 
 from __future__ import annotations
@@ -83,34 +86,27 @@ print(json.dumps({"median_ms": float(np.median(lat)), "p10_ms": float(np.percent
 """
 
 
-BARE_FAULTS: list[float] = []  # the bare loop's minor page faults per timed step, per round
-
-
 FORKSERVER: list[ForkServer] = []  # with --worker-start forkserver: the harness's workers are forked from it
 
 
-def _median_p10(lat_ms) -> tuple[float, float]:
-    return float(np.median(lat_ms)), float(np.percentile(lat_ms, 10))
-
-
-def _harness(env, setup, bare_args, log, timeout_s) -> tuple[float, float] | None:
+def _harness(env, setup, bare_args, log, timeout_s) -> tuple[float, float, float] | None:
     o = run_worker(env, setup, label="overhead", log_path=log, timeout_s=timeout_s,
                    forkserver=FORKSERVER[0] if FORKSERVER else None)
     if o.status != "ok" or o.result is None:
         print(f"harness run failed: {o.reason}", file=sys.stderr)
         return None
-    return _median_p10((np.asarray(o.result.iteration_end_ns) - np.asarray(o.result.iteration_start_ns)) / 1e6)
+    lat_ms = (np.asarray(o.result.iteration_end_ns) - np.asarray(o.result.iteration_start_ns)) / 1e6
+    return float(np.median(lat_ms)), float(np.percentile(lat_ms, 10)), (np.nan if o.result.minor_faults is None else o.result.minor_faults / len(lat_ms))
 
 
-def _bare(env, setup, bare_args, log, timeout_s) -> tuple[float, float] | None:
+def _bare(env, setup, bare_args, log, timeout_s) -> tuple[float, float, float] | None:
     b = subprocess.run([str(env.python), "-c", BARE, bare_args], capture_output=True, text=True,
                        cwd=REPO, env=env.worker_environ(), timeout=timeout_s)
     if b.returncode != 0:
         print(b.stderr, file=sys.stderr)
         return None
     out = json.loads(b.stdout.strip().splitlines()[-1])
-    BARE_FAULTS.append(out["minor_faults_per_step"])
-    return out["median_ms"], out["p10_ms"]
+    return out["median_ms"], out["p10_ms"], out["minor_faults_per_step"]
 
 
 def prepare(matrix: Path, cell_id: str, overrides: list[str]):
@@ -159,8 +155,8 @@ def main() -> int:
     if args.worker_start == "forkserver":
         FORKSERVER.append(ForkServer(env, list(BACKENDS[cell.backend].preload), log.with_name("forkserver.log")))
         print(f"fork server ready, imports took {FORKSERVER[0].start().import_s:.1f} s", flush=True)
-    harness: list[tuple[float, float]] = []
-    bare: list[tuple[float, float]] = []
+    harness: list[tuple[float, float, float]] = []
+    bare: list[tuple[float, float, float]] = []
     print(f"{cell.id}: {m.timing.warmup} warmup + at least {m.timing.iterations} iterations and {setup.min_window_s} s "
           f"per run, {args.rounds} rounds", flush=True)
     for r in range(args.rounds):
@@ -172,8 +168,8 @@ def main() -> int:
                 return 1
             (harness if measure is _harness else bare).append(ms)
         print(f"round {r} ({'harness' if r % 2 == 0 else 'bare'} first): harness {harness[-1][0]:.3f} ms/step "
-              f"(p10 {harness[-1][1]:.3f})   bare loop {bare[-1][0]:.3f} ms/step (p10 {bare[-1][1]:.3f}), "
-              f"{BARE_FAULTS[-1]:.0f} page faults/step ({time.monotonic() - t0:.0f} s)", flush=True)
+              f"(p10 {harness[-1][1]:.3f}, {harness[-1][2]:.0f} faults/step)   bare loop {bare[-1][0]:.3f} ms/step "
+              f"(p10 {bare[-1][1]:.3f}, {bare[-1][2]:.0f} faults/step) ({time.monotonic() - t0:.0f} s)", flush=True)
     for i, name in enumerate(("median", "p10")):
         h, b = float(np.median([x[i] for x in harness])), float(np.median([x[i] for x in bare]))
         print(f"runs' {name} per step, median over rounds: harness {h:.3f} ms, bare {b:.3f} ms, ratio {h / b:.3f}")
