@@ -220,7 +220,7 @@ def test_meter_process_dies_with_a_sigkilled_parent(replay, monkeypatch):
     parent.send_signal(signal.SIGKILL)
     parent.wait()
     t0 = time.monotonic()
-    while _alive(pid) and time.monotonic() - t0 < 2:
+    while _alive(pid) and time.monotonic() - t0 < 10:  # the guard's poll and its 2 s grace, with room for a loaded host
         time.sleep(0.05)
     assert not _alive(pid), "the meter process outlived its orchestrator"
 

@@ -280,7 +280,8 @@ def test_energy_through_a_powermetrics_replay(diffusers_python, cache_dir, tmp_p
         assert r["status"] == "ok" and r["meter"] == "powermetrics"
         assert r["min_window_s"] == pytest.approx(4.0)  # 80 updates of 50 ms
         assert r["window_s"] >= 4.0 and r["iterations"] >= 3 and r["short_window"] is False
-        assert r["baseline_window_s"] == pytest.approx(0.5, abs=0.1) and r["meter_intervals_in_baseline"] >= 1
+        # the baseline window is power.baseline_s of sleep: never shorter; a loaded host only lengthens it
+        assert r["baseline_window_s"] >= 0.5 and r["meter_intervals_in_baseline"] >= 1
         assert set(r["energy_by_channel"]) == {"cpu", "gpu", "ane", "total"}
         assert r["throttled"] is False  # the capture says Nominal
         # the replay draws the same power at idle and under load: adaptive cooldown settles at its minimum
@@ -342,7 +343,7 @@ def test_sigkill_of_the_orchestrator_takes_the_meter_with_it(diffusers_python, c
     proc.wait()
     t0 = time.monotonic()
     while psutil.pid_exists(meter_pid) and psutil.Process(meter_pid).status() != psutil.STATUS_ZOMBIE \
-            and time.monotonic() - t0 < 2:
+            and time.monotonic() - t0 < 10:  # the guard's poll and its 2 s grace, with room for a loaded host
         time.sleep(0.05)
     assert not psutil.pid_exists(meter_pid) or psutil.Process(meter_pid).status() == psutil.STATUS_ZOMBIE
     time.sleep(3)
