@@ -96,7 +96,8 @@ def _harness(env, setup, bare_args, log, timeout_s) -> tuple[float, float, float
         print(f"harness run failed: {o.reason}", file=sys.stderr)
         return None
     lat_ms = (np.asarray(o.result.iteration_end_ns) - np.asarray(o.result.iteration_start_ns)) / 1e6
-    return float(np.median(lat_ms)), float(np.percentile(lat_ms, 10)), (np.nan if o.result.minor_faults is None else o.result.minor_faults / len(lat_ms))
+    faults = o.result.minor_faults_per_step()
+    return float(np.median(lat_ms)), float(np.percentile(lat_ms, 10)), np.nan if faults is None else faults
 
 
 def _bare(env, setup, bare_args, log, timeout_s) -> tuple[float, float, float] | None:

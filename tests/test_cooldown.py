@@ -55,6 +55,8 @@ class FakeMeter:
 
 
 def _run(meter, idle_w=100, **kw):
+    """On a simulated clock: sleeping advances the fake meter's time, so the cooldown's seconds
+    are the rule's own, whatever the host's speed."""
     def sleep(s):
         meter.t += int(s * S)
     return adaptive(meter, idle_w=idle_w, clock=lambda: meter.t, sleep=sleep, **kw)

@@ -85,6 +85,7 @@ def test_worker_debug_command_runs_one_cell(diffusers_python, cache_dir):
     assert p.returncode == 0, p.stderr
     assert p.stdout.count("  iteration ") == 3
     assert "finite=True" in p.stdout and "latency ms: median" in p.stdout
+    assert "minor page faults per timed step: " in p.stdout  # the real worker counted them
 
 
 RESILIENCE = """

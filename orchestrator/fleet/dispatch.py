@@ -29,7 +29,7 @@ from orchestrator.fleet.node import Job, Node, NodeFacts, RunDone
 from orchestrator.results import provenance
 from orchestrator.results.merge import differences, identity
 from orchestrator.results.records import RunRecord
-from orchestrator.results.store import SessionDir, write_atomic
+from orchestrator.results.store import SessionDir, finished_runs, write_atomic
 from orchestrator.run.session import Session, SessionResult, Started, run_record
 
 
@@ -202,7 +202,7 @@ class Fleet:
             retries = self.matrix.fleet.retries
             return len(st.plan), deque(Attempt(p, tried[(p.cell_id, p.run_index)] + 1, retries) for p in st.todo)
         runs, width = self.matrix.timing.runs, len(self.members)
-        finished = {(r.cell_id, r.run_index) for r in st.done if not r.node_lost}
+        finished = finished_runs(st.done)
         placed: list[Attempt] = []
         for p in st.plan:
             cell = self.matrix.cell(p.cell_id)

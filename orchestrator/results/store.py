@@ -9,6 +9,7 @@ import json
 import os
 import secrets
 import tempfile
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -100,6 +101,12 @@ class RunsFile:
     records: list[RunRecord] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)  # lines that could not be read, named
     superseded: list[RunRecord] = field(default_factory=list)  # fleet attempts that lost their node, retried later
+
+
+def finished_runs(records: Iterable[RunRecord]) -> set[tuple[str, int]]:
+    """(cell id, run index) of the recorded runs that a resume does not run again: every one but
+    a fleet attempt whose node was lost."""
+    return {(r.cell_id, r.run_index) for r in records if not r.node_lost}
 
 
 def _supersedes(later: RunRecord, earlier: RunRecord) -> bool:

@@ -111,8 +111,8 @@ def debug_cell(matrix_path: str | None, cell_id: str, iterations: int | None, en
         _say(f"  iteration {i:3d}: {ms:9.3f} ms")
     w = within_run(lat)
     _say(f"latency ms: median {w.median:.3f}  IQR {w.iqr:.3f}  min {w.min:.3f}  mean {w.mean:.3f}  (n={w.n})")
-    if res.minor_faults is not None:
-        _say(f"minor page faults per timed step: {res.minor_faults / w.n:.1f}")
+    if (faults := res.minor_faults_per_step()) is not None:
+        _say(f"minor page faults per timed step: {faults:.1f}")
     out = np.asarray(res.output, dtype=np.float64)
     finite = bool(np.all(np.isfinite(out)))
     _say(f"output {list(out.shape)}: finite={finite} mean={out.mean():.6g} std={out.std():.6g} "

@@ -32,7 +32,7 @@ from orchestrator.report.write import write_report
 from orchestrator.results import provenance
 from orchestrator.results.records import RunRecord, SessionRecord
 from orchestrator.results.stats import within_run
-from orchestrator.results.store import RUNS, SESSION, SessionDir, utc_now, writable_problem
+from orchestrator.results.store import RUNS, SESSION, SessionDir, finished_runs, utc_now, writable_problem
 from orchestrator.results.summary import Summary
 from orchestrator.run.cooldown import Cooldown, adaptive, idle_power
 from orchestrator.run.equivalence import Reference, compare, reference_output
@@ -303,7 +303,7 @@ class Session:
         that cannot see the host's CPU (nvml) and loads or computes the references, instead of
         after all that. None for a resumed session's envs whose runs are all recorded, nor on a
         fleet's driver, whose runs go to the nodes."""
-        finished = {(r.cell_id, r.run_index) for r in sdir.read_runs().records if not r.node_lost} if resumed else set()
+        finished = finished_runs(sdir.read_runs().records) if resumed else set()
         self.envs_with_runs = {c.env for c in self.matrix.enabled_cells if c.id not in self.unsupported
                                and any((c.id, i) not in finished for i in range(self.matrix.timing.runs))}
         if not self.runs_here:
@@ -399,7 +399,7 @@ class Session:
         rec.iterations = w.n
         rec.window_s = (res.window_end_ns - res.window_start_ns) / 1e9
         rec.latency_ms_median, rec.latency_ms_iqr, rec.latency_ms_min, rec.latency_ms_mean = w.median, w.iqr, w.min, w.mean
-        rec.minor_faults_per_step = None if res.minor_faults is None else res.minor_faults / w.n
+        rec.minor_faults_per_step = res.minor_faults_per_step()
         rec.output_sha256, rec.output_shape = res.output_sha256, list(output.shape)
         rec.samples_file, rec.output_file = sdir.rel(samples), sdir.rel(out_path)
         if reference.output is not None:
@@ -458,7 +458,7 @@ class Session:
         self._write(sdir, lambda: sdir.write_session(session), ran=0)
         self.display.log(f"session {sdir.root}")
         plan = plan_runs([c.id for c in m.enabled_cells], m.timing.runs, m.timing.order, seed)
-        finished = {(r.cell_id, r.run_index) for r in done if not r.node_lost}
+        finished = finished_runs(done)
         todo = [p for p in plan if (p.cell_id, p.run_index) not in finished]
         self.display.plan(m, plan, seed, done=len(plan) - len(todo))
         if m.timing.cooldown == "adaptive" and (first := next((c for c in m.enabled_cells if c.id not in self.unsupported), None)):

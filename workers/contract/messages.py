@@ -115,6 +115,10 @@ class Result:
     minor_faults: int | None = field(None, unit="count", doc="the worker's minor page faults over the timed loop, all "
                                      "its threads (getrusage): memory the steps took fresh from the kernel")
 
+    def minor_faults_per_step(self) -> float | None:
+        """`minor_faults` per timed iteration; None from a worker that did not count them."""
+        return None if self.minor_faults is None else self.minor_faults / len(self.iteration_start_ns)
+
     def check(self, setup: Setup) -> None:
         """What the types cannot say: at least the iterations asked for, each ending after it
         starts and after the one before, all inside the window, on a clock numpy can hold; an
