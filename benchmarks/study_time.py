@@ -60,7 +60,7 @@ def run_session(matrix: Path, mode: str, out: Path, extra: list[str],
         seconds = time.monotonic() - t0
     finally:
         if copy != matrix:
-            copy.unlink()
+            copy.unlink(missing_ok=True)
     folders = sorted(out.glob("*/summary.json"))
     return seconds, folders[-1].parent if folders else None, proc.returncode
 
