@@ -22,6 +22,16 @@ measurable. Both sides run the worker's window rule: at least the matrix's itera
 `min_window_s`. Both inherit this process's environment, so on Linux
 `GLIBC_TUNABLES=glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=67108864` before
 the command holds glibc's allocator in one state on both sides.
+
+Fresh processes of either side spread by more than 2% (docs/methodology.md, "Harness overhead"),
+so one call's ratio is an estimate: it also prints the Hodges-Lehmann ratio of the runs' medians
+(the median of all harness/bare quotients) with its 95% interval, and says whether the rounds
+place it within 0.98-1.02, outside, or not yet either way. `--out FILE` appends each round to a
+JSON-lines file as it finishes (a call cut short keeps its rounds); `--summarize FILE...` pools
+the rounds of such files and prints the same summary:
+
+    uv run python benchmarks/overhead.py --rounds 40 --out rounds.jsonl
+    uv run python benchmarks/overhead.py --summarize call1.jsonl call2.jsonl
 """
 
 from __future__ import annotations
@@ -42,6 +52,7 @@ sys.path.insert(0, str(REPO))
 
 from orchestrator.config.envs import discover, ensure_synced, parse_overrides  # noqa: E402
 from orchestrator.config.matrix import load_matrix  # noqa: E402
+from orchestrator.results.compare import ALPHA, rank_test  # noqa: E402
 from orchestrator.run.forkserver import ForkServer  # noqa: E402
 from orchestrator.run.pins import pin_inputs, pin_model, setup_message  # noqa: E402
 from orchestrator.run.worker_client import run_worker  # noqa: E402
@@ -128,6 +139,61 @@ def prepare(matrix: Path, cell_id: str, overrides: list[str]):
     return m, cell, env, setup, bare
 
 
+ROUND_KEYS = ("median_ms", "p10_ms", "minor_faults_per_step")
+GOAL = (0.98, 1.02)
+
+
+def _side_json(side: tuple[float, float, float]) -> dict[str, float | None]:
+    return {k: None if np.isnan(v) else v for k, v in zip(ROUND_KEYS, side)}
+
+
+def read_rounds(paths: list[str]) -> tuple[list[tuple[float, float, float]], list[tuple[float, float, float]]]:
+    """Both sides' rounds from `--out` files, in order; a file that is not one raises ValueError
+    naming the file and line."""
+    harness: list[tuple[float, float, float]] = []
+    bare: list[tuple[float, float, float]] = []
+    for path in paths:
+        try:
+            lines = Path(path).read_text().splitlines()
+        except OSError as e:
+            raise ValueError(f"{path}: {e.strerror}") from None
+        for n, line in enumerate(lines, 1):
+            try:
+                row = json.loads(line)
+                sides = [tuple(np.nan if row[side][k] is None else float(row[side][k]) for k in ROUND_KEYS)
+                         for side in ("harness", "bare")]
+            except (ValueError, TypeError, KeyError) as e:
+                raise ValueError(f"{path}:{n}: not a round written by --out ({type(e).__name__}: {e})") from None
+            harness.append(sides[0])
+            bare.append(sides[1])
+    if not harness:
+        raise ValueError(f"no rounds in {', '.join(paths)}")
+    return harness, bare
+
+
+def summarize(harness: list[tuple[float, float, float]], bare: list[tuple[float, float, float]]) -> None:
+    """The ratio of the medians over rounds (of the runs' median and p10 step), then the
+    Hodges-Lehmann ratio of the runs' medians with its interval and what it says about the goal."""
+    for i, name in enumerate(("median", "p10")):
+        h, b = float(np.median([x[i] for x in harness])), float(np.median([x[i] for x in bare]))
+        print(f"runs' {name} per step, median over {len(harness)} rounds: harness {h:.3f} ms, bare {b:.3f} ms, "
+              f"ratio {h / b:.3f}")
+    if len(harness) < 2:
+        return
+    t = rank_test(np.log([x[0] for x in harness]), np.log([x[0] for x in bare]))
+    ratio, (lo, hi) = float(np.exp(t.hl_shift)), (float(np.exp(t.hl_ci[0])), float(np.exp(t.hl_ci[1])))
+    if t.hl_ci_level < 1 - ALPHA:
+        says = f"too few rounds for a {1 - ALPHA:.0%} interval"
+    elif GOAL[0] <= lo and hi <= GOAL[1]:
+        says = f"within {GOAL[0]}-{GOAL[1]}"
+    elif hi < GOAL[0] or lo > GOAL[1]:
+        says = f"outside {GOAL[0]}-{GOAL[1]}"
+    else:
+        says = f"not placed within or outside {GOAL[0]}-{GOAL[1]} by these rounds"
+    print(f"Hodges-Lehmann ratio of the runs' medians: {ratio:.3f} [{lo:.3f}-{hi:.3f}] at {t.hl_ci_level:.1%} "
+          f"(Mann-Whitney p {t.p:.2g}): {says}")
+
+
 def _cpu_list(text: str) -> set[int]:
     cpus: set[int] = set()
     for part in text.split(","):
@@ -146,7 +212,17 @@ def main() -> int:
                    help="how the harness's worker starts (sessions on Linux fork it from the env's fork server)")
     p.add_argument("--cpus", type=_cpu_list, default=None, metavar="LIST",
                    help="pin both sides to these CPUs (as taskset -c: 2-5 or 0,2,4)")
+    p.add_argument("--out", metavar="FILE", default=None, help="append each round to this JSON-lines file")
+    p.add_argument("--summarize", metavar="FILE", nargs="+", default=None,
+                   help="pool the rounds of these --out files and print the summary; runs nothing")
     args = p.parse_args()
+    if args.summarize:
+        try:
+            summarize(*read_rounds(args.summarize))
+        except ValueError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        return 0
     if args.cpus is not None:
         os.sched_setaffinity(0, args.cpus)
         print(f"pinned to CPUs {sorted(os.sched_getaffinity(0))}", flush=True)
@@ -171,11 +247,13 @@ def main() -> int:
         print(f"round {r} ({'harness' if r % 2 == 0 else 'bare'} first): harness {harness[-1][0]:.3f} ms/step "
               f"(p10 {harness[-1][1]:.3f}, {harness[-1][2]:.0f} faults/step)   bare loop {bare[-1][0]:.3f} ms/step "
               f"(p10 {bare[-1][1]:.3f}, {bare[-1][2]:.0f} faults/step) ({time.monotonic() - t0:.0f} s)", flush=True)
-    for i, name in enumerate(("median", "p10")):
-        h, b = float(np.median([x[i] for x in harness])), float(np.median([x[i] for x in bare]))
-        print(f"runs' {name} per step, median over rounds: harness {h:.3f} ms, bare {b:.3f} ms, ratio {h / b:.3f}")
+        if args.out:
+            with open(args.out, "a") as f:
+                f.write(json.dumps({"cell": cell.id, "worker_start": args.worker_start, "round": r,
+                                    "harness": _side_json(harness[-1]), "bare": _side_json(bare[-1])}) + "\n")
     for server in FORKSERVER:
         server.close()
+    summarize(harness, bare)
     return 0
 
 
