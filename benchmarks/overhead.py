@@ -223,6 +223,12 @@ def main() -> int:
             print(f"error: {e}", file=sys.stderr)
             return 2
         return 0
+    if args.out:
+        try:
+            open(args.out, "a").close()
+        except OSError as e:
+            print(f"error: --out {args.out}: {e.strerror}", file=sys.stderr)
+            return 2
     if args.cpus is not None:
         os.sched_setaffinity(0, args.cpus)
         print(f"pinned to CPUs {sorted(os.sched_getaffinity(0))}", flush=True)
