@@ -31,15 +31,18 @@ from pathlib import Path
 import numpy as np
 from overhead import BARE, REPO, prepare
 
+# argv: CPU, stop file, output file[, additions per slice (100000), seconds asleep between slices (0)]
 PROBE = r"""
 import json, os, sys, time
 os.sched_setaffinity(0, {int(sys.argv[1])})
 stop, rows = sys.argv[2], []
+n, pause = (int(sys.argv[4]), float(sys.argv[5])) if len(sys.argv) > 5 else (100000, 0.0)
 while not os.path.exists(stop):
     t0 = time.monotonic_ns(); s = 0
-    for i in range(100000):
+    for i in range(n):
         s += i
     rows.append((t0, time.monotonic_ns()))
+    time.sleep(pause)
 json.dump(rows, open(sys.argv[3], "w"))
 """
 

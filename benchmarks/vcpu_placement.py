@@ -32,19 +32,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-
-PROBE = r"""
-import json, os, sys, time
-os.sched_setaffinity(0, {int(sys.argv[1])})
-stop, rows = sys.argv[2], []
-while not os.path.exists(stop):
-    t0 = time.monotonic_ns(); s = 0
-    for i in range(20000):
-        s += i
-    rows.append((t0, time.monotonic_ns() - t0))
-    time.sleep(0.05)
-json.dump(rows, open(sys.argv[3], "w"))
-"""
+from host_drift import PROBE
 
 ROUND = re.compile(r"^round (\d+) \((harness|bare) first\): harness ([\d.]+) ms/step .* bare loop ([\d.]+) ms/step")
 
@@ -90,8 +78,8 @@ def measure(out: Path, command: list[str]) -> int:
     stop_file = out / ".stop"
     stop_file.unlink(missing_ok=True)
     cpus = sorted(os.sched_getaffinity(0))
-    probes = [subprocess.Popen([sys.executable, "-c", PROBE, str(c), str(stop_file), str(out / f".probe-{c}.json")])
-              for c in cpus]
+    probes = [subprocess.Popen([sys.executable, "-c", PROBE, str(c), str(stop_file), str(out / f".probe-{c}.json"),
+                                "20000", "0.05"]) for c in cpus]
     stop = threading.Event()
     samples: list[tuple[int, ...]] = []
     cmdlines: dict[int, str] = {}
@@ -116,7 +104,7 @@ def measure(out: Path, command: list[str]) -> int:
         for p in probes:
             p.wait()
         stop_file.unlink()
-    probe = {c: json.loads((out / f".probe-{c}.json").read_text()) for c in cpus}
+    probe = {c: [(t0, t1 - t0) for t0, t1 in json.loads((out / f".probe-{c}.json").read_text())] for c in cpus}
     for c in cpus:
         (out / f".probe-{c}.json").unlink()
     with gzip.open(out / "placement.json.gz", "wt") as f:
