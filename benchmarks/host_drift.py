@@ -42,7 +42,8 @@ while not os.path.exists(stop):
     for i in range(n):
         s += i
     rows.append((t0, time.monotonic_ns()))
-    time.sleep(pause)
+    if pause:
+        time.sleep(pause)
 json.dump(rows, open(sys.argv[3], "w"))
 """
 

@@ -8,7 +8,8 @@ On the GPU VMs the host's slow phases have fallen on one side of `overhead.py` f
 (docs/methodology.md, "Harness overhead"); the candidate is that some vCPUs are slower than others
 for long stretches and one side's processes landed on them more often. This tests it from outside
 the command: one probe process pinned to each vCPU times a fixed pure-Python slice every 50 ms
-(about 2% of a vCPU, on every vCPU alike, so both sides share its cost), and a sampler reads every
+(1.29-1.44 ms a slice on the H100 VM of 2026-12-06, 2.5-2.8% of a vCPU, on every vCPU alike,
+so both sides share its cost), and a sampler reads every
 python thread's last vCPU and CPU time from /proc every 0.25 s (and every process's parent). A run is a python process started
 by the command that used at least 0.5 s of CPU and is no other sampled process's parent (which leaves out
 `overhead.py` itself and the fork server); its step thread is its thread that used the most CPU.
@@ -137,7 +138,9 @@ def summarize(out: Path) -> None:
     parent.update({int(p): int(pp) for p, pp in run.get("parents", {}).items()})
 
     def in_command(p: int) -> bool:
-        while p in parent:
+        for _ in range(len(parent)):  # bounded: a reused pid could close a loop
+            if p not in parent:
+                return False
             p = parent[p]
             if p == run["pid"]:
                 return True
