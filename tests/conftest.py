@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import pwd
 import shutil
@@ -23,6 +24,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 # Synthetic weights and reference outputs that tests make (some by fake workers) never land in the
 # user's cache, where a real session would find them; a test that wants its own cache still sets one.
 os.environ["CDB_CACHE_DIR"] = tempfile.mkdtemp(prefix="cdb-test-cache-")
+atexit.register(shutil.rmtree, os.environ["CDB_CACHE_DIR"], ignore_errors=True)
 
 
 PRIVSEP_USER = "cdb-privsep-test"

@@ -6,6 +6,8 @@ import json
 import os
 import re
 import signal
+import subprocess
+import sys
 import threading
 import time
 
@@ -126,6 +128,31 @@ def test_a_worker_whose_server_dies_mid_run_fails_with_the_reason(fake_env, serv
         assert run.measure() is None
     o = run.outcome
     assert o.status == "failed" and o.reason is not None and "went down with its fork server, which died" in o.reason
+
+
+@pytest.mark.slow
+def test_a_server_whose_orchestrator_was_killed_leaves_nothing_in_the_temp_dir(fake_env, tmp_path):  # noqa: F811
+    """A SIGKILLed orchestrator removes nothing: the server it left takes its socket and folder
+    along when it leaves, or every killed session would leave one behind for good."""
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\n"
+         "from pathlib import Path\nfrom orchestrator.config.envs import Env\n"
+         "from orchestrator.run.forkserver import ForkServer\n"
+         f"s = ForkServer(Env('fake', None, external_python=Path({str(fake_env.python)!r})), [], "
+         f"Path({str(tmp_path / 'forkserver.log')!r}))\n"
+         "print(s.start().pid, flush=True)\ntime.sleep(600)"],
+        stdout=subprocess.PIPE, text=True, env={**os.environ, "TMPDIR": str(tmp)})
+    assert holder.stdout is not None
+    assert holder.stdout.readline().strip().isdigit()
+    assert [p.name for p in tmp.iterdir()][0].startswith("cdb-fork-")
+    holder.kill()
+    holder.wait()
+    deadline = time.monotonic() + 30  # a hang detector: the server's lifeline polls every 0.2 s
+    while list(tmp.iterdir()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not list(tmp.iterdir())
 
 
 def test_a_server_that_cannot_start_says_why(fake_env, server, monkeypatch):  # noqa: F811

@@ -127,7 +127,7 @@ def _child(request: Fork, fds: list[int], keep_closed: list[int], run: Callable[
 def serve_forks(socket_path: str, modules: list[str], run: Callable[[], int]) -> int:
     """Import `modules`, say `fork_ready` on stdout, then fork a child running `run` per request
     on the Unix socket at `socket_path`, until the orchestrator goes away."""
-    exit_with_parent()
+    exit_with_parent(on_gone=lambda: _leave(socket_path))
     t0 = time.perf_counter()
     preloaded, failed = _preload(modules)
     import_s = time.perf_counter() - t0
@@ -171,6 +171,17 @@ def serve_forks(socket_path: str, modules: list[str], run: Callable[[], int]) ->
         except OSError:
             pass  # the orchestrator gave up on this run; the child is reaped all the same
         _reap(children)
+
+
+def _leave(socket_path: str) -> None:
+    """Exit because the orchestrator is gone. Killed, it removed nothing, so the socket and the
+    folder it made for this server alone go with the server instead of piling up in the temp dir."""
+    try:
+        os.unlink(socket_path)
+        os.rmdir(os.path.dirname(socket_path))
+    except OSError:
+        pass  # not bound yet, or the orchestrator's close() got there first
+    os._exit(3)
 
 
 def _reap(children: dict[int, socket.socket]) -> None:
