@@ -234,7 +234,21 @@ def main() -> int:
         print(f"pinned to CPUs {sorted(os.sched_getaffinity(0))}", flush=True)
     m, cell, env, setup, bare_spec = prepare(Path(args.matrix), args.cell, args.env)
     bare_args = json.dumps(bare_spec)
-    log = Path(tempfile.mkdtemp(prefix="cdb-overhead-")) / "worker.log"
+    with tempfile.TemporaryDirectory(prefix="cdb-overhead-") as folder:  # the worker's log, removed after
+        try:
+            sides = measure_rounds(args, m, cell, env, setup, bare_args, Path(folder) / "worker.log")
+        finally:
+            for server in FORKSERVER:
+                server.close()
+    if sides is None:
+        return 1
+    summarize(*sides)
+    return 0
+
+
+def measure_rounds(args, m, cell, env, setup, bare_args, log: Path):
+    """`--rounds` rounds, each written to `--out` as it ends: both sides' (median, p10, faults per
+    step), or None once a side failed (its reason printed; the rounds before it are in `--out`)."""
     if args.worker_start == "forkserver":
         FORKSERVER.append(ForkServer(env, list(BACKENDS[cell.backend].preload), log.with_name("forkserver.log")))
         print(f"fork server ready, imports took {FORKSERVER[0].start().import_s:.1f} s", flush=True)
@@ -248,7 +262,7 @@ def main() -> int:
         for measure in (first, second):
             ms = measure(env, setup, bare_args, log, m.timing.run_timeout_s)
             if ms is None:
-                return 1
+                return None
             (harness if measure is _harness else bare).append(ms)
         print(f"round {r} ({'harness' if r % 2 == 0 else 'bare'} first): harness {harness[-1][0]:.3f} ms/step "
               f"(p10 {harness[-1][1]:.3f}, {harness[-1][2]:.0f} faults/step)   bare loop {bare[-1][0]:.3f} ms/step "
@@ -257,10 +271,7 @@ def main() -> int:
             with open(args.out, "a") as f:
                 f.write(json.dumps({"cell": cell.id, "worker_start": args.worker_start, "round": r,
                                     "harness": _side_json(harness[-1]), "bare": _side_json(bare[-1])}) + "\n")
-    for server in FORKSERVER:
-        server.close()
-    summarize(harness, bare)
-    return 0
+    return harness, bare
 
 
 if __name__ == "__main__":

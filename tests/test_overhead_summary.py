@@ -1,6 +1,9 @@
 """`benchmarks/overhead.py --summarize` reprints a committed call's summary from its rounds and
-pools calls, and a bad file or `--out` path is one line, not a traceback after minutes of rounds."""
+pools calls, a bad file or `--out` path is one line, not a traceback after minutes of rounds, and
+real rounds land in `--out` and leave no temp files."""
 
+import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -53,3 +56,23 @@ def test_an_unwritable_out_is_refused_before_any_round(tmp_path):
     target = tmp_path / "no-such-folder" / "rounds.jsonl"
     p = _overhead("--rounds", "1", "--out", str(target))
     assert (p.returncode, p.stdout, p.stderr) == (2, "", f"error: --out {target}: No such file or directory\n")
+
+
+def test_rounds_through_a_fork_server_are_written_summarized_and_leave_no_temp_files(diffusers_python, tmp_path):
+    """Two real rounds of the small 64 px cell: each round's line in --out, the summary of exactly
+    those rounds, and nothing of ours left in the temp folder (the worker's log, the fork server's socket)."""
+    tmp, out = tmp_path / "tmp", tmp_path / "rounds.jsonl"
+    tmp.mkdir()
+    p = subprocess.run([sys.executable, str(SCRIPT), "--matrix", str(REPO / "tests" / "fixtures" / "matrices" / "coreml-tiny.toml"),
+                        "--cell", "diffusers-cpu-fp32", "--rounds", "2", "--worker-start", "forkserver", "--out", str(out)],
+                       capture_output=True, text=True, timeout=600, env={**os.environ, "TMPDIR": str(tmp)})
+    assert p.returncode == 0, p.stderr[-3000:]
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [(r["round"], r["worker_start"], r["cell"]) for r in rows] == [(0, "forkserver", "diffusers-cpu-fp32"),
+                                                                        (1, "forkserver", "diffusers-cpu-fp32")]
+    assert all(r[side]["median_ms"] > 0 for r in rows for side in ("harness", "bare"))
+    summary = p.stdout.splitlines()[-3:]
+    assert summary[0].startswith("runs' median per step, median over 2 rounds: harness ")
+    assert summary[:2] == _overhead("--summarize", str(out)).stdout.splitlines()[:2]
+    # (importing torch's inductor makes its per-user torchinductor_<user> folder there, reused by every run)
+    assert [f.name for f in tmp.iterdir() if f.name.startswith("cdb-")] == []
