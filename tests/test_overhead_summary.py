@@ -73,6 +73,7 @@ def test_rounds_through_a_fork_server_are_written_summarized_and_leave_no_temp_f
     assert all(r[side]["median_ms"] > 0 for r in rows for side in ("harness", "bare"))
     summary = p.stdout.splitlines()[-3:]
     assert summary[0].startswith("runs' median per step, median over 2 rounds: harness ")
-    assert summary[:2] == _overhead("--summarize", str(out)).stdout.splitlines()[:2]
+    assert summary[2].startswith("Hodges-Lehmann ratio of the runs' medians: ")
+    assert summary == _overhead("--summarize", str(out)).stdout.splitlines()
     # (importing torch's inductor makes its per-user torchinductor_<user> folder there, reused by every run)
     assert [f.name for f in tmp.iterdir() if f.name.startswith("cdb-")] == []
