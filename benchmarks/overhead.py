@@ -41,7 +41,6 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -53,7 +52,8 @@ sys.path.insert(0, str(REPO))
 from orchestrator.config.envs import discover, ensure_synced, parse_overrides  # noqa: E402
 from orchestrator.config.matrix import load_matrix  # noqa: E402
 from orchestrator.results.compare import ALPHA, rank_test  # noqa: E402
-from orchestrator.run.forkserver import ForkServer  # noqa: E402
+from orchestrator.run import scratch  # noqa: E402
+from orchestrator.run.forkserver import ForkServer, ForkServerError  # noqa: E402
 from orchestrator.run.pins import pin_inputs, pin_model, setup_message  # noqa: E402
 from orchestrator.run.worker_client import run_worker  # noqa: E402
 from workers.contract.backends import BACKENDS  # noqa: E402
@@ -234,9 +234,12 @@ def main() -> int:
         print(f"pinned to CPUs {sorted(os.sched_getaffinity(0))}", flush=True)
     m, cell, env, setup, bare_spec = prepare(Path(args.matrix), args.cell, args.env)
     bare_args = json.dumps(bare_spec)
-    with tempfile.TemporaryDirectory(prefix="cdb-overhead-") as folder:  # the worker's log, removed after
+    with scratch.temporary("overhead") as folder:  # the worker's log, removed after
         try:
-            sides = measure_rounds(args, m, cell, env, setup, bare_args, Path(folder) / "worker.log")
+            sides = measure_rounds(args, m, cell, env, setup, bare_args, folder / "worker.log")
+        except ForkServerError as e:
+            print(f"error: the fork server: {e}", file=sys.stderr)
+            return 1
         finally:
             for server in FORKSERVER:
                 server.close()

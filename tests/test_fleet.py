@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -128,11 +129,18 @@ def test_a_node_killed_mid_run_fails_that_attempt_and_the_run_goes_to_the_other(
     assert summary["cells"][0]["n_ok"] == 3 and summary["cells"][0]["n_failed"] == 0
 
 
-def test_resume_runs_again_only_the_run_whose_node_was_lost(fake, tmp_path):
+def test_resume_runs_again_only_the_run_whose_node_was_lost(fake, tmp_path, request):
+    """...and the resume's nodes remove the scratch folders (node session, fork server socket)
+    the killed node left in the temp dir."""
     matrix, worker, env = fake
     matrix.write_text(matrix.read_text().replace("[[cells]]", "[fleet]\nretries = 0\n[[cells]]"))
+    tmp = Path(tempfile.mkdtemp(prefix="t"))  # short: a fork server's socket path lies in it
+    env = {**env, "TMPDIR": str(tmp), "RAY_TMPDIR": tempfile.gettempdir()}
+    request.addfinalizer(lambda: shutil.rmtree(tmp, ignore_errors=True))
     code, output = run_killing_a_node(matrix, worker, env, tmp_path / "out")
     assert code == 1, output[-3000:]
+    left = sorted(p.name.rsplit("-", 3)[0] for p in tmp.glob("cdb-*"))
+    assert left == ["cdb-fleet-node", "cdb-fork"], left  # the killed node's; the other node removed its own
     d = only_session(tmp_path / "out")
     before = lines(d)
     (lost,) = [r for r in before if r["status"] == "failed"]
@@ -147,6 +155,7 @@ def test_resume_runs_again_only_the_run_whose_node_was_lost(fake, tmp_path):
     session = json.loads((d / "session.json").read_text())
     assert session["status"] == "complete" and len(session["resumes"]) == 1
     assert any(k.endswith("resume 1") for h in session["hosts"].values() for k in h["sessions"])
+    assert not list(tmp.glob("cdb-*"))
 
 
 def test_the_quick_example_over_two_nodes(diffusers_python, mlx_python, cache_dir, tmp_path):

@@ -5,11 +5,14 @@ and a server that dies or never starts."""
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+from pathlib import Path
 
 import psutil
 import pytest
@@ -131,11 +134,11 @@ def test_a_worker_whose_server_dies_mid_run_fails_with_the_reason(fake_env, serv
 
 
 @pytest.mark.slow
-def test_a_server_whose_orchestrator_was_killed_leaves_nothing_in_the_temp_dir(fake_env, tmp_path):  # noqa: F811
+def test_a_server_whose_orchestrator_was_killed_leaves_nothing_in_the_temp_dir(fake_env, tmp_path, request):  # noqa: F811
     """A SIGKILLed orchestrator removes nothing: the server it left takes its socket and folder
     along when it leaves, or every killed session would leave one behind for good."""
-    tmp = tmp_path / "tmp"
-    tmp.mkdir()
+    tmp = Path(tempfile.mkdtemp(prefix="t"))  # short: tmp_path leaves the socket's path too few bytes
+    request.addfinalizer(lambda: shutil.rmtree(tmp, ignore_errors=True))
     holder = subprocess.Popen(
         [sys.executable, "-c", "import sys, time\n"
          "from pathlib import Path\nfrom orchestrator.config.envs import Env\n"
@@ -153,6 +156,17 @@ def test_a_server_whose_orchestrator_was_killed_leaves_nothing_in_the_temp_dir(f
     while list(tmp.iterdir()) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not list(tmp.iterdir())
+
+
+def test_a_temp_dir_too_long_for_the_socket_is_one_line_and_leaves_nothing(fake_env, server, tmp_path,  # noqa: F811
+                                                                           monkeypatch):
+    long = tmp_path / ("x" * (120 - len(str(tmp_path))))
+    long.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(long))
+    with pytest.raises(ForkServerError, match=r"^its socket's path in the temp dir would be 1[45][0-9] bytes, over the "
+                                              r"10[37] a Unix socket's may have here: set TMPDIR to a shorter folder$"):
+        server.launch()
+    assert not list(long.iterdir())
 
 
 def test_a_server_that_cannot_start_says_why(fake_env, server, monkeypatch):  # noqa: F811

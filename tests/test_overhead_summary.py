@@ -4,8 +4,10 @@ real rounds land in `--out` and leave no temp files."""
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -58,11 +60,11 @@ def test_an_unwritable_out_is_refused_before_any_round(tmp_path):
     assert (p.returncode, p.stdout, p.stderr) == (2, "", f"error: --out {target}: No such file or directory\n")
 
 
-def test_rounds_through_a_fork_server_are_written_summarized_and_leave_no_temp_files(diffusers_python, tmp_path):
+def test_rounds_through_a_fork_server_are_written_summarized_and_leave_no_temp_files(diffusers_python, tmp_path, request):
     """Two real rounds of the small 64 px cell: each round's line in --out, the summary of exactly
     those rounds, and nothing of ours left in the temp folder (the worker's log, the fork server's socket)."""
-    tmp, out = tmp_path / "tmp", tmp_path / "rounds.jsonl"
-    tmp.mkdir()
+    tmp, out = Path(tempfile.mkdtemp(prefix="t")), tmp_path / "rounds.jsonl"  # short: the fork server's socket is in it
+    request.addfinalizer(lambda: shutil.rmtree(tmp, ignore_errors=True))
     p = subprocess.run([sys.executable, str(SCRIPT), "--matrix", str(REPO / "tests" / "fixtures" / "matrices" / "coreml-tiny.toml"),
                         "--cell", "diffusers-cpu-fp32", "--rounds", "2", "--worker-start", "forkserver", "--out", str(out)],
                        capture_output=True, text=True, timeout=600, env={**os.environ, "TMPDIR": str(tmp)})

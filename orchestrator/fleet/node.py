@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from orchestrator.errors import UserError
 from orchestrator.results import provenance
 from orchestrator.results.merge import identity
 from orchestrator.results.records import RunRecord
+from orchestrator.run import scratch
 from orchestrator.run.session import Session, Started
 
 FILE_FIELDS = ("samples_file", "output_file", "meter_samples_file", "log_file")
@@ -104,7 +104,7 @@ class Node:
             meters.check(m, str(path))
             self.session = Session(m, envs, Display(quiet=True), nvml_check=self.job.nvml_check,
                                    force_power=self.job.force_power, gpu=facts.gpu)
-            self.started = self.session.start(Path(tempfile.mkdtemp(prefix="cdb-fleet-node-")))
+            self.started = self.session.start(scratch.folder("fleet-node"))
             spec = self.session.meters.spec
             if facts.gpu is not None and spec is not None and not spec.per_gpu:
                 raise UserError(f"isolation = \"gpu\": [power] meter = \"auto\" chose {spec.name} here, which "

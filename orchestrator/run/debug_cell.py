@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import difflib
 import sys
-import tempfile
 import tomllib
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from orchestrator.config.privileges import drop_to, invoking_user
 from orchestrator.errors import UserError
 from orchestrator.results.records import current_cell_id
 from orchestrator.results.stats import within_run
+from orchestrator.run import scratch
 from orchestrator.run.pins import pin_inputs, pin_model, setup_message
 from orchestrator.run.worker_client import run_worker
 
@@ -90,8 +90,8 @@ def debug_cell(matrix_path: str | None, cell_id: str, iterations: int | None, en
         return e.exit_code
     _say(f"{cell.id}: {cell.backend} {cell.device or cell.compute_unit} {cell.precision} {cell.resolution}px "
          f"in env {env.name} ({env.python}); model {model.describe()}")
-    with tempfile.TemporaryDirectory(prefix="cdb-worker-") as folder:  # the worker's log, removed after
-        log = Path(folder) / f"{cell.id}.log"
+    with scratch.temporary("worker") as folder:  # the worker's log, removed after
+        log = folder / f"{cell.id}.log"
         outcome = run_worker(env, setup_message(matrix, cell, model, inputs, iterations=iterations),
                              label=f"{cell.id}/debug", log_path=log, timeout_s=matrix.timing.run_timeout_s)
         if outcome.status == "failed" and log.is_file():

@@ -14,7 +14,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import IO
@@ -22,12 +21,14 @@ from typing import IO
 from orchestrator.config.envs import Env
 from orchestrator.errors import describe_exit
 from orchestrator.processes import end_process
+from orchestrator.run import scratch
 from workers.contract.messages import Fork, Forked, ForkExit, ForkReady, parse, wire
 from workers.contract.protocol import FrameReader, PeerClosed, ProtocolError, encode
 from workers.contract.typed import Invalid
 
 START_TIMEOUT_S = 300.0  # imports only; the SD1.5 toolchain took 16 s on a cold disk
 ORPHAN_EXIT = 3  # a worker whose server died exits with this code (workers/contract/lifeline.py)
+SOCKET_PATH_MAX = 103 if sys.platform == "darwin" else 107  # sun_path, less its NUL
 
 
 class ForkServerError(Exception):
@@ -88,7 +89,11 @@ class ForkServer:
         (`wait_ready` collects them)."""
         self.close()
         self.ready, self.waited_s = None, 0.0
-        self._dir = tempfile.mkdtemp(prefix="cdb-fork-")
+        self._dir = str(scratch.folder("fork"))
+        if (length := len(os.fsencode(self._socket))) > SOCKET_PATH_MAX:
+            self.close()
+            raise ForkServerError(f"its socket's path in the temp dir would be {length} bytes, over the "
+                                  f"{SOCKET_PATH_MAX} a Unix socket's may have here: set TMPDIR to a shorter folder")
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         command = [str(self.env.python), "-m", "workers", "--forkserver", self._socket, "--env-name", self.env.name,
                    "--preload", *self.preload]
@@ -129,7 +134,7 @@ class ForkServer:
 
     @property
     def _socket(self) -> str:
-        return os.path.join(self._dir, "fork.sock")
+        return os.path.join(self._dir, "sock")
 
     def fork(self, argv: list[str], environ: dict[str, str], log: IO[bytes], timeout_s: float) -> ForkedWorker:
         """A fresh worker for one run, its stderr on `log`; ForkServerError with the reason. A
