@@ -2,14 +2,17 @@
 versus a bare in-process loop over the same backend code, same env, same weights and inputs.
 
     uv run python benchmarks/overhead.py [--matrix examples/quick.toml] [--cell ID] [--rounds 3]
-        [--worker-start spawn|forkserver] [--cpus 2-5]
+        [--worker-start spawn|forkserver] [--bare-start spawn|fork] [--cpus 2-5]
 
 On a GPU host, with the preinstalled torch:
 
     uv run python benchmarks/overhead.py --matrix examples/sd15-cuda.toml --cell diffusers-cuda-fp16 \
         --env diffusers=$(which python3) --rounds 4
 
-Rounds alternate which goes first, so slow drifts of the host hit both alike. `--cpus` pins this
+Rounds alternate which goes first, so slow drifts of the host hit both alike. `--bare-start fork`
+forks each bare loop from a process that made the fork server's imports and nothing else: with
+`--worker-start forkserver` both sides then start forked, and what differs is only the harness
+(its worker's new session, lifeline thread and protocol). `--cpus` pins this
 process, and so both sides (the harness's worker and fork server, the bare loop), to the same
 CPUs: where fresh processes land on the host's cores changes a launch-bound GPU cell's speed, a
 nuisance both sides then share (docs/methodology.md, "Harness overhead"). Prints each
@@ -96,6 +99,83 @@ print(json.dumps({"median_ms": float(np.median(lat)), "p10_ms": float(np.percent
                   "minor_faults_per_step": faults / len(lat)}))
 """
 
+# With --bare-start fork: a process that makes the fork server's imports (workers/forkserver.py's
+# `preload`, under its import-time environment) and nothing else, then forks the bare loop for each
+# line of arguments on stdin, in the environment it started with; "exit CODE" after each child.
+BARE_FORKS = """
+import os, sys, traceback
+from workers.forkserver import preload
+environ = dict(os.environ)
+preload(sys.argv[2:])
+loop = compile(sys.argv[1], "<bare loop>", "exec")
+print("ready", flush=True)
+for line in sys.stdin:
+    pid = os.fork()
+    if pid == 0:
+        os.environ.clear()
+        os.environ.update(environ)
+        sys.argv = ["-c", line]
+        code = 0
+        try:
+            exec(loop, {"__name__": "__main__"})
+        except BaseException:
+            traceback.print_exc()
+            code = 1
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    print("exit", os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]), flush=True)
+"""
+
+
+class BareForksError(Exception):
+    """The bare loop's fork parent could not start; the message is one line."""
+
+
+class BareForks:
+    """The bare loop forked from a process that made the fork server's imports: a forked start
+    without the harness (no new session, no lifeline thread, no protocol), to tell what forking
+    costs from what the harness's worker adds."""
+
+    def __init__(self, env, modules: list[str], log: Path):
+        self.log = log
+        with open(log, "ab") as err:
+            self.proc = subprocess.Popen([str(env.python), "-c", BARE_FORKS, BARE, *modules], stdin=subprocess.PIPE,
+                                         stdout=subprocess.PIPE, stderr=err, cwd=REPO, env=env.worker_environ(),
+                                         text=True)
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.stdin, self.stdout = self.proc.stdin, self.proc.stdout
+        if self.stdout.readline() != "ready\n":
+            self.close()
+            raise BareForksError(f"the bare loop's fork parent exited before it was ready (its log: {self._tail()})")
+
+    def run(self, bare_args: str) -> dict | None:
+        """One forked bare loop's output line, or None (the reason printed)."""
+        try:
+            self.stdin.write(bare_args + "\n")
+            self.stdin.flush()
+        except OSError:
+            pass  # the parent is gone: the loop below finds no "exit" line
+        lines = []
+        while (line := self.stdout.readline()) and not line.startswith("exit "):
+            lines.append(line)
+        if line != "exit 0\n" or not lines:
+            print(f"forked bare loop failed ({line.strip() or 'its parent exited'}): {self._tail()}", file=sys.stderr)
+            return None
+        return json.loads(lines[-1])
+
+    def _tail(self) -> str:
+        return " | ".join(self.log.read_text(errors="replace").splitlines()[-5:])
+
+    def close(self) -> None:
+        self.stdin.close()
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.stdout.close()
+
 
 FORKSERVER: list[ForkServer] = []  # with --worker-start forkserver: the harness's workers are forked from it
 
@@ -111,7 +191,13 @@ def _harness(env, setup, bare_args, log, timeout_s) -> tuple[float, float, float
     return float(np.median(lat_ms)), float(np.percentile(lat_ms, 10)), np.nan if faults is None else faults
 
 
+BARE_FORK_PARENT: list[BareForks] = []  # with --bare-start fork: the bare loops are forked from it
+
+
 def _bare(env, setup, bare_args, log, timeout_s) -> tuple[float, float, float] | None:
+    if BARE_FORK_PARENT:
+        out = BARE_FORK_PARENT[0].run(bare_args)
+        return None if out is None else (out["median_ms"], out["p10_ms"], out["minor_faults_per_step"])
     b = subprocess.run([str(env.python), "-c", BARE, bare_args], capture_output=True, text=True,
                        cwd=REPO, env=env.worker_environ(), timeout=timeout_s)
     if b.returncode != 0:
@@ -210,6 +296,9 @@ def main() -> int:
     p.add_argument("--env", action="append", default=[], metavar="NAME=PYTHON", help="use an existing interpreter for env NAME")
     p.add_argument("--worker-start", choices=("spawn", "forkserver"), default="spawn",
                    help="how the harness's worker starts (sessions on Linux fork it from the env's fork server)")
+    p.add_argument("--bare-start", choices=("spawn", "fork"), default="spawn",
+                   help="how the bare loop's process starts: spawned, as a user's own loop is, or forked after the "
+                        "fork server's imports (a forked start without the harness)")
     p.add_argument("--cpus", type=_cpu_list, default=None, metavar="LIST",
                    help="pin both sides to these CPUs (as taskset -c: 2-5 or 0,2,4)")
     p.add_argument("--out", metavar="FILE", default=None, help="append each round to this JSON-lines file")
@@ -240,8 +329,11 @@ def main() -> int:
         except ForkServerError as e:
             print(f"error: the fork server: {e}", file=sys.stderr)
             return 1
+        except BareForksError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
         finally:
-            for server in FORKSERVER:
+            for server in [*FORKSERVER, *BARE_FORK_PARENT]:
                 server.close()
     if sides is None:
         return 1
@@ -255,6 +347,9 @@ def measure_rounds(args, m, cell, env, setup, bare_args, log: Path):
     if args.worker_start == "forkserver":
         FORKSERVER.append(ForkServer(env, list(BACKENDS[cell.backend].preload), log.with_name("forkserver.log")))
         print(f"fork server ready, imports took {FORKSERVER[0].start().import_s:.1f} s", flush=True)
+    if args.bare_start == "fork":
+        BARE_FORK_PARENT.append(BareForks(env, list(BACKENDS[cell.backend].preload), log.with_name("bare-forks.log")))
+        print("bare loop's fork parent ready", flush=True)
     harness: list[tuple[float, float, float]] = []
     bare: list[tuple[float, float, float]] = []
     print(f"{cell.id}: {m.timing.warmup} warmup + at least {m.timing.iterations} iterations and {setup.min_window_s} s "
@@ -268,11 +363,12 @@ def measure_rounds(args, m, cell, env, setup, bare_args, log: Path):
                 return None
             (harness if measure is _harness else bare).append(ms)
         print(f"round {r} ({'harness' if r % 2 == 0 else 'bare'} first): harness {harness[-1][0]:.3f} ms/step "
-              f"(p10 {harness[-1][1]:.3f}, {harness[-1][2]:.0f} faults/step)   bare loop {bare[-1][0]:.3f} ms/step "
+              f"(p10 {harness[-1][1]:.3f}, {harness[-1][2]:.0f} faults/step)   bare loop{' (forked)' if BARE_FORK_PARENT else ''} "
+              f"{bare[-1][0]:.3f} ms/step "
               f"(p10 {bare[-1][1]:.3f}, {bare[-1][2]:.0f} faults/step) ({time.monotonic() - t0:.0f} s)", flush=True)
         if args.out:
             with open(args.out, "a") as f:
-                f.write(json.dumps({"cell": cell.id, "worker_start": args.worker_start, "round": r,
+                f.write(json.dumps({"cell": cell.id, "worker_start": args.worker_start, "bare_start": args.bare_start, "round": r,
                                     "harness": _side_json(harness[-1]), "bare": _side_json(bare[-1])}) + "\n")
     return harness, bare
 

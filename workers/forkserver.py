@@ -40,7 +40,8 @@ MAX_FDS = 3  # the run's stdin, stdout and log
 PRELOAD_ENVIRON = {"PYTORCH_NVML_BASED_CUDA_CHECK": "1"}
 
 
-def _preload(modules: list[str]) -> tuple[list[str], dict[str, str]]:
+def preload(modules: list[str]) -> tuple[list[str], dict[str, str]]:
+    """Import `modules` as the server does before it forks: the imported ones, and why the others failed."""
     os.environ.update(PRELOAD_ENVIRON)
     done, failed = [], {}
     for name in modules:
@@ -129,7 +130,7 @@ def serve_forks(socket_path: str, modules: list[str], run: Callable[[], int]) ->
     on the Unix socket at `socket_path`, until the orchestrator goes away."""
     exit_with_parent(on_gone=lambda: _leave(socket_path))
     t0 = time.perf_counter()
-    preloaded, failed = _preload(modules)
+    preloaded, failed = preload(modules)
     import_s = time.perf_counter() - t0
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(socket_path)
