@@ -326,10 +326,7 @@ def main() -> int:
     with scratch.temporary("overhead") as folder:  # the worker's log, removed after
         try:
             sides = measure_rounds(args, m, cell, env, setup, bare_args, folder / "worker.log")
-        except ForkServerError as e:
-            print(f"error: the fork server: {e}", file=sys.stderr)
-            return 1
-        except BareForksError as e:
+        except (ForkServerError, BareForksError) as e:
             print(f"error: {e}", file=sys.stderr)
             return 1
         finally:

@@ -163,7 +163,7 @@ def test_a_temp_dir_too_long_for_the_socket_is_one_line_and_leaves_nothing(fake_
     long = tmp_path / ("x" * (120 - len(str(tmp_path))))
     long.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(long))
-    with pytest.raises(ForkServerError, match=r"^its socket's path in the temp dir would be 1[45][0-9] bytes, over the "
+    with pytest.raises(ForkServerError, match=r"^the fork server's socket path in the temp dir would be 1[45][0-9] bytes, over the "
                                               r"10[37] a Unix socket's may have here: set TMPDIR to a shorter folder$"):
         server.launch()
     assert not list(long.iterdir())

@@ -92,7 +92,7 @@ class ForkServer:
         self._dir = str(scratch.folder("fork"))
         if (length := len(os.fsencode(self._socket))) > SOCKET_PATH_MAX:
             self.close()
-            raise ForkServerError(f"its socket's path in the temp dir would be {length} bytes, over the "
+            raise ForkServerError(f"the fork server's socket path in the temp dir would be {length} bytes, over the "
                                   f"{SOCKET_PATH_MAX} a Unix socket's may have here: set TMPDIR to a shorter folder")
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         command = [str(self.env.python), "-m", "workers", "--forkserver", self._socket, "--env-name", self.env.name,
