@@ -28,8 +28,10 @@ the command holds glibc's allocator in one state on both sides.
 
 Fresh processes of either side spread by more than 2% (docs/methodology.md, "Harness overhead"),
 so one call's ratio is an estimate: it also prints the Hodges-Lehmann ratio of the runs' medians
-(the median of all harness/bare quotients) with its 95% interval, and says whether the rounds
-place it within 0.98-1.02, outside, or not yet either way. `--out FILE` appends each round to a
+(the median of all harness/bare quotients) with its 95% interval, then the paired one (the rounds
+are pairs: the signed-rank Hodges-Lehmann ratio of the per-round quotients, which a drift of the
+host between rounds does not widen) and how many rounds the harness was the slower in, and says of
+each interval whether the rounds place the ratio within 0.98-1.02, outside, or not yet either way. `--out FILE` appends each round to a
 JSON-lines file as it finishes (a call cut short keeps its rounds); `--summarize FILE...` pools
 the rounds of such files and prints the same summary:
 
@@ -54,7 +56,7 @@ sys.path.insert(0, str(REPO))
 
 from orchestrator.config.envs import discover, ensure_synced, parse_overrides  # noqa: E402
 from orchestrator.config.matrix import load_matrix  # noqa: E402
-from orchestrator.results.compare import ALPHA, rank_test  # noqa: E402
+from orchestrator.results.compare import ALPHA, rank_test, signed_rank_test  # noqa: E402
 from orchestrator.run import scratch  # noqa: E402
 from orchestrator.run.forkserver import ForkServer, ForkServerError  # noqa: E402
 from orchestrator.run.pins import pin_inputs, pin_model, setup_message  # noqa: E402
@@ -257,9 +259,22 @@ def read_rounds(paths: list[str]) -> tuple[list[tuple[float, float, float]], lis
     return harness, bare
 
 
+def _placed(lo: float, hi: float, level: float) -> str:
+    """What an interval of the harness / bare ratio says about the 0.98-1.02 goal."""
+    if level < 1 - ALPHA:
+        return f"too few rounds for a {1 - ALPHA:.0%} interval"
+    if GOAL[0] <= lo and hi <= GOAL[1]:
+        return f"within {GOAL[0]}-{GOAL[1]}"
+    if hi < GOAL[0] or lo > GOAL[1]:
+        return f"outside {GOAL[0]}-{GOAL[1]}"
+    return f"not placed within or outside {GOAL[0]}-{GOAL[1]} by these rounds"
+
+
 def summarize(harness: list[tuple[float, float, float]], bare: list[tuple[float, float, float]]) -> None:
-    """The ratio of the medians over rounds (of the runs' median and p10 step), then the
-    Hodges-Lehmann ratio of the runs' medians with its interval and what it says about the goal."""
+    """The ratio of the medians over rounds (of the runs' median and p10 step); the Hodges-Lehmann
+    ratio of the runs' medians as two independent samples; then, as the rounds are pairs (run
+    back to back, in alternating order), the paired one: per round harness / bare, the rounds
+    where the harness was the slower, and the signed-rank Hodges-Lehmann ratio with its interval."""
     for i, name in enumerate(("median", "p10")):
         h, b = float(np.median([x[i] for x in harness])), float(np.median([x[i] for x in bare]))
         print(f"runs' {name} per step, median over {len(harness)} rounds: harness {h:.3f} ms, bare {b:.3f} ms, "
@@ -268,16 +283,16 @@ def summarize(harness: list[tuple[float, float, float]], bare: list[tuple[float,
         return
     t = rank_test(np.log([x[0] for x in harness]), np.log([x[0] for x in bare]))
     ratio, (lo, hi) = float(np.exp(t.hl_shift)), (float(np.exp(t.hl_ci[0])), float(np.exp(t.hl_ci[1])))
-    if t.hl_ci_level < 1 - ALPHA:
-        says = f"too few rounds for a {1 - ALPHA:.0%} interval"
-    elif GOAL[0] <= lo and hi <= GOAL[1]:
-        says = f"within {GOAL[0]}-{GOAL[1]}"
-    elif hi < GOAL[0] or lo > GOAL[1]:
-        says = f"outside {GOAL[0]}-{GOAL[1]}"
-    else:
-        says = f"not placed within or outside {GOAL[0]}-{GOAL[1]} by these rounds"
     print(f"Hodges-Lehmann ratio of the runs' medians: {ratio:.3f} [{lo:.3f}-{hi:.3f}] at {t.hl_ci_level:.1%} "
-          f"(Mann-Whitney p {t.p:.2g}): {says}")
+          f"(Mann-Whitney p {t.p:.2g}): {_placed(lo, hi, t.hl_ci_level)}")
+    per_round = np.log([h[0] / b[0] for h, b in zip(harness, bare) if np.isfinite(h[0] / b[0])])
+    if per_round.size < 2:
+        return
+    s = signed_rank_test(per_round)
+    ratio, (lo, hi) = float(np.exp(s.hl_shift)), (float(np.exp(s.hl_ci[0])), float(np.exp(s.hl_ci[1])))
+    print(f"paired, per round: harness / bare {float(np.exp(np.median(per_round))):.3f} at the median, harness "
+          f"slower in {int(np.sum(per_round > 0))} of {per_round.size}; Hodges-Lehmann ratio {ratio:.3f} "
+          f"[{lo:.3f}-{hi:.3f}] at {s.hl_ci_level:.1%} (signed-rank p {s.p:.2g}): {_placed(lo, hi, s.hl_ci_level)}")
 
 
 def _cpu_list(text: str) -> set[int]:

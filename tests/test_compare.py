@@ -9,7 +9,7 @@ import pytest
 from conftest import REPO, cli
 
 from orchestrator.report.compare_sessions import compare_sides, parse_side
-from orchestrator.results.compare import _u_counts, compare, rank_test
+from orchestrator.results.compare import _u_counts, _w_counts, compare, rank_test, signed_rank_test
 
 BASE = [100.0, 101.0, 102.0, 103.0, 104.0]
 
@@ -23,6 +23,41 @@ def test_null_distribution_matches_enumeration():
         brute[sum(r - i for i, r in enumerate(ranks))] += 1
     assert list(_u_counts(3, 4)) == brute
 
+
+
+def test_signed_rank_null_distribution_matches_enumeration():
+    for n in range(1, 9):
+        brute = [0] * (n * (n + 1) // 2 + 1)
+        for signs in itertools.product((0, 1), repeat=n):
+            brute[sum(r for r, s in zip(range(1, n + 1), signs) if s)] += 1
+        assert list(_w_counts(n)) == brute
+
+
+def test_signed_rank_test_by_hand():
+    # ranks of |d| 1..5, positive ones 1, 3, 4, 5: W = 13 of 15; P(W <= 2) = 3/32 ({}, {1}, {2}), p = 6/32.
+    # The 15 Walsh averages sorted: -2, -0.5, 0.5, 1, 1, 1.5, 2, 2.5, 3, 3, 3.5, 4, 4, 4.5, 5: median 2.5.
+    # P(W <= 0) = 1/32 > 0.025: the interval is the whole range, at 1 - 2/32.
+    t = signed_rank_test([1.0, -2.0, 3.0, 4.0, 5.0])
+    assert (t.w, t.n, t.method) == (13.0, 5, "exact")
+    assert t.p == pytest.approx(6 / 32) and t.hl_shift == 2.5
+    assert t.hl_ci == (-2.0, 5.0) and t.hl_ci_level == pytest.approx(1 - 2 / 32)
+
+
+def test_signed_rank_drops_zeros_and_midranks_ties():
+    # non-zero 1, 1, -2: ranks 1.5, 1.5, 3, W = 3 = n(n+1)/4, so p = 1; sigma^2 = 3*4*7/24 - (2^3-2)/48
+    t = signed_rank_test([0.0, 1.0, 1.0, -2.0])
+    assert (t.w, t.n, t.method, t.p) == (3.0, 3, "normal approximation (tie-corrected)", 1.0)
+
+
+def test_pairs_that_share_a_drift_are_told_apart_only_by_the_paired_test():
+    # each round 4.3-5.7% slower on the `other` side, the rounds themselves 10-80 apart: all 8
+    # differences positive, exact p = 2 / 2^8, the Walsh averages' median the middle ratio, 1.05;
+    # as two independent samples the drift hides it
+    base = [10.0, 20.0, 30.0, 40.0, 50.0, 60.0, 70.0, 80.0]
+    other = [b * (1.043 + 0.002 * i) for i, b in enumerate(base)]
+    paired = signed_rank_test([math.log(o / b) for o, b in zip(other, base)])
+    assert paired.p == pytest.approx(2 / 256) and math.exp(paired.hl_shift) == pytest.approx(1.05, abs=1e-4)
+    assert rank_test([math.log(o) for o in other], [math.log(b) for b in base]).p > 0.5
 
 def test_disjoint_intervals():
     other = [105.0, 106.0, 107.0, 108.0, 109.0]

@@ -27,12 +27,15 @@ def _overhead(*args: str) -> subprocess.CompletedProcess[str]:
 def test_summarize_reprints_the_committed_150_rounds():
     p = _overhead("--summarize", str(ROUNDS))
     assert p.returncode == 0, p.stderr
-    # the lines docs/results/2026-12-05-cpu-overhead-150-rounds/README.md quotes from the call itself
+    # the lines docs/results/2026-12-05-cpu-overhead-150-rounds/README.md quotes from the call itself, and the
+    # paired line added after it (the 93 of 150 rounds that README counts from the file)
     assert p.stdout.splitlines() == [
         "runs' median per step, median over 150 rounds: harness 50.444 ms, bare 49.685 ms, ratio 1.015",
         "runs' p10 per step, median over 150 rounds: harness 48.452 ms, bare 47.572 ms, ratio 1.018",
         "Hodges-Lehmann ratio of the runs' medians: 1.019 [1.001-1.039] at 95.0% (Mann-Whitney p 0.041): "
         "not placed within or outside 0.98-1.02 by these rounds",
+        "paired, per round: harness / bare 1.015 at the median, harness slower in 93 of 150; Hodges-Lehmann ratio "
+        "1.023 [1.010-1.039] at 95.0% (signed-rank p 0.00055): not placed within or outside 0.98-1.02 by these rounds",
     ]
 
 
@@ -78,9 +81,10 @@ def test_rounds_through_a_fork_server_are_written_summarized_and_leave_no_temp_f
         (0, "forkserver", bare_start, "diffusers-cpu-fp32"), (1, "forkserver", bare_start, "diffusers-cpu-fp32")]
     assert ("bare loop (forked)" in p.stdout) == (bare_start == "fork")
     assert all(r[side]["median_ms"] > 0 for r in rows for side in ("harness", "bare"))
-    summary = p.stdout.splitlines()[-3:]
+    summary = p.stdout.splitlines()[-4:]
     assert summary[0].startswith("runs' median per step, median over 2 rounds: harness ")
     assert summary[2].startswith("Hodges-Lehmann ratio of the runs' medians: ")
+    assert summary[3].startswith("paired, per round: harness / bare ")
     assert summary == _overhead("--summarize", str(out)).stdout.splitlines()
     # (importing torch's inductor makes its per-user torchinductor_<user> folder there, reused by every run)
     assert [f.name for f in tmp.iterdir() if f.name.startswith("cdb-")] == []

@@ -1,6 +1,7 @@
 """Comparing two cells' per-run values (docs/reports.md, "Comparisons"): ratio of medians, the
 ratio range from dividing their p10-p90 intervals, a Mann-Whitney U test with the
-Hodges-Lehmann shift and its confidence interval, and a one-line verdict.
+Hodges-Lehmann shift and its confidence interval, and a one-line verdict; for paired values (a
+benchmark's interleaved rounds) the Wilcoxon signed-rank test with its own Hodges-Lehmann interval.
 
 Written here rather than taken from scipy: the orchestrator needs only these few lines, exact for
 the small samples a study has (7 runs a cell), and scipy would be the largest dependency of the
@@ -111,6 +112,71 @@ def rank_test(other: Sequence[float], baseline: Sequence[float]) -> RankTest:
         method = "normal approximation (tie-corrected)"
     ci = (float(diffs[k]), float(diffs[diffs.size - k - 1]))
     return RankTest(u=u, p=p, method=method, hl_shift=float(np.median(diffs)), hl_ci=ci, hl_ci_level=level)
+
+
+@dataclass(frozen=True)
+class SignedRankTest:
+    """Wilcoxon signed-rank test of paired differences against 0, with the Hodges-Lehmann estimate."""
+
+    w: float = field(doc="sum of the ranks of |d| over the positive differences (zeros dropped, ties midranked)")
+    n: int = field(unit="count", doc="non-zero differences")
+    p: float = field(doc="two-sided p-value")
+    method: str = field(doc="`exact` or `normal approximation (tie-corrected)`")
+    hl_shift: float = field(doc="Hodges-Lehmann estimate: median of the Walsh averages (d_i + d_j) / 2, i <= j")
+    hl_ci: tuple[float, float] = field(doc="its confidence interval [low, high]")
+    hl_ci_level: float = field(doc="the confidence the interval actually has (exact intervals are discrete)")
+
+
+@lru_cache(maxsize=64)
+def _w_counts(n: int) -> tuple[int, ...]:
+    """Number of the 2^n sign patterns of ranks 1..n giving each W = 0..n(n+1)/2 (the null distribution)."""
+    out = [1]
+    for r in range(1, n + 1):
+        grown = out + [0] * r
+        for w, c in enumerate(out):
+            grown[w + r] += c
+        out = grown
+    return tuple(out)
+
+
+def signed_rank_test(diffs: Sequence[float]) -> SignedRankTest:
+    """Paired differences (one per round: other - baseline, or a log ratio): unlike `rank_test`,
+    which treats two sides as independent samples, it uses the pairing, so a drift of the host
+    that moves both values of a pair cancels. Exact up to EXACT_MAX_N pairs without ties or zeros."""
+    d = np.asarray(diffs, dtype=np.float64)
+    i, j = np.triu_indices(d.size)
+    walsh = np.sort((d[i] + d[j]) / 2.0)
+    big_n = walsh.size
+    nz = d[d != 0]
+    n = nz.size
+    absolute = np.abs(nz)
+    order = np.argsort(absolute, kind="stable")
+    ranks = np.empty(n)
+    ranks[order] = np.arange(1, n + 1)
+    values, inverse, t = np.unique(absolute, return_inverse=True, return_counts=True)
+    ranks = np.array([ranks[inverse == g].mean() for g in range(values.size)])[inverse] if values.size < n else ranks
+    w = float(ranks[nz > 0].sum())
+    top = n * (n + 1) / 2.0
+    if n == d.size and values.size == n and n <= EXACT_MAX_N:
+        counts = np.cumsum(_w_counts(n)) / 2.0**n
+        p = min(1.0, 2.0 * float(counts[int(min(w, top - w))]))
+        # [A(k+1), A(N-k)] of the N Walsh averages misses the true shift with probability 2 P(W <= k)
+        k = 0
+        while counts[k + 1] <= ALPHA / 2:
+            k += 1
+        level = 1.0 - 2.0 * float(counts[k])
+        method = "exact"
+    else:
+        sigma = math.sqrt(n * (n + 1) * (2 * n + 1) / 24.0 - float(np.sum(t**3 - t)) / 48.0) if n else 0.0
+        z = (abs(w - top / 2.0) - 0.5) / sigma if sigma > 0 else 0.0
+        p = min(1.0, math.erfc(max(z, 0.0) / math.sqrt(2.0)))
+        # on all N Walsh averages, as the interval is: zeros dropped from the test, not from the estimate
+        s_all = math.sqrt(d.size * (d.size + 1) * (2 * d.size + 1) / 24.0)
+        k = max(0, math.floor(big_n / 2.0 - 0.5 - Z_975 * s_all))
+        level = 1.0 - math.erfc((big_n / 2.0 - k - 0.5) / s_all / math.sqrt(2.0)) if s_all > 0 else 0.0
+        method = "normal approximation (tie-corrected)"
+    ci = (float(walsh[k]), float(walsh[big_n - k - 1]))
+    return SignedRankTest(w=w, n=n, p=p, method=method, hl_shift=float(np.median(walsh)), hl_ci=ci, hl_ci_level=level)
 
 
 _WORDS = {"latency": ("slower", "faster"), "energy": ("more energy", "less energy")}
