@@ -31,9 +31,9 @@ so one call's ratio is an estimate: it also prints the Hodges-Lehmann ratio of t
 (the median of all harness/bare quotients) with its 95% interval, then the paired one (the rounds
 are pairs: the signed-rank Hodges-Lehmann ratio of the per-round quotients, which a drift of the
 host between rounds does not widen) and how many rounds the harness was the slower in, and says of
-each interval whether the rounds place the ratio within 0.98-1.02, outside, or not yet either way. `--out FILE` appends each round to a
-JSON-lines file as it finishes (a call cut short keeps its rounds); `--summarize FILE...` pools
-the rounds of such files and prints the same summary:
+each interval whether the rounds place the ratio within 0.98-1.02, outside, or not yet either way.
+`--out FILE` appends each round to a JSON-lines file as it finishes (a call cut short keeps its
+rounds); `--summarize FILE...` pools the rounds of such files and prints the same summary:
 
     uv run python benchmarks/overhead.py --rounds 40 --out rounds.jsonl
     uv run python benchmarks/overhead.py --summarize call1.jsonl call2.jsonl

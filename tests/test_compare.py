@@ -24,7 +24,6 @@ def test_null_distribution_matches_enumeration():
     assert list(_u_counts(3, 4)) == brute
 
 
-
 def test_signed_rank_null_distribution_matches_enumeration():
     for n in range(1, 9):
         brute = [0] * (n * (n + 1) // 2 + 1)
@@ -58,6 +57,7 @@ def test_pairs_that_share_a_drift_are_told_apart_only_by_the_paired_test():
     paired = signed_rank_test([math.log(o / b) for o, b in zip(other, base)])
     assert paired.p == pytest.approx(2 / 256) and math.exp(paired.hl_shift) == pytest.approx(1.05, abs=1e-4)
     assert rank_test([math.log(o) for o in other], [math.log(b) for b in base]).p > 0.5
+
 
 def test_disjoint_intervals():
     other = [105.0, 106.0, 107.0, 108.0, 109.0]

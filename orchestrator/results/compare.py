@@ -149,12 +149,8 @@ def signed_rank_test(diffs: Sequence[float]) -> SignedRankTest:
     big_n = walsh.size
     nz = d[d != 0]
     n = nz.size
-    absolute = np.abs(nz)
-    order = np.argsort(absolute, kind="stable")
-    ranks = np.empty(n)
-    ranks[order] = np.arange(1, n + 1)
-    values, inverse, t = np.unique(absolute, return_inverse=True, return_counts=True)
-    ranks = np.array([ranks[inverse == g].mean() for g in range(values.size)])[inverse] if values.size < n else ranks
+    values, inverse, t = np.unique(np.abs(nz), return_inverse=True, return_counts=True)
+    ranks = (np.cumsum(t) - (t - 1) / 2.0)[inverse]  # midranks: a group of t equal |d| shares its ranks' mean
     w = float(ranks[nz > 0].sum())
     top = n * (n + 1) / 2.0
     if n == d.size and values.size == n and n <= EXACT_MAX_N:
