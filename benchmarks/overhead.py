@@ -2,7 +2,7 @@
 versus a bare in-process loop over the same backend code, same env, same weights and inputs.
 
     uv run python benchmarks/overhead.py [--matrix examples/quick.toml] [--cell ID] [--rounds 3]
-        [--worker-start spawn|forkserver] [--bare-start spawn|fork] [--cpus 2-5]
+        [--worker-start spawn|forkserver] [--bare-start spawn|fork|fork-session] [--cpus 2-5]
 
 On a GPU host, with the preinstalled torch:
 
@@ -12,7 +12,8 @@ On a GPU host, with the preinstalled torch:
 Rounds alternate which goes first, so slow drifts of the host hit both alike. `--bare-start fork`
 forks each bare loop from a process that made the fork server's imports and nothing else: with
 `--worker-start forkserver` both sides then start forked, and what differs is only the harness
-(its worker's new session, lifeline thread and protocol). `--cpus` pins this
+(its worker's new session, lifeline thread and protocol); `--bare-start fork-session` also gives
+each bare loop a new session, which leaves the lifeline thread and the protocol. `--cpus` pins this
 process, and so both sides (the harness's worker and fork server, the bare loop), to the same
 CPUs: where fresh processes land on the host's cores changes a launch-bound GPU cell's speed, a
 nuisance both sides then share (docs/methodology.md, "Harness overhead"). Prints each
@@ -101,19 +102,23 @@ print(json.dumps({"median_ms": float(np.median(lat)), "p10_ms": float(np.percent
                   "minor_faults_per_step": faults / len(lat)}))
 """
 
-# With --bare-start fork: a process that makes the fork server's imports (workers/forkserver.py's
-# `preload`, under its import-time environment) and nothing else, then forks the bare loop for each
-# line of arguments on stdin, in the environment it started with; "exit CODE" after each child.
+# With --bare-start fork or fork-session: a process that makes the fork server's imports
+# (workers/forkserver.py's `preload`, under its import-time environment) and nothing else, then forks
+# the bare loop for each line of arguments on stdin, in the environment it started with and, with
+# fork-session, in a new session as the harness's worker is; "exit CODE" after each child.
 BARE_FORKS = """
 import os, sys, traceback
 from workers.forkserver import preload
 environ = dict(os.environ)
-preload(sys.argv[2:])
+new_session = sys.argv[2] == "fork-session"
+preload(sys.argv[3:])
 loop = compile(sys.argv[1], "<bare loop>", "exec")
 print("ready", flush=True)
 for line in sys.stdin:
     pid = os.fork()
     if pid == 0:
+        if new_session:
+            os.setsid()
         os.environ.clear()
         os.environ.update(environ)
         sys.argv = ["-c", line]
@@ -136,13 +141,13 @@ class BareForksError(Exception):
 
 class BareForks:
     """The bare loop forked from a process that made the fork server's imports: a forked start
-    without the harness (no new session, no lifeline thread, no protocol), to tell what forking
-    costs from what the harness's worker adds."""
+    without the harness (no lifeline thread, no protocol, and a new session only with
+    fork-session), to tell what forking costs from what the harness's worker adds."""
 
-    def __init__(self, env, modules: list[str], log: Path):
+    def __init__(self, env, start: str, modules: list[str], log: Path):
         self.log = log
         with open(log, "ab") as err:
-            self.proc = subprocess.Popen([str(env.python), "-c", BARE_FORKS, BARE, *modules], stdin=subprocess.PIPE,
+            self.proc = subprocess.Popen([str(env.python), "-c", BARE_FORKS, BARE, start, *modules], stdin=subprocess.PIPE,
                                          stdout=subprocess.PIPE, stderr=err, cwd=REPO, env=env.worker_environ(),
                                          text=True)
         assert self.proc.stdin is not None and self.proc.stdout is not None
@@ -311,9 +316,10 @@ def main() -> int:
     p.add_argument("--env", action="append", default=[], metavar="NAME=PYTHON", help="use an existing interpreter for env NAME")
     p.add_argument("--worker-start", choices=("spawn", "forkserver"), default="spawn",
                    help="how the harness's worker starts (sessions on Linux fork it from the env's fork server)")
-    p.add_argument("--bare-start", choices=("spawn", "fork"), default="spawn",
+    p.add_argument("--bare-start", choices=("spawn", "fork", "fork-session"), default="spawn",
                    help="how the bare loop's process starts: spawned, as a user's own loop is, or forked after the "
-                        "fork server's imports (a forked start without the harness)")
+                        "fork server's imports (a forked start without the harness), in this process's session or "
+                        "in a new one as the harness's worker is")
     p.add_argument("--cpus", type=_cpu_list, default=None, metavar="LIST",
                    help="pin both sides to these CPUs (as taskset -c: 2-5 or 0,2,4)")
     p.add_argument("--out", metavar="FILE", default=None, help="append each round to this JSON-lines file")
@@ -359,8 +365,9 @@ def measure_rounds(args, m, cell, env, setup, bare_args, log: Path):
     if args.worker_start == "forkserver":
         FORKSERVER.append(ForkServer(env, list(BACKENDS[cell.backend].preload), log.with_name("forkserver.log")))
         print(f"fork server ready, imports took {FORKSERVER[0].start().import_s:.1f} s", flush=True)
-    if args.bare_start == "fork":
-        BARE_FORK_PARENT.append(BareForks(env, list(BACKENDS[cell.backend].preload), log.with_name("bare-forks.log")))
+    if args.bare_start != "spawn":
+        BARE_FORK_PARENT.append(BareForks(env, args.bare_start, list(BACKENDS[cell.backend].preload),
+                                          log.with_name("bare-forks.log")))
         print("bare loop's fork parent ready", flush=True)
     harness: list[tuple[float, float, float]] = []
     bare: list[tuple[float, float, float]] = []
@@ -375,7 +382,7 @@ def measure_rounds(args, m, cell, env, setup, bare_args, log: Path):
                 return None
             (harness if measure is _harness else bare).append(ms)
         print(f"round {r} ({'harness' if r % 2 == 0 else 'bare'} first): harness {harness[-1][0]:.3f} ms/step "
-              f"(p10 {harness[-1][1]:.3f}, {harness[-1][2]:.0f} faults/step)   bare loop{' (forked)' if BARE_FORK_PARENT else ''} "
+              f"(p10 {harness[-1][1]:.3f}, {harness[-1][2]:.0f} faults/step)   bare loop{f' ({args.bare_start})' if BARE_FORK_PARENT else ''} "
               f"{bare[-1][0]:.3f} ms/step "
               f"(p10 {bare[-1][1]:.3f}, {bare[-1][2]:.0f} faults/step) ({time.monotonic() - t0:.0f} s)", flush=True)
         if args.out:

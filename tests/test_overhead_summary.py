@@ -63,12 +63,12 @@ def test_an_unwritable_out_is_refused_before_any_round(tmp_path):
     assert (p.returncode, p.stdout, p.stderr) == (2, "", f"error: --out {target}: No such file or directory\n")
 
 
-@pytest.mark.parametrize("bare_start", ["spawn", "fork"])
+@pytest.mark.parametrize("bare_start", ["spawn", "fork", "fork-session"])
 def test_rounds_through_a_fork_server_are_written_summarized_and_leave_no_temp_files(diffusers_python, tmp_path, request,
                                                                                      bare_start):
-    """Two real rounds of the small 64 px cell, the bare loop spawned or forked: each round's line
-    in --out, the summary of exactly those rounds, and nothing of ours left in the temp folder
-    (the worker's log, the fork server's socket)."""
+    """Two real rounds of the small 64 px cell, the bare loop spawned or forked (in this session or a
+    new one): each round's line in --out, the summary of exactly those rounds, and nothing of ours
+    left in the temp folder (the worker's log, the fork server's socket)."""
     tmp, out = Path(tempfile.mkdtemp(prefix="t")), tmp_path / "rounds.jsonl"  # short: the fork server's socket is in it
     request.addfinalizer(lambda: shutil.rmtree(tmp, ignore_errors=True))
     p = subprocess.run([sys.executable, str(SCRIPT), "--matrix", str(REPO / "tests" / "fixtures" / "matrices" / "coreml-tiny.toml"),
@@ -79,7 +79,7 @@ def test_rounds_through_a_fork_server_are_written_summarized_and_leave_no_temp_f
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [(r["round"], r["worker_start"], r["bare_start"], r["cell"]) for r in rows] == [
         (0, "forkserver", bare_start, "diffusers-cpu-fp32"), (1, "forkserver", bare_start, "diffusers-cpu-fp32")]
-    assert ("bare loop (forked)" in p.stdout) == (bare_start == "fork")
+    assert (f"bare loop ({bare_start})" in p.stdout) == (bare_start != "spawn")
     assert all(r[side]["median_ms"] > 0 for r in rows for side in ("harness", "bare"))
     summary = p.stdout.splitlines()[-4:]
     assert summary[0].startswith("runs' median per step, median over 2 rounds: harness ")
