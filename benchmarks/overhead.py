@@ -45,6 +45,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -105,9 +106,10 @@ print(json.dumps({"median_ms": float(np.median(lat)), "p10_ms": float(np.percent
 # With --bare-start fork or fork-session: a process that makes the fork server's imports
 # (workers/forkserver.py's `preload`, under its import-time environment) and nothing else, then forks
 # the bare loop for each line of arguments on stdin, in the environment it started with and, with
-# fork-session, in a new session as the harness's worker is; "exit CODE" after each child.
+# fork-session, in a new session as the harness's worker is. A line is "TIMEOUT_S ARGUMENTS": a child
+# still running after TIMEOUT_S gets SIGALRM, whose default ends it. "exit CODE" after each child.
 BARE_FORKS = """
-import os, sys, traceback
+import math, os, signal, sys, traceback
 from workers.forkserver import preload
 environ = dict(os.environ)
 new_session = sys.argv[2] == "fork-session"
@@ -121,7 +123,9 @@ for line in sys.stdin:
             os.setsid()
         os.environ.clear()
         os.environ.update(environ)
-        sys.argv = ["-c", line]
+        timeout_s, _, args = line.partition(" ")
+        signal.alarm(math.ceil(float(timeout_s)))
+        sys.argv = ["-c", args]
         code = 0
         try:
             exec(loop, {"__name__": "__main__"})
@@ -156,16 +160,19 @@ class BareForks:
             self.close()
             raise BareForksError(f"the bare loop's fork parent exited before it was ready (its log: {self._tail()})")
 
-    def run(self, bare_args: str) -> dict | None:
+    def run(self, bare_args: str, timeout_s: float) -> dict | None:
         """One forked bare loop's output line, or None (the reason printed)."""
         try:
-            self.stdin.write(bare_args + "\n")
+            self.stdin.write(f"{timeout_s} {bare_args}\n")
             self.stdin.flush()
         except OSError:
             pass  # the parent is gone: the loop below finds no "exit" line
         lines = []
         while (line := self.stdout.readline()) and not line.startswith("exit "):
             lines.append(line)
+        if line == f"exit {-signal.SIGALRM}\n":
+            print(f"forked bare loop timed out after {timeout_s:g} s", file=sys.stderr)
+            return None
         if line != "exit 0\n" or not lines:
             print(f"forked bare loop failed ({line.strip() or 'its parent exited'}): {self._tail()}", file=sys.stderr)
             return None
@@ -203,10 +210,14 @@ BARE_FORK_PARENT: list[BareForks] = []  # with --bare-start fork: the bare loops
 
 def _bare(env, setup, bare_args, log, timeout_s) -> tuple[float, float, float] | None:
     if BARE_FORK_PARENT:
-        out = BARE_FORK_PARENT[0].run(bare_args)
+        out = BARE_FORK_PARENT[0].run(bare_args, timeout_s)
         return None if out is None else (out["median_ms"], out["p10_ms"], out["minor_faults_per_step"])
-    b = subprocess.run([str(env.python), "-c", BARE, bare_args], capture_output=True, text=True,
-                       cwd=REPO, env=env.worker_environ(), timeout=timeout_s)
+    try:
+        b = subprocess.run([str(env.python), "-c", BARE, bare_args], capture_output=True, text=True,
+                           cwd=REPO, env=env.worker_environ(), timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        print(f"bare loop timed out after {timeout_s:g} s", file=sys.stderr)
+        return None
     if b.returncode != 0:
         print(b.stderr, file=sys.stderr)
         return None

@@ -1,7 +1,9 @@
 """`benchmarks/overhead.py --summarize` reprints a committed call's summary from its rounds and
-pools calls, a bad file or `--out` path is one line, not a traceback after minutes of rounds, and
-real rounds land in `--out` and leave no temp files."""
+pools calls, a bad file or `--out` path is one line, not a traceback after minutes of rounds,
+real rounds land in `--out` and leave no temp files, and a bare loop that hangs is ended at the
+run's timeout."""
 
+import importlib.util
 import json
 import os
 import shutil
@@ -88,3 +90,31 @@ def test_rounds_through_a_fork_server_are_written_summarized_and_leave_no_temp_f
     assert summary == _overhead("--summarize", str(out)).stdout.splitlines()
     # (importing torch's inductor makes its per-user torchinductor_<user> folder there, reused by every run)
     assert [f.name for f in tmp.iterdir() if f.name.startswith("cdb-")] == []
+
+
+class _ThisPython:
+    """A stand-in for a worker env: this interpreter, with the repository importable."""
+
+    python = Path(sys.executable)
+
+    @staticmethod
+    def worker_environ() -> dict[str, str]:
+        return {**os.environ, "PYTHONPATH": str(REPO)}
+
+
+@pytest.mark.parametrize("bare_start", ["spawn", "fork", "fork-session"])
+def test_a_bare_loop_that_hangs_is_ended_at_the_runs_timeout_in_one_line(monkeypatch, capsys, tmp_path, bare_start):
+    spec = importlib.util.spec_from_file_location("overhead", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    overhead = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(overhead)
+    monkeypatch.setattr(overhead, "BARE", "import time\ntime.sleep(60)")
+    if bare_start != "spawn":
+        overhead.BARE_FORK_PARENT.append(overhead.BareForks(_ThisPython, bare_start, [], tmp_path / "bare-forks.log"))
+    try:
+        assert overhead._bare(_ThisPython, None, "{}", tmp_path / "worker.log", 1.0) is None
+    finally:
+        for parent in overhead.BARE_FORK_PARENT:
+            parent.close()
+    label = "bare loop" if bare_start == "spawn" else "forked bare loop"
+    assert capsys.readouterr().err == f"{label} timed out after 1 s\n"
