@@ -251,11 +251,15 @@ def _side_json(side: tuple[float, float, float]) -> dict[str, float | None]:
     return {k: None if np.isnan(v) else v for k, v in zip(ROUND_KEYS, side)}
 
 
-def read_rounds(paths: list[str]) -> tuple[list[tuple[float, float, float]], list[tuple[float, float, float]]]:
-    """Both sides' rounds from `--out` files, in order; a file that is not one raises ValueError
-    naming the file and line."""
+Rounds = tuple[list[tuple[float, float, float]], list[tuple[float, float, float]], list[int]]
+
+
+def read_rounds(paths: list[str]) -> Rounds:
+    """Both sides' rounds from `--out` files, in order, and the call each came from (a call's
+    rounds are numbered from 0); a file that is not one raises ValueError naming the file and line."""
     harness: list[tuple[float, float, float]] = []
     bare: list[tuple[float, float, float]] = []
+    calls: list[int] = []
     for path in paths:
         try:
             lines = Path(path).read_text().splitlines()
@@ -266,31 +270,44 @@ def read_rounds(paths: list[str]) -> tuple[list[tuple[float, float, float]], lis
                 row = json.loads(line)
                 sides = [tuple(np.nan if row[side][k] is None else float(row[side][k]) for k in ROUND_KEYS)
                          for side in ("harness", "bare")]
+                first = int(row["round"]) == 0
             except (ValueError, TypeError, KeyError) as e:
                 raise ValueError(f"{path}:{n}: not a round written by --out ({type(e).__name__}: {e})") from None
             harness.append(sides[0])
             bare.append(sides[1])
+            calls.append(calls[-1] + first if calls else 0)
     if not harness:
         raise ValueError(f"no rounds in {', '.join(paths)}")
-    return harness, bare
+    return harness, bare, calls
 
 
-def _placed(lo: float, hi: float, level: float) -> str:
+def _placed(lo: float, hi: float, level: float, units: str = "rounds") -> str:
     """What an interval of the harness / bare ratio says about the 0.98-1.02 goal."""
     if level < 1 - ALPHA:
-        return f"too few rounds for a {1 - ALPHA:.0%} interval"
+        return f"too few {units} for a {1 - ALPHA:.0%} interval"
     if GOAL[0] <= lo and hi <= GOAL[1]:
         return f"within {GOAL[0]}-{GOAL[1]}"
     if hi < GOAL[0] or lo > GOAL[1]:
         return f"outside {GOAL[0]}-{GOAL[1]}"
-    return f"not placed within or outside {GOAL[0]}-{GOAL[1]} by these rounds"
+    return f"not placed within or outside {GOAL[0]}-{GOAL[1]} by these {units}"
 
 
-def summarize(harness: list[tuple[float, float, float]], bare: list[tuple[float, float, float]]) -> None:
+def _paired(log_quotients: list[float], units: str) -> str:
+    """The signed-rank Hodges-Lehmann ratio of harness / bare log quotients, its interval and placement."""
+    s = signed_rank_test(log_quotients)
+    ratio, (lo, hi) = float(np.exp(s.hl_shift)), (float(np.exp(s.hl_ci[0])), float(np.exp(s.hl_ci[1])))
+    return (f"Hodges-Lehmann ratio {ratio:.3f} [{lo:.3f}-{hi:.3f}] at {s.hl_ci_level:.1%} (signed-rank p {s.p:.2g}): "
+            f"{_placed(lo, hi, s.hl_ci_level, units)}")
+
+
+def summarize(harness: list[tuple[float, float, float]], bare: list[tuple[float, float, float]], calls: list[int]) -> None:
     """The ratio of the medians over rounds (of the runs' median and p10 step); the Hodges-Lehmann
     ratio of the runs' medians as two independent samples; then, as the rounds are pairs (run
     back to back, in alternating order), the paired one: per round harness / bare, the rounds
-    where the harness was the slower, and the signed-rank Hodges-Lehmann ratio with its interval."""
+    where the harness was the slower, and the signed-rank Hodges-Lehmann ratio with its interval.
+    Rounds of one call fork from the same two parents (the fork server, the bare loop's parent),
+    whose state their children share, so where the rounds come from several calls it also reads
+    each call's median quotient as one value (docs/methodology.md, "Harness overhead")."""
     for i, name in enumerate(("median", "p10")):
         h, b = float(np.median([x[i] for x in harness])), float(np.median([x[i] for x in bare]))
         print(f"runs' {name} per step, median over {len(harness)} rounds: harness {h:.3f} ms, bare {b:.3f} ms, "
@@ -301,14 +318,17 @@ def summarize(harness: list[tuple[float, float, float]], bare: list[tuple[float,
     ratio, (lo, hi) = float(np.exp(t.hl_shift)), (float(np.exp(t.hl_ci[0])), float(np.exp(t.hl_ci[1])))
     print(f"Hodges-Lehmann ratio of the runs' medians: {ratio:.3f} [{lo:.3f}-{hi:.3f}] at {t.hl_ci_level:.1%} "
           f"(Mann-Whitney p {t.p:.2g}): {_placed(lo, hi, t.hl_ci_level)}")
-    per_round = np.log([h[0] / b[0] for h, b in zip(harness, bare) if np.isfinite(h[0] / b[0])])
-    if per_round.size < 2:
+    pairs = [(float(np.log(h[0] / b[0])), c) for h, b, c in zip(harness, bare, calls) if np.isfinite(h[0] / b[0])]
+    if len(pairs) < 2:
         return
-    s = signed_rank_test(per_round)
-    ratio, (lo, hi) = float(np.exp(s.hl_shift)), (float(np.exp(s.hl_ci[0])), float(np.exp(s.hl_ci[1])))
+    per_round = np.array([q for q, _ in pairs])
     print(f"paired, per round: harness / bare {float(np.exp(np.median(per_round))):.3f} at the median, harness "
-          f"slower in {int(np.sum(per_round > 0))} of {per_round.size}; Hodges-Lehmann ratio {ratio:.3f} "
-          f"[{lo:.3f}-{hi:.3f}] at {s.hl_ci_level:.1%} (signed-rank p {s.p:.2g}): {_placed(lo, hi, s.hl_ci_level)}")
+          f"slower in {int(np.sum(per_round > 0))} of {per_round.size}; {_paired(list(per_round), 'rounds')}")
+    per_call = [float(np.median([q for q, c in pairs if c == k])) for k in sorted({c for _, c in pairs})]
+    if len(per_call) < 2:
+        return
+    print(f"by call, each call's median quotient one value: {len(per_call)} calls, from "
+          f"{float(np.exp(min(per_call))):.3f} to {float(np.exp(max(per_call))):.3f}; {_paired(per_call, 'calls')}")
 
 
 def _cpu_list(text: str) -> set[int]:
@@ -366,7 +386,7 @@ def main() -> int:
                 server.close()
     if sides is None:
         return 1
-    summarize(*sides)
+    summarize(*sides, [0] * len(sides[0]))
     return 0
 
 
