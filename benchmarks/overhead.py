@@ -28,16 +28,22 @@ measurable. Both sides run the worker's window rule: at least the matrix's itera
 the command holds glibc's allocator in one state on both sides.
 
 Fresh processes of either side spread by more than 2% (docs/methodology.md, "Harness overhead"),
-so one call's ratio is an estimate: it also prints the Hodges-Lehmann ratio of the runs' medians
+so one command's ratio is an estimate: it also prints the Hodges-Lehmann ratio of the runs' medians
 (the median of all harness/bare quotients) with its 95% interval, then the paired one (the rounds
 are pairs: the signed-rank Hodges-Lehmann ratio of the per-round quotients, which a drift of the
 host between rounds does not widen) and how many rounds the harness was the slower in, and says of
 each interval whether the rounds place the ratio within 0.98-1.02, outside, or not yet either way.
-`--out FILE` appends each round to a JSON-lines file as it finishes (a call cut short keeps its
+`--out FILE` appends each round to a JSON-lines file as it finishes (a command cut short keeps its
 rounds); `--summarize FILE...` pools the rounds of such files and prints the same summary:
 
     uv run python benchmarks/overhead.py --rounds 40 --out rounds.jsonl
-    uv run python benchmarks/overhead.py --summarize call1.jsonl call2.jsonl
+    uv run python benchmarks/overhead.py --summarize command1.jsonl command2.jsonl
+
+All rounds of one command fork their two sides from the same two parents (the fork server, the
+bare loop's parent), and on a launch-bound GPU step the state a parent hands its children moved
+the ratio by several percent from one command to the next (docs/methodology.md, "Harness
+overhead"): pooled rounds of several commands (a command's rounds are numbered from 0) also get a
+line that reads each command's median quotient as one value, the unit to count there.
 """
 
 from __future__ import annotations
@@ -255,11 +261,11 @@ Rounds = tuple[list[tuple[float, float, float]], list[tuple[float, float, float]
 
 
 def read_rounds(paths: list[str]) -> Rounds:
-    """Both sides' rounds from `--out` files, in order, and the call each came from (a call's
+    """Both sides' rounds from `--out` files, in order, and the command each came from (a command's
     rounds are numbered from 0); a file that is not one raises ValueError naming the file and line."""
     harness: list[tuple[float, float, float]] = []
     bare: list[tuple[float, float, float]] = []
-    calls: list[int] = []
+    commands: list[int] = []
     for path in paths:
         try:
             lines = Path(path).read_text().splitlines()
@@ -275,10 +281,10 @@ def read_rounds(paths: list[str]) -> Rounds:
                 raise ValueError(f"{path}:{n}: not a round written by --out ({type(e).__name__}: {e})") from None
             harness.append(sides[0])
             bare.append(sides[1])
-            calls.append(calls[-1] + first if calls else 0)
+            commands.append(commands[-1] + first if commands else 0)
     if not harness:
         raise ValueError(f"no rounds in {', '.join(paths)}")
-    return harness, bare, calls
+    return harness, bare, commands
 
 
 def _placed(lo: float, hi: float, level: float, units: str = "rounds") -> str:
@@ -300,14 +306,15 @@ def _paired(log_quotients: list[float], units: str) -> str:
             f"{_placed(lo, hi, s.hl_ci_level, units)}")
 
 
-def summarize(harness: list[tuple[float, float, float]], bare: list[tuple[float, float, float]], calls: list[int]) -> None:
+def summarize(harness: list[tuple[float, float, float]], bare: list[tuple[float, float, float]],
+              commands: list[int]) -> None:
     """The ratio of the medians over rounds (of the runs' median and p10 step); the Hodges-Lehmann
     ratio of the runs' medians as two independent samples; then, as the rounds are pairs (run
     back to back, in alternating order), the paired one: per round harness / bare, the rounds
     where the harness was the slower, and the signed-rank Hodges-Lehmann ratio with its interval.
-    Rounds of one call fork from the same two parents (the fork server, the bare loop's parent),
-    whose state their children share, so where the rounds come from several calls it also reads
-    each call's median quotient as one value (docs/methodology.md, "Harness overhead")."""
+    Rounds of one command fork from the same two parents (the fork server, the bare loop's parent),
+    whose state their children share, so where the rounds come from several commands it also reads
+    each command's median quotient as one value (docs/methodology.md, "Harness overhead")."""
     for i, name in enumerate(("median", "p10")):
         h, b = float(np.median([x[i] for x in harness])), float(np.median([x[i] for x in bare]))
         print(f"runs' {name} per step, median over {len(harness)} rounds: harness {h:.3f} ms, bare {b:.3f} ms, "
@@ -318,17 +325,18 @@ def summarize(harness: list[tuple[float, float, float]], bare: list[tuple[float,
     ratio, (lo, hi) = float(np.exp(t.hl_shift)), (float(np.exp(t.hl_ci[0])), float(np.exp(t.hl_ci[1])))
     print(f"Hodges-Lehmann ratio of the runs' medians: {ratio:.3f} [{lo:.3f}-{hi:.3f}] at {t.hl_ci_level:.1%} "
           f"(Mann-Whitney p {t.p:.2g}): {_placed(lo, hi, t.hl_ci_level)}")
-    pairs = [(float(np.log(h[0] / b[0])), c) for h, b, c in zip(harness, bare, calls) if np.isfinite(h[0] / b[0])]
+    pairs = [(float(np.log(h[0] / b[0])), c) for h, b, c in zip(harness, bare, commands) if np.isfinite(h[0] / b[0])]
     if len(pairs) < 2:
         return
     per_round = np.array([q for q, _ in pairs])
     print(f"paired, per round: harness / bare {float(np.exp(np.median(per_round))):.3f} at the median, harness "
           f"slower in {int(np.sum(per_round > 0))} of {per_round.size}; {_paired(list(per_round), 'rounds')}")
-    per_call = [float(np.median([q for q, c in pairs if c == k])) for k in sorted({c for _, c in pairs})]
-    if len(per_call) < 2:
+    per_command = [float(np.median([q for q, c in pairs if c == k])) for k in sorted({c for _, c in pairs})]
+    if len(per_command) < 2:
         return
-    print(f"by call, each call's median quotient one value: {len(per_call)} calls, from "
-          f"{float(np.exp(min(per_call))):.3f} to {float(np.exp(max(per_call))):.3f}; {_paired(per_call, 'calls')}")
+    print(f"by command, each command's median quotient one value: {len(per_command)} commands, from "
+          f"{float(np.exp(min(per_command))):.3f} to {float(np.exp(max(per_command))):.3f}; "
+          f"{_paired(per_command, 'commands')}")
 
 
 def _cpu_list(text: str) -> set[int]:

@@ -51,21 +51,21 @@ def test_summarize_pools_calls_as_one(tmp_path):
     assert _overhead("--summarize", str(first), str(second)).stdout == _overhead("--summarize", str(ROUNDS)).stdout
 
 
-def test_summarize_reads_each_calls_median_quotient_as_one_value(tmp_path):
-    """Six calls of three rounds in one file (each call's rounds numbered from 0): the by-call line
-    takes each call's median quotient, whatever its other rounds, and with six values the exact
-    signed-rank interval is their range, at 1 - 2/64."""
+def test_summarize_reads_each_commands_median_quotient_as_one_value(tmp_path):
+    """Six commands' three rounds each in one file (each command's rounds numbered from 0): the
+    by-command line takes each command's median quotient, whatever its other rounds, and with six
+    values the exact signed-rank interval is their range, at 1 - 2/64."""
     logs = [-0.011, -0.006, -0.001, 0.002, 0.007, 0.012]
     rows = [{"round": r, "harness": {"median_ms": 50.0 * math.exp(q + d), "p10_ms": 49.0, "minor_faults_per_step": 1.0},
              "bare": {"median_ms": 50.0, "p10_ms": 49.0, "minor_faults_per_step": 1.0}}
             for q in logs for r, d in enumerate((-0.05, 0.0, 0.03))]
-    out = tmp_path / "calls.jsonl"
+    out = tmp_path / "commands.jsonl"
     out.write_text("".join(json.dumps(row) + "\n" for row in rows))
     p = _overhead("--summarize", str(out))
     assert p.returncode == 0, p.stderr
     walsh = sorted((a + b) / 2 for a, b in itertools.combinations_with_replacement(logs, 2))
     assert p.stdout.splitlines()[4] == (
-        f"by call, each call's median quotient one value: 6 calls, from 0.989 to 1.012; Hodges-Lehmann ratio "
+        f"by command, each command's median quotient one value: 6 commands, from 0.989 to 1.012; Hodges-Lehmann ratio "
         f"{math.exp(walsh[10]):.3f} [0.989-1.012] at 96.9% (signed-rank p 0.84): within 0.98-1.02")
 
 
