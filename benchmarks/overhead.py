@@ -211,7 +211,7 @@ def _harness(env, setup, bare_args, log, timeout_s) -> tuple[float, float, float
     return float(np.median(lat_ms)), float(np.percentile(lat_ms, 10)), np.nan if faults is None else faults
 
 
-BARE_FORK_PARENT: list[BareForks] = []  # with --bare-start fork: the bare loops are forked from it
+BARE_FORK_PARENT: list[BareForks] = []  # with --bare-start fork or fork-session: the bare loops are forked from it
 
 
 def _bare(env, setup, bare_args, log, timeout_s) -> tuple[float, float, float] | None:
