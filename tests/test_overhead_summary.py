@@ -1,7 +1,7 @@
 """`benchmarks/overhead.py --summarize` reprints a committed call's summary from its rounds and
 pools calls, a bad file or `--out` path is one line, not a traceback after minutes of rounds,
-real rounds land in `--out` and leave no temp files, and a bare loop that hangs is ended at the
-run's timeout."""
+real rounds land in `--out` and leave no temp files, `--bare-start fork-session` gives the bare
+loop a new session, and a bare loop that hangs is ended at the run's timeout."""
 
 import importlib.util
 import itertools
@@ -122,12 +122,28 @@ class _ThisPython:
         return {**os.environ, "PYTHONPATH": str(REPO)}
 
 
-@pytest.mark.parametrize("bare_start", ["spawn", "fork", "fork-session"])
-def test_a_bare_loop_that_hangs_is_ended_at_the_runs_timeout_in_one_line(monkeypatch, capsys, tmp_path, bare_start):
+def _overhead_module():
     spec = importlib.util.spec_from_file_location("overhead", SCRIPT)
     assert spec is not None and spec.loader is not None
     overhead = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(overhead)
+    return overhead
+
+
+@pytest.mark.parametrize("bare_start", ["fork", "fork-session"])
+def test_fork_session_forks_the_bare_loop_into_a_new_session_and_fork_does_not(monkeypatch, tmp_path, bare_start):
+    overhead = _overhead_module()
+    monkeypatch.setattr(overhead, "BARE", "import json, os\nprint(json.dumps({'leader': os.getsid(0) == os.getpid()}))")
+    parent = overhead.BareForks(_ThisPython, bare_start, [], tmp_path / "bare-forks.log")
+    try:
+        assert parent.run("{}", 30.0) == {"leader": bare_start == "fork-session"}
+    finally:
+        parent.close()
+
+
+@pytest.mark.parametrize("bare_start", ["spawn", "fork", "fork-session"])
+def test_a_bare_loop_that_hangs_is_ended_at_the_runs_timeout_in_one_line(monkeypatch, capsys, tmp_path, bare_start):
+    overhead = _overhead_module()
     monkeypatch.setattr(overhead, "BARE", "import time\ntime.sleep(60)")
     if bare_start != "spawn":
         overhead.BARE_FORK_PARENT.append(overhead.BareForks(_ThisPython, bare_start, [], tmp_path / "bare-forks.log"))
