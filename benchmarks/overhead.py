@@ -43,7 +43,8 @@ All rounds of one command fork their two sides from the same two parents (the fo
 bare loop's parent), and on a launch-bound GPU step the state a parent hands its children moved
 the ratio by several percent from one command to the next (docs/methodology.md, "Harness
 overhead"): pooled rounds of several commands (a command's rounds are numbered from 0) also get a
-line that reads each command's median quotient as one value, the unit to count there.
+line that reads each command's median quotient as one value, the unit to count there, and one that
+says whether the commands differ more than their rounds (a permutation test).
 """
 
 from __future__ import annotations
@@ -337,6 +338,30 @@ def summarize(harness: list[tuple[float, float, float]], bare: list[tuple[float,
     print(f"by command, each command's median quotient one value: {len(per_command)} commands, from "
           f"{float(np.exp(min(per_command))):.3f} to {float(np.exp(max(per_command))):.3f}; "
           f"{_paired(per_command, 'commands')}")
+    print(_command_effect(pairs))
+
+
+SHUFFLES = 2000
+
+
+def _command_effect(pairs: list[tuple[float, int]]) -> str:
+    """Whether the commands' median log quotients spread more than groups of the same sizes drawn
+    from the rounds at random do (a permutation test, seeded, so a summary reprints alike): where
+    they do, a command's rounds share something (their fork parents) and the command is the unit
+    to count; where not, the paired rounds line counts them fairly."""
+    q = np.array([x for x, _ in pairs])
+    ends = np.cumsum(np.unique([c for _, c in pairs], return_counts=True)[1])[:-1]
+
+    def spread(values: np.ndarray) -> float:
+        return float(np.var([np.median(g) for g in np.split(values, ends)]))
+
+    observed, rng = spread(q), np.random.default_rng(0)
+    as_wide = sum(spread(rng.permutation(q)) >= observed * (1 - 1e-9) for _ in range(SHUFFLES))
+    p = (as_wide + 1) / (SHUFFLES + 1)
+    verdict = ("the commands differ more than their rounds: count commands, not rounds" if p < ALPHA
+               else "no command effect shown: the paired rounds line counts them fairly")
+    return (f"command effect: the rounds shuffled among the commands {SHUFFLES} times spread the commands' median "
+            f"quotients as widely or more in {as_wide} (permutation p {p:.2g}): {verdict}")
 
 
 def _cpu_list(text: str) -> set[int]:

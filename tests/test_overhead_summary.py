@@ -56,17 +56,41 @@ def test_summarize_reads_each_commands_median_quotient_as_one_value(tmp_path):
     by-command line takes each command's median quotient, whatever its other rounds, and with six
     values the exact signed-rank interval is their range, at 1 - 2/64."""
     logs = [-0.011, -0.006, -0.001, 0.002, 0.007, 0.012]
-    rows = [{"round": r, "harness": {"median_ms": 50.0 * math.exp(q + d), "p10_ms": 49.0, "minor_faults_per_step": 1.0},
-             "bare": {"median_ms": 50.0, "p10_ms": 49.0, "minor_faults_per_step": 1.0}}
-            for q in logs for r, d in enumerate((-0.05, 0.0, 0.03))]
-    out = tmp_path / "commands.jsonl"
-    out.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    p = _overhead("--summarize", str(out))
+    p = _overhead("--summarize", str(_commands(tmp_path / "commands.jsonl", logs, (-0.05, 0.0, 0.03))))
     assert p.returncode == 0, p.stderr
     walsh = sorted((a + b) / 2 for a, b in itertools.combinations_with_replacement(logs, 2))
     assert p.stdout.splitlines()[4] == (
         f"by command, each command's median quotient one value: 6 commands, from 0.989 to 1.012; Hodges-Lehmann ratio "
         f"{math.exp(walsh[10]):.3f} [0.989-1.012] at 96.9% (signed-rank p 0.84): within 0.98-1.02")
+
+
+def _commands(path: Path, logs: list[float], offsets: tuple[float, ...]) -> Path:
+    """One round per offset for each command's log quotient, each command's rounds numbered from 0."""
+    path.write_text("".join(
+        json.dumps({"round": r, "harness": {"median_ms": 50.0 * math.exp(q + d), "p10_ms": 49.0, "minor_faults_per_step": 1.0},
+                    "bare": {"median_ms": 50.0, "p10_ms": 49.0, "minor_faults_per_step": 1.0}}) + "\n"
+        for q in logs for r, d in enumerate(offsets)))
+    return path
+
+
+@pytest.mark.parametrize(("offsets", "differ"), [((-0.001, 0.0, 0.001), True), ((-0.05, 0.0, 0.03), False)])
+def test_summarize_says_whether_the_commands_differ_more_than_their_rounds(tmp_path, offsets, differ):
+    """The same six commands' quotients, their rounds close around them (the command is what
+    varies: a small permutation p, count commands) or spread far wider than the commands are
+    apart (rounds shuffled among commands spread the medians as much: no command effect)."""
+    out = _commands(tmp_path / "commands.jsonl", [-0.025, -0.015, -0.005, 0.005, 0.015, 0.025], offsets)
+    p = _overhead("--summarize", str(out))
+    assert p.returncode == 0, p.stderr
+    line = p.stdout.splitlines()[5]
+    head, _, verdict = line.partition(" (permutation p ")
+    assert head.startswith("command effect: the rounds shuffled among the commands 2000 times spread the commands' median "
+                           "quotients as widely or more in ")
+    as_wide = int(head.rsplit(" ", 1)[1])
+    assert float(verdict.split(")")[0]) == pytest.approx((as_wide + 1) / 2001, rel=0.01)
+    if differ:
+        assert as_wide < 100 and verdict.endswith("the commands differ more than their rounds: count commands, not rounds")
+    else:
+        assert as_wide >= 100 and verdict.endswith("no command effect shown: the paired rounds line counts them fairly")
 
 
 def test_summarize_names_a_garbled_line_and_a_missing_file(tmp_path):
