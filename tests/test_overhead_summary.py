@@ -43,6 +43,15 @@ def test_summarize_reprints_the_committed_150_rounds():
     ]
 
 
+def test_summarize_reprints_the_committed_20_h100_commands():
+    """The pooled summary that docs/results/2026-12-07-h100-overhead-20-commands/README.md and
+    docs/methodology.md quote, the permutation line's shuffles included, from the three calls' rounds."""
+    folder = REPO / "docs" / "results" / "2026-12-07-h100-overhead-20-commands"
+    p = _overhead("--summarize", *(str(folder / f"call{k}-F.jsonl") for k in (1, 2, 3)))
+    assert p.returncode == 0, p.stderr
+    assert p.stdout == (folder / "summary.txt").read_text()
+
+
 def test_summarize_pools_calls_as_one(tmp_path):
     lines = ROUNDS.read_text().splitlines(keepends=True)
     first, second = tmp_path / "call1.jsonl", tmp_path / "call2.jsonl"
