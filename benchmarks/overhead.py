@@ -258,16 +258,18 @@ def _side_json(side: tuple[float, float, float]) -> dict[str, float | None]:
     return {k: None if np.isnan(v) else v for k, v in zip(ROUND_KEYS, side)}
 
 
-Rounds = tuple[list[tuple[float, float, float]], list[tuple[float, float, float]], list[int]]
+Rounds = tuple[list[tuple[float, float, float]], list[tuple[float, float, float]], list[int], list[int]]
 
 
 def read_rounds(paths: list[str]) -> Rounds:
-    """Both sides' rounds from `--out` files, in order, and the command each came from (a command's
-    rounds are numbered from 0); a file that is not one raises ValueError naming the file and line."""
+    """Both sides' rounds from `--out` files, in order, the command each came from (a command's
+    rounds are numbered from 0) and the file that command began in (a call's rounds, usually);
+    a file that is not one raises ValueError naming the file and line."""
     harness: list[tuple[float, float, float]] = []
     bare: list[tuple[float, float, float]] = []
     commands: list[int] = []
-    for path in paths:
+    files: list[int] = []
+    for i, path in enumerate(paths):
         try:
             lines = Path(path).read_text().splitlines()
         except OSError as e:
@@ -283,9 +285,10 @@ def read_rounds(paths: list[str]) -> Rounds:
             harness.append(sides[0])
             bare.append(sides[1])
             commands.append(commands[-1] + first if commands else 0)
+            files.append(i if first or not files else files[-1])
     if not harness:
         raise ValueError(f"no rounds in {', '.join(paths)}")
-    return harness, bare, commands
+    return harness, bare, commands, files
 
 
 def _placed(lo: float, hi: float, level: float, units: str = "rounds") -> str:
@@ -308,14 +311,15 @@ def _paired(log_quotients: list[float], units: str) -> str:
 
 
 def summarize(harness: list[tuple[float, float, float]], bare: list[tuple[float, float, float]],
-              commands: list[int]) -> None:
+              commands: list[int], files: list[int]) -> None:
     """The ratio of the medians over rounds (of the runs' median and p10 step); the Hodges-Lehmann
     ratio of the runs' medians as two independent samples; then, as the rounds are pairs (run
     back to back, in alternating order), the paired one: per round harness / bare, the rounds
     where the harness was the slower, and the signed-rank Hodges-Lehmann ratio with its interval.
     Rounds of one command fork from the same two parents (the fork server, the bare loop's parent),
     whose state their children share, so where the rounds come from several commands it also reads
-    each command's median quotient as one value (docs/methodology.md, "Harness overhead")."""
+    each command's median quotient as one value, and tests whether the commands differ more than
+    their rounds (docs/methodology.md, "Harness overhead")."""
     for i, name in enumerate(("median", "p10")):
         h, b = float(np.median([x[i] for x in harness])), float(np.median([x[i] for x in bare]))
         print(f"runs' {name} per step, median over {len(harness)} rounds: harness {h:.3f} ms, bare {b:.3f} ms, "
@@ -326,13 +330,14 @@ def summarize(harness: list[tuple[float, float, float]], bare: list[tuple[float,
     ratio, (lo, hi) = float(np.exp(t.hl_shift)), (float(np.exp(t.hl_ci[0])), float(np.exp(t.hl_ci[1])))
     print(f"Hodges-Lehmann ratio of the runs' medians: {ratio:.3f} [{lo:.3f}-{hi:.3f}] at {t.hl_ci_level:.1%} "
           f"(Mann-Whitney p {t.p:.2g}): {_placed(lo, hi, t.hl_ci_level)}")
-    pairs = [(float(np.log(h[0] / b[0])), c) for h, b, c in zip(harness, bare, commands) if np.isfinite(h[0] / b[0])]
+    pairs = [(float(np.log(h[0] / b[0])), c, f) for h, b, c, f in zip(harness, bare, commands, files)
+             if np.isfinite(h[0] / b[0])]
     if len(pairs) < 2:
         return
-    per_round = np.array([q for q, _ in pairs])
+    per_round = np.array([q for q, _, _ in pairs])
     print(f"paired, per round: harness / bare {float(np.exp(np.median(per_round))):.3f} at the median, harness "
           f"slower in {int(np.sum(per_round > 0))} of {per_round.size}; {_paired(list(per_round), 'rounds')}")
-    per_command = [float(np.median([q for q, c in pairs if c == k])) for k in sorted({c for _, c in pairs})]
+    per_command = [float(np.median([q for q, c, _ in pairs if c == k])) for k in sorted({c for _, c, _ in pairs})]
     if len(per_command) < 2:
         return
     print(f"by command, each command's median quotient one value: {len(per_command)} commands, from "
@@ -344,24 +349,31 @@ def summarize(harness: list[tuple[float, float, float]], bare: list[tuple[float,
 SHUFFLES = 2000
 
 
-def _command_effect(pairs: list[tuple[float, int]]) -> str:
-    """Whether the commands' median log quotients spread more than groups of the same sizes drawn
-    from the rounds at random do (a permutation test, seeded, so a summary reprints alike): where
-    they do, a command's rounds share something (their fork parents) and the command is the unit
-    to count; where not, the paired rounds line counts them fairly."""
-    q = np.array([x for x, _ in pairs])
-    ends = np.cumsum(np.unique([c for _, c in pairs], return_counts=True)[1])[:-1]
+def _command_effect(pairs: list[tuple[float, int, int]]) -> str:
+    """Whether the commands' median log quotients spread more than they do when each file's rounds
+    fall among that file's commands at random (a permutation test within each file, so that a call
+    noisier than another does not pass for a command effect; seeded, so a summary reprints alike).
+    Where they do, a command's rounds share something and the command is the unit to count; where
+    the test shows nothing, few commands may be why, and the rounds are not shown independent."""
+    q = np.array([x for x, _, _ in pairs])
+
+    def sections(labels: list[int]) -> list[np.ndarray]:
+        return np.split(np.arange(q.size), np.cumsum(np.unique(labels, return_counts=True)[1])[:-1])
+
+    commands, files = sections([c for _, c, _ in pairs]), sections([f for _, _, f in pairs])
 
     def spread(values: np.ndarray) -> float:
-        return float(np.var([np.median(g) for g in np.split(values, ends)]))
+        return float(np.var([np.median(values[i]) for i in commands]))
 
     observed, rng = spread(q), np.random.default_rng(0)
-    as_wide = sum(spread(rng.permutation(q)) >= observed * (1 - 1e-9) for _ in range(SHUFFLES))
+    as_wide = sum(spread(np.concatenate([rng.permutation(q[i]) for i in files])) >= observed * (1 - 1e-9)
+                  for _ in range(SHUFFLES))
     p = (as_wide + 1) / (SHUFFLES + 1)
     verdict = ("the commands differ more than their rounds: count commands, not rounds" if p < ALPHA
-               else "no command effect shown: the paired rounds line counts them fairly")
-    return (f"command effect: the rounds shuffled among the commands {SHUFFLES} times spread the commands' median "
-            f"quotients as widely or more in {as_wide} (permutation p {p:.2g}): {verdict}")
+               else f"no command effect shown by {len(commands)} commands, which does not show the rounds "
+                    "independent: the by-command line is the cautious count")
+    return (f"command effect: each file's rounds shuffled among its commands {SHUFFLES} times spread the commands' "
+            f"median quotients as widely or more in {as_wide} (permutation p {p:.2g}): {verdict}")
 
 
 def _cpu_list(text: str) -> set[int]:
@@ -419,7 +431,7 @@ def main() -> int:
                 server.close()
     if sides is None:
         return 1
-    summarize(*sides, [0] * len(sides[0]))
+    summarize(*sides, [0] * len(sides[0]), [0] * len(sides[0]))
     return 0
 
 

@@ -82,24 +82,47 @@ def _commands(path: Path, logs: list[float], offsets: tuple[float, ...]) -> Path
     return path
 
 
+def _command_effect(*paths: Path) -> tuple[int, float, str]:
+    """The permutation line's count of shuffles as wide, its p and its verdict."""
+    p = _overhead("--summarize", *map(str, paths))
+    assert p.returncode == 0, p.stderr
+    head, _, tail = p.stdout.splitlines()[5].partition(" (permutation p ")
+    assert head.startswith("command effect: each file's rounds shuffled among its commands 2000 times spread the "
+                           "commands' median quotients as widely or more in ")
+    value, _, verdict = tail.partition("): ")
+    return int(head.rsplit(" ", 1)[1]), float(value), verdict
+
+
+DIFFER = "the commands differ more than their rounds: count commands, not rounds"
+
+
 @pytest.mark.parametrize(("offsets", "differ"), [((-0.001, 0.0, 0.001), True), ((-0.05, 0.0, 0.03), False)])
 def test_summarize_says_whether_the_commands_differ_more_than_their_rounds(tmp_path, offsets, differ):
     """The same six commands' quotients, their rounds close around them (the command is what
     varies: a small permutation p, count commands) or spread far wider than the commands are
-    apart (rounds shuffled among commands spread the medians as much: no command effect)."""
-    out = _commands(tmp_path / "commands.jsonl", [-0.025, -0.015, -0.005, 0.005, 0.015, 0.025], offsets)
-    p = _overhead("--summarize", str(out))
-    assert p.returncode == 0, p.stderr
-    line = p.stdout.splitlines()[5]
-    head, _, verdict = line.partition(" (permutation p ")
-    assert head.startswith("command effect: the rounds shuffled among the commands 2000 times spread the commands' median "
-                           "quotients as widely or more in ")
-    as_wide = int(head.rsplit(" ", 1)[1])
-    assert float(verdict.split(")")[0]) == pytest.approx((as_wide + 1) / 2001, rel=0.01)
+    apart (rounds shuffled among commands spread the medians as much: nothing shown)."""
+    as_wide, p, verdict = _command_effect(
+        _commands(tmp_path / "commands.jsonl", [-0.025, -0.015, -0.005, 0.005, 0.015, 0.025], offsets))
+    assert p == pytest.approx((as_wide + 1) / 2001, abs=0.0051)
     if differ:
-        assert as_wide < 100 and verdict.endswith("the commands differ more than their rounds: count commands, not rounds")
+        assert as_wide < 100 and verdict == DIFFER
     else:
-        assert as_wide >= 100 and verdict.endswith("no command effect shown: the paired rounds line counts them fairly")
+        assert as_wide >= 100 and verdict == ("no command effect shown by 6 commands, which does not show the rounds "
+                                              "independent: the by-command line is the cautious count")
+
+
+def test_the_permutation_shuffles_rounds_within_each_file_so_a_shift_between_calls_is_no_command_effect(tmp_path):
+    """Two calls whose commands are alike within each call (four of 3 rounds, three of 4) but whose
+    host shifted the quotient between them: in their two files the shift is not read as a command
+    effect; the same rounds in one file are, as nothing then says where one call ends."""
+    first = _commands(tmp_path / "call1.jsonl", [0.02] * 4, (-0.002, 0.0, 0.002))
+    second = _commands(tmp_path / "call2.jsonl", [-0.02] * 3, (-0.002, 0.0, 0.002, 0.001))
+    as_wide, _, verdict = _command_effect(first, second)
+    assert as_wide >= 100 and verdict.startswith("no command effect shown by 7 commands")
+    both = tmp_path / "both.jsonl"
+    both.write_text(first.read_text() + second.read_text())
+    as_wide, _, verdict = _command_effect(both)
+    assert as_wide < 100 and verdict == DIFFER
 
 
 def test_summarize_names_a_garbled_line_and_a_missing_file(tmp_path):
