@@ -349,28 +349,36 @@ def summarize(harness: list[tuple[float, float, float]], bare: list[tuple[float,
 SHUFFLES = 2000
 
 
-def _command_effect(pairs: list[tuple[float, int, int]]) -> str:
-    """Whether the commands' median log quotients spread more than they do when each file's rounds
-    fall among that file's commands at random (a permutation test within each file, so that a call
-    noisier than another does not pass for a command effect; seeded, so a summary reprints alike).
-    Where they do, a command's rounds share something and the command is the unit to count; where
-    the test shows nothing, few commands may be why, and the rounds are not shown independent."""
-    q = np.array([x for x, _, _ in pairs])
+def command_spread(values: np.ndarray, commands: list[int], files: list[int]) -> tuple[float, int, float]:
+    """The variance of the commands' medians of `values` (per round, in order), how many of SHUFFLES
+    shufflings of each file's rounds among that file's commands spread them as widely or more,
+    and the permutation p. Shuffling within each file keeps a call noisier than another from
+    passing for a command effect; the seed makes a summary reprint alike."""
 
     def sections(labels: list[int]) -> list[np.ndarray]:
-        return np.split(np.arange(q.size), np.cumsum(np.unique(labels, return_counts=True)[1])[:-1])
+        return np.split(np.arange(values.size), np.cumsum(np.unique(labels, return_counts=True)[1])[:-1])
 
-    commands, files = sections([c for _, c, _ in pairs]), sections([f for _, _, f in pairs])
+    by_command, by_file = sections(commands), sections(files)
 
-    def spread(values: np.ndarray) -> float:
-        return float(np.var([np.median(values[i]) for i in commands]))
+    def spread(x: np.ndarray) -> float:
+        return float(np.var([np.median(x[i]) for i in by_command]))
 
-    observed, rng = spread(q), np.random.default_rng(0)
-    as_wide = sum(spread(np.concatenate([rng.permutation(q[i]) for i in files])) >= observed * (1 - 1e-9)
+    observed, rng = spread(values), np.random.default_rng(0)
+    as_wide = sum(spread(np.concatenate([rng.permutation(values[i]) for i in by_file])) >= observed * (1 - 1e-9)
                   for _ in range(SHUFFLES))
-    p = (as_wide + 1) / (SHUFFLES + 1)
+    return observed, as_wide, (as_wide + 1) / (SHUFFLES + 1)
+
+
+def _command_effect(pairs: list[tuple[float, int, int]]) -> str:
+    """Whether the commands' median log quotients spread more than their rounds shuffled among
+    them do: where they do, a command's rounds share something and the command is the unit to
+    count; where the test shows nothing, few commands may be why, and the rounds are not shown
+    independent."""
+    _, as_wide, p = command_spread(np.array([q for q, _, _ in pairs]), [c for _, c, _ in pairs],
+                                   [f for _, _, f in pairs])
+    n = len({c for _, c, _ in pairs})
     verdict = ("the commands differ more than their rounds: count commands, not rounds" if p < ALPHA
-               else f"no command effect shown by {len(commands)} commands, which does not show the rounds "
+               else f"no command effect shown by {n} commands, which does not show the rounds "
                     "independent: the by-command line is the cautious count")
     return (f"command effect: each file's rounds shuffled among its commands {SHUFFLES} times spread the commands' "
             f"median quotients as widely or more in {as_wide} (permutation p {p:.2g}): {verdict}")
