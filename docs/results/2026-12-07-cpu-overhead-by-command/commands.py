@@ -1,36 +1,24 @@
-"""Per-round spread and a permutation test of a per-command effect over rounds.jsonl: whether
-the commands' median quotients (harness / bare) spread more than random groups of 10 rounds would.
-`python3 commands.py [--skip K]` leaves out command K (0-based)."""
-import json
-import math
-import random
+"""Per-round spread and the permutation test of a per-command effect (`benchmarks/overhead.py`'s
+`command_spread`, the test `--summarize` runs) over rounds.jsonl: whether the commands' median
+quotients (harness / bare) spread more than the rounds shuffled among the commands would.
+`uv run python commands.py [--skip K]` leaves out command K (0-based)."""
 import statistics as st
 import sys
 from pathlib import Path
 
-rows = [json.loads(line) for line in (Path(__file__).parent / "rounds.jsonl").read_text().splitlines()]
-commands = []
-for r in rows:
-    commands.append(commands[-1] + (r["round"] == 0) if commands else 0)
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parents[2] / "benchmarks"))
+from overhead import SHUFFLES, command_spread, read_rounds  # noqa: E402
+
+harness, bare, commands, files = read_rounds([str(HERE / "rounds.jsonl")])
 skip = int(sys.argv[2]) if sys.argv[1:2] == ["--skip"] else None
-kept = [(r, k) for r, k in zip(rows, commands) if k != skip]
-q = [math.log(r["harness"]["median_ms"] / r["bare"]["median_ms"]) for r, _ in kept]
-ks = [k for _, k in kept]
-for side in ("harness", "bare"):
-    ms = [r[side]["median_ms"] for r, _ in kept]
-    print(f"{side}: runs' medians {min(ms):.3f}-{max(ms):.3f} ms")
-print(f"{len(q)} rounds in {len(set(ks))} commands; sd of the per-round log quotient {st.stdev(q):.4f}")
-
-
-def spread(labels):
-    return st.pvariance([st.median([x for x, k in zip(q, labels) if k == j]) for j in sorted(set(labels))])
-
-
-observed = spread(ks)
-random.seed(0)
-shuffled = ks[:]
-higher = 0
-for _ in range(2000):
-    random.shuffle(shuffled)
-    higher += spread(shuffled) >= observed
-print(f"variance of the commands' median log quotients {observed:.3g}; permutation p {(higher + 1) / 2001:.3f} (2000 shuffles)")
+kept = [i for i, k in enumerate(commands) if k != skip]
+for name, side in (("harness", harness), ("bare", bare)):
+    ms = [side[i][0] for i in kept]
+    print(f"{name}: runs' medians {min(ms):.3f}-{max(ms):.3f} ms")
+q = np.log([harness[i][0] / bare[i][0] for i in kept])
+print(f"{len(q)} rounds in {len({commands[i] for i in kept})} commands; sd of the per-round log quotient {st.stdev(q):.4f}")
+variance, _, p = command_spread(q, [commands[i] for i in kept], [files[i] for i in kept])
+print(f"variance of the commands' median log quotients {variance:.3g}; permutation p {p:.3f} ({SHUFFLES} shuffles)")
