@@ -2,7 +2,7 @@
 versus a bare in-process loop over the same backend code, same env, same weights and inputs.
 
     uv run python benchmarks/overhead.py [--matrix examples/quick.toml] [--cell ID] [--rounds 3]
-        [--worker-start spawn|forkserver] [--bare-start spawn|fork|fork-session] [--cpus 2-5]
+        [--worker-start spawn|forkserver] [--bare-start spawn|fork|fork-session|forkserver] [--cpus 2-5]
 
 On a GPU host, with the preinstalled torch:
 
@@ -13,7 +13,10 @@ Rounds alternate which goes first, so slow drifts of the host hit both alike. `-
 forks each bare loop from a process that made the fork server's imports and nothing else: with
 `--worker-start forkserver` both sides then start forked, and what differs is only the harness
 (its worker's new session, lifeline thread and protocol); `--bare-start fork-session` also gives
-each bare loop a new session, which leaves the lifeline thread and the protocol. `--cpus` pins this
+each bare loop a new session, which leaves the lifeline thread and the protocol; `--bare-start
+forkserver` forks the bare loop from the harness's own fork server, so that both sides are children
+of one parent and share whatever state it hands its children; `--bare-lifeline` starts the worker's
+lifeline thread in the bare loop too. `--cpus` pins this
 process, and so both sides (the harness's worker and fork server, the bare loop), to the same
 CPUs: where fresh processes land on the host's cores changes a launch-bound GPU cell's speed, a
 nuisance both sides then share (docs/methodology.md, "Harness overhead"). Prints each
@@ -80,6 +83,9 @@ from workers.backends.base import LoadSpec
 from workers.contract.inputs import pinned_inputs
 from workers.contract.presets import UNetArch
 a = json.loads(sys.argv[1])
+if a.get("lifeline"):
+    from workers.contract.lifeline import exit_with_parent
+    exit_with_parent()
 inp = pinned_inputs(a["resolution"], batch=a["batch"], seed=a["seed"], timestep=a["timestep"])
 model = backend_module(a["cell"]["backend"]).load(
     LoadSpec(cell=a["cell"], arch=UNetArch.from_dict(a["arch"]), model_path=a["path"], inputs=inp))
@@ -177,13 +183,7 @@ class BareForks:
         lines = []
         while (line := self.stdout.readline()) and not line.startswith("exit "):
             lines.append(line)
-        if line == f"exit {-signal.SIGALRM}\n":
-            print(f"forked bare loop timed out after {timeout_s:g} s", file=sys.stderr)
-            return None
-        if line != "exit 0\n" or not lines:
-            print(f"forked bare loop failed ({line.strip() or 'its parent exited'}): {self._tail()}", file=sys.stderr)
-            return None
-        return json.loads(lines[-1])
+        return _bare_output(int(line.split()[1]) if line else None, lines, timeout_s, self)
 
     def _tail(self) -> str:
         return " | ".join(self.log.read_text(errors="replace").splitlines()[-5:])
@@ -196,6 +196,76 @@ class BareForks:
             self.proc.kill()
             self.proc.wait()
         self.stdout.close()
+
+
+# With --bare-start forkserver: the harness's fork server (workers/forkserver.py, as `python -m workers
+# --forkserver` runs it) whose children run the bare loop when the fork request's argv is
+# ["bare", TIMEOUT_S, ARGUMENTS], and the worker otherwise: both sides are then children of one parent.
+SHARED_SERVER = """
+import argparse, math, signal, sys
+from workers.forkserver import serve_forks
+from workers.serve import serve
+p = argparse.ArgumentParser()
+p.add_argument("--forkserver")
+p.add_argument("--env-name", default="")
+p.add_argument("--preload", nargs="*", default=[])
+a = p.parse_args(sys.argv[2:])
+loop = compile(sys.argv[1], "<bare loop>", "exec")
+def run():
+    if sys.argv[0] != "bare":
+        return serve(a.env_name)
+    signal.alarm(math.ceil(float(sys.argv[1])))
+    sys.argv = ["-c", sys.argv[2]]
+    exec(loop, {"__name__": "__main__"})
+    sys.stdout.flush()
+    return 0
+raise SystemExit(serve_forks(a.forkserver, ["workers.serve", *a.preload], run))
+"""
+
+
+class SharedServer(ForkServer):
+    """The harness's fork server, whose children can also be the bare loop (SHARED_SERVER): what
+    a parent hands its children (its address layout, heap, the state of its imports) is then the
+    same on both sides, and only what the harness's worker does differs."""
+
+    def command(self) -> list[str]:
+        server = super().command()
+        return [server[0], "-c", SHARED_SERVER, BARE, *server[server.index("--forkserver"):]]
+
+
+class BareFromServer:
+    """The bare loop forked by the harness's own fork server (a SharedServer), in a new session as
+    the worker is."""
+
+    def __init__(self, server: SharedServer, env, log: Path):
+        self.server, self.env, self.log = server, env, log
+
+    def run(self, bare_args: str, timeout_s: float) -> dict | None:
+        """One bare loop's output line, or None (the reason printed)."""
+        with open(self.log, "ab") as log:
+            child = self.server.fork(["bare", str(timeout_s), bare_args], self.env.worker_environ(), log, timeout_s)
+        child.stdin.close()
+        lines = child.stdout.read().decode(errors="replace").splitlines()
+        child.stdout.close()
+        return _bare_output(child.wait(), lines, timeout_s, self)
+
+    def _tail(self) -> str:
+        return " | ".join(self.log.read_text(errors="replace").splitlines()[-5:])
+
+    def close(self) -> None:
+        """The server is closed with the harness's (FORKSERVER)."""
+
+
+def _bare_output(code: int | None, lines: list[str], timeout_s: float, parent: BareForks | BareFromServer) -> dict | None:
+    """A forked bare loop's result from its exit code and output lines, or None (the reason printed)."""
+    if code == -signal.SIGALRM:
+        print(f"forked bare loop timed out after {timeout_s:g} s", file=sys.stderr)
+        return None
+    if code != 0 or not lines:
+        print(f"forked bare loop failed ({'its parent exited' if code is None else f'exit {code}'}): {parent._tail()}",
+              file=sys.stderr)
+        return None
+    return json.loads(lines[-1])
 
 
 FORKSERVER: list[ForkServer] = []  # with --worker-start forkserver: the harness's workers are forked from it
@@ -212,7 +282,7 @@ def _harness(env, setup, bare_args, log, timeout_s) -> tuple[float, float, float
     return float(np.median(lat_ms)), float(np.percentile(lat_ms, 10)), np.nan if faults is None else faults
 
 
-BARE_FORK_PARENT: list[BareForks] = []  # with --bare-start fork or fork-session: the bare loops are forked from it
+BARE_FORK_PARENT: list[BareForks | BareFromServer] = []  # with --bare-start fork, fork-session or forkserver: the bare loops' parent
 
 
 def _bare(env, setup, bare_args, log, timeout_s) -> tuple[float, float, float] | None:
@@ -400,10 +470,14 @@ def main() -> int:
     p.add_argument("--env", action="append", default=[], metavar="NAME=PYTHON", help="use an existing interpreter for env NAME")
     p.add_argument("--worker-start", choices=("spawn", "forkserver"), default="spawn",
                    help="how the harness's worker starts (sessions on Linux fork it from the env's fork server)")
-    p.add_argument("--bare-start", choices=("spawn", "fork", "fork-session"), default="spawn",
+    p.add_argument("--bare-start", choices=("spawn", "fork", "fork-session", "forkserver"), default="spawn",
                    help="how the bare loop's process starts: spawned, as a user's own loop is, or forked after the "
                         "fork server's imports (a forked start without the harness), in this process's session or "
-                        "in a new one as the harness's worker is")
+                        "in a new one as the harness's worker is, or forked by the harness's own fork server "
+                        "(with --worker-start forkserver: both sides children of one parent)")
+    p.add_argument("--bare-lifeline", action="store_true",
+                   help="the bare loop starts the worker's lifeline thread before it loads, as the worker does "
+                        "(a thread that wakes every 0.2 s), to tell that thread's cost from the rest of the harness")
     p.add_argument("--cpus", type=_cpu_list, default=None, metavar="LIST",
                    help="pin both sides to these CPUs (as taskset -c: 2-5 or 0,2,4)")
     p.add_argument("--out", metavar="FILE", default=None, help="append each round to this JSON-lines file")
@@ -417,6 +491,10 @@ def main() -> int:
             print(f"error: {e}", file=sys.stderr)
             return 2
         return 0
+    if args.bare_start == "forkserver" and args.worker_start != "forkserver":
+        print("error: --bare-start forkserver forks the bare loop from the harness's fork server: it needs "
+              "--worker-start forkserver", file=sys.stderr)
+        return 2
     if args.out:
         try:
             open(args.out, "a").close()
@@ -427,7 +505,7 @@ def main() -> int:
         os.sched_setaffinity(0, args.cpus)
         print(f"pinned to CPUs {sorted(os.sched_getaffinity(0))}", flush=True)
     m, cell, env, setup, bare_spec = prepare(Path(args.matrix), args.cell, args.env)
-    bare_args = json.dumps(bare_spec)
+    bare_args = json.dumps({**bare_spec, "lifeline": args.bare_lifeline})
     with scratch.temporary("overhead") as folder:  # the worker's log, removed after
         try:
             sides = measure_rounds(args, m, cell, env, setup, bare_args, folder / "worker.log")
@@ -447,9 +525,13 @@ def measure_rounds(args, m, cell, env, setup, bare_args, log: Path):
     """`--rounds` rounds, each written to `--out` as it ends: both sides' (median, p10, faults per
     step), or None once a side failed (its reason printed; the rounds before it are in `--out`)."""
     if args.worker_start == "forkserver":
-        FORKSERVER.append(ForkServer(env, list(BACKENDS[cell.backend].preload), log.with_name("forkserver.log")))
-        print(f"fork server ready, imports took {FORKSERVER[0].start().import_s:.1f} s", flush=True)
-    if args.bare_start != "spawn":
+        kind = SharedServer if args.bare_start == "forkserver" else ForkServer
+        server = kind(env, list(BACKENDS[cell.backend].preload), log.with_name("forkserver.log"))
+        FORKSERVER.append(server)
+        print(f"fork server ready, imports took {server.start().import_s:.1f} s", flush=True)
+        if isinstance(server, SharedServer):
+            BARE_FORK_PARENT.append(BareFromServer(server, env, log.with_name("bare-forks.log")))
+    if args.bare_start in ("fork", "fork-session"):
         BARE_FORK_PARENT.append(BareForks(env, args.bare_start, list(BACKENDS[cell.backend].preload),
                                           log.with_name("bare-forks.log")))
         print("bare loop's fork parent ready", flush=True)
@@ -471,7 +553,8 @@ def measure_rounds(args, m, cell, env, setup, bare_args, log: Path):
               f"(p10 {bare[-1][1]:.3f}, {bare[-1][2]:.0f} faults/step) ({time.monotonic() - t0:.0f} s)", flush=True)
         if args.out:
             with open(args.out, "a") as f:
-                f.write(json.dumps({"cell": cell.id, "worker_start": args.worker_start, "bare_start": args.bare_start, "round": r,
+                f.write(json.dumps({"cell": cell.id, "worker_start": args.worker_start, "bare_start": args.bare_start,
+                                    "bare_lifeline": args.bare_lifeline, "round": r,
                                     "harness": _side_json(harness[-1]), "bare": _side_json(bare[-1])}) + "\n")
     return harness, bare
 

@@ -1,7 +1,8 @@
 """`benchmarks/overhead.py --summarize` reprints a committed call's summary from its rounds and
 pools calls, a bad file or `--out` path is one line, not a traceback after minutes of rounds,
 real rounds land in `--out` and leave no temp files, `--bare-start fork-session` gives the bare
-loop a new session, and a bare loop that hangs is ended at the run's timeout."""
+loop a new session, `--bare-start forkserver` makes it a child of the harness's own fork server, and
+a bare loop that hangs is ended at the run's timeout."""
 
 import importlib.util
 import itertools
@@ -135,17 +136,23 @@ def test_summarize_names_a_garbled_line_and_a_missing_file(tmp_path):
     assert (p.returncode, p.stderr) == (2, f"error: {tmp_path / 'absent.jsonl'}: No such file or directory\n")
 
 
+def test_a_bare_loop_from_the_fork_server_without_one_is_refused_in_one_line():
+    p = _overhead("--bare-start", "forkserver", "--rounds", "1")
+    assert (p.returncode, p.stdout, p.stderr) == (2, "", "error: --bare-start forkserver forks the bare loop from the "
+                                                  "harness's fork server: it needs --worker-start forkserver\n")
+
+
 def test_an_unwritable_out_is_refused_before_any_round(tmp_path):
     target = tmp_path / "no-such-folder" / "rounds.jsonl"
     p = _overhead("--rounds", "1", "--out", str(target))
     assert (p.returncode, p.stdout, p.stderr) == (2, "", f"error: --out {target}: No such file or directory\n")
 
 
-@pytest.mark.parametrize("bare_start", ["spawn", "fork", "fork-session"])
+@pytest.mark.parametrize("bare_start", ["spawn", "fork", "fork-session", "forkserver"])
 def test_rounds_through_a_fork_server_are_written_summarized_and_leave_no_temp_files(diffusers_python, tmp_path, request,
                                                                                      bare_start):
     """Two real rounds of the small 64 px cell, the bare loop spawned or forked (in this session or a
-    new one): each round's line in --out, the summary of exactly those rounds, and nothing of ours
+    new one, or by the harness's fork server): each round's line in --out, the summary of exactly those rounds, and nothing of ours
     left in the temp folder (the worker's log, the fork server's socket)."""
     tmp, out = Path(tempfile.mkdtemp(prefix="t")), tmp_path / "rounds.jsonl"  # short: the fork server's socket is in it
     request.addfinalizer(lambda: shutil.rmtree(tmp, ignore_errors=True))
@@ -172,6 +179,7 @@ class _ThisPython:
     """A stand-in for a worker env: this interpreter, with the repository importable."""
 
     python = Path(sys.executable)
+    name = "this"
 
     @staticmethod
     def worker_environ() -> dict[str, str]:
@@ -197,11 +205,38 @@ def test_fork_session_forks_the_bare_loop_into_a_new_session_and_fork_does_not(m
         parent.close()
 
 
-@pytest.mark.parametrize("bare_start", ["spawn", "fork", "fork-session"])
-def test_a_bare_loop_that_hangs_is_ended_at_the_runs_timeout_in_one_line(monkeypatch, capsys, tmp_path, bare_start):
+def _shared_server(overhead, request, monkeypatch, log: Path):
+    """A SharedServer of this interpreter, started with its socket in a short temp folder."""
+    tmp = Path(tempfile.mkdtemp(prefix="t"))
+    request.addfinalizer(lambda: shutil.rmtree(tmp, ignore_errors=True))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp))
+    server = overhead.SharedServer(_ThisPython, [], log)
+    request.addfinalizer(server.close)
+    server.start()
+    return server
+
+
+def test_the_shared_server_forks_the_bare_loop_as_its_own_child_in_a_new_session(monkeypatch, tmp_path, request):
+    """`--bare-start forkserver`: the bare loop is a child of the very server that forks the
+    harness's workers, a session leader as they are."""
+    overhead = _overhead_module()
+    monkeypatch.setattr(overhead, "BARE", "import json, os\nprint(json.dumps({'parent': os.getppid(), "
+                                          "'leader': os.getsid(0) == os.getpid()}))")
+    server = _shared_server(overhead, request, monkeypatch, tmp_path / "forkserver.log")
+    bare = overhead.BareFromServer(server, _ThisPython, tmp_path / "bare-forks.log")
+    assert bare.run("{}", 30.0) == {"parent": server.ready.pid, "leader": True}
+    assert bare.run("{}", 30.0) == {"parent": server.ready.pid, "leader": True}  # the server forks on
+
+
+@pytest.mark.parametrize("bare_start", ["spawn", "fork", "fork-session", "forkserver"])
+def test_a_bare_loop_that_hangs_is_ended_at_the_runs_timeout_in_one_line(monkeypatch, capsys, tmp_path, request,
+                                                                         bare_start):
     overhead = _overhead_module()
     monkeypatch.setattr(overhead, "BARE", "import time\ntime.sleep(60)")
-    if bare_start != "spawn":
+    if bare_start == "forkserver":
+        server = _shared_server(overhead, request, monkeypatch, tmp_path / "forkserver.log")
+        overhead.BARE_FORK_PARENT.append(overhead.BareFromServer(server, _ThisPython, tmp_path / "bare-forks.log"))
+    elif bare_start != "spawn":
         overhead.BARE_FORK_PARENT.append(overhead.BareForks(_ThisPython, bare_start, [], tmp_path / "bare-forks.log"))
     try:
         assert overhead._bare(_ThisPython, None, "{}", tmp_path / "worker.log", 1.0) is None

@@ -95,11 +95,9 @@ class ForkServer:
             raise ForkServerError(f"the fork server's socket path in the temp dir would be {length} bytes, over the "
                                   f"{SOCKET_PATH_MAX} a Unix socket's may have here: set TMPDIR to a shorter folder")
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        command = [str(self.env.python), "-m", "workers", "--forkserver", self._socket, "--env-name", self.env.name,
-                   "--preload", *self.preload]
         with open(self.log_path, "ab") as log:
             try:
-                self._proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log,
+                self._proc = subprocess.Popen(self.command(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log,
                                               start_new_session=True, env=self.env.worker_environ())
             except OSError as e:
                 raise ForkServerError(f"cannot start the fork server ({self.env.python}): {e.strerror or e}") from None
@@ -131,6 +129,12 @@ class ForkServer:
             reader.close()
             self.waited_s = time.monotonic() - t0
         return self.ready
+
+    def command(self) -> list[str]:
+        """The server's command line (benchmarks/overhead.py starts one whose children may also be
+        its bare loop, to compare the two as children of one parent)."""
+        return [str(self.env.python), "-m", "workers", "--forkserver", self._socket, "--env-name", self.env.name,
+                "--preload", *self.preload]
 
     @property
     def _socket(self) -> str:
