@@ -53,6 +53,19 @@ def test_summarize_reprints_the_committed_20_h100_commands():
     assert p.stdout == (folder / "summary.txt").read_text()
 
 
+@pytest.mark.parametrize("call, variants", [(1, "HL"), (2, "H")])
+def test_summarize_reprints_the_committed_shared_parent_calls(call, variants):
+    """What each call of docs/results/2026-12-07-h200-overhead-shared-parent printed at its end
+    (run.sh's `== V` and the summary of variant V's rounds), which its README quotes."""
+    folder = REPO / "docs" / "results" / "2026-12-07-h200-overhead-shared-parent"
+    printed = ""
+    for v in variants:
+        p = _overhead("--summarize", str(folder / f"call{call}-{v}.jsonl"))
+        assert p.returncode == 0, p.stderr
+        printed += f"== {v}\n{p.stdout}"
+    assert printed == (folder / f"summary-call{call}.txt").read_text()
+
+
 def test_summarize_pools_calls_as_one(tmp_path):
     lines = ROUNDS.read_text().splitlines(keepends=True)
     first, second = tmp_path / "call1.jsonl", tmp_path / "call2.jsonl"
