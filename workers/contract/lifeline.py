@@ -32,7 +32,9 @@ def _wait_for_parent_exit(parent: int, period_s: float = PERIOD_S) -> None:
         try:
             # Still our parent after the open: the fd is that process's, and its exit wakes it.
             if not parent_gone(parent):
-                select.select([fd], [], [])
+                waiter = select.poll()  # not select(), which takes no fd past 1023
+                waiter.register(fd, select.POLLIN)
+                waiter.poll()
         finally:
             os.close(fd)
     while not parent_gone(parent):
