@@ -171,7 +171,7 @@ class BareForks:
         self.stdin, self.stdout = self.proc.stdin, self.proc.stdout
         if self.stdout.readline() != "ready\n":
             self.close()
-            raise BareForksError(f"the bare loop's fork parent exited before it was ready (its log: {self._tail()})")
+            raise BareForksError(f"the bare loop's fork parent exited before it was ready (its log: {_tail(self.log)})")
 
     def run(self, bare_args: str, timeout_s: float) -> dict | None:
         """One forked bare loop's output line, or None (the reason printed)."""
@@ -183,10 +183,7 @@ class BareForks:
         lines = []
         while (line := self.stdout.readline()) and not line.startswith("exit "):
             lines.append(line)
-        return _bare_output(int(line.split()[1]) if line else None, lines, timeout_s, self)
-
-    def _tail(self) -> str:
-        return " | ".join(self.log.read_text(errors="replace").splitlines()[-5:])
+        return _bare_output(int(line.split()[1]) if line else None, lines, timeout_s, self.log)
 
     def close(self) -> None:
         self.stdin.close()
@@ -247,22 +244,24 @@ class BareFromServer:
         child.stdin.close()
         lines = child.stdout.read().decode(errors="replace").splitlines()
         child.stdout.close()
-        return _bare_output(child.wait(), lines, timeout_s, self)
-
-    def _tail(self) -> str:
-        return " | ".join(self.log.read_text(errors="replace").splitlines()[-5:])
+        return _bare_output(child.wait(), lines, timeout_s, self.log)
 
     def close(self) -> None:
         """The server is closed with the harness's (FORKSERVER)."""
 
 
-def _bare_output(code: int | None, lines: list[str], timeout_s: float, parent: BareForks | BareFromServer) -> dict | None:
-    """A forked bare loop's result from its exit code and output lines, or None (the reason printed)."""
+def _tail(log: Path) -> str:
+    return " | ".join(log.read_text(errors="replace").splitlines()[-5:])
+
+
+def _bare_output(code: int | None, lines: list[str], timeout_s: float, log: Path) -> dict | None:
+    """A forked bare loop's result from its exit code and output lines, or None (the reason and the
+    end of its log printed)."""
     if code == -signal.SIGALRM:
         print(f"forked bare loop timed out after {timeout_s:g} s", file=sys.stderr)
         return None
     if code != 0 or not lines:
-        print(f"forked bare loop failed ({'its parent exited' if code is None else f'exit {code}'}): {parent._tail()}",
+        print(f"forked bare loop failed ({'its parent exited' if code is None else f'exit {code}'}): {_tail(log)}",
               file=sys.stderr)
         return None
     return json.loads(lines[-1])
