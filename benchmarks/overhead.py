@@ -53,8 +53,10 @@ says whether the commands differ more than their rounds (a permutation test).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -195,28 +197,27 @@ class BareForks:
         self.stdout.close()
 
 
-# With --bare-start forkserver: the harness's fork server (workers/forkserver.py, as `python -m workers
-# --forkserver` runs it) whose children run the bare loop when the fork request's argv is
-# ["bare", TIMEOUT_S, ARGUMENTS], and the worker otherwise: both sides are then children of one parent.
+# With --bare-start forkserver: the harness's fork server, `python -m workers --forkserver` itself
+# (workers/cli.py's main, given the server's arguments), with its children's `serve` wrapped: a
+# child whose fork request's argv is ["bare", TIMEOUT_S, ARGUMENTS] runs the bare loop instead of the
+# worker, so both sides are children of one parent. A bare child still running after TIMEOUT_S gets
+# SIGALRM, whose default ends it.
 SHARED_SERVER = """
-import argparse, math, signal, sys
-from workers.forkserver import serve_forks
-from workers.serve import serve
-p = argparse.ArgumentParser()
-p.add_argument("--forkserver")
-p.add_argument("--env-name", default="")
-p.add_argument("--preload", nargs="*", default=[])
-a = p.parse_args(sys.argv[2:])
+import math, signal, sys
+import workers.serve
+from workers.cli import main
 loop = compile(sys.argv[1], "<bare loop>", "exec")
-def run():
+worker = workers.serve.serve
+def serve_or_bare(env_name):
     if sys.argv[0] != "bare":
-        return serve(a.env_name)
+        return worker(env_name)
     signal.alarm(math.ceil(float(sys.argv[1])))
     sys.argv = ["-c", sys.argv[2]]
     exec(loop, {"__name__": "__main__"})
     sys.stdout.flush()
     return 0
-raise SystemExit(serve_forks(a.forkserver, ["workers.serve", *a.preload], run))
+workers.serve.serve = serve_or_bare
+raise SystemExit(main(sys.argv[2:]))
 """
 
 
@@ -230,6 +231,9 @@ class SharedServer(ForkServer):
         return [server[0], "-c", SHARED_SERVER, BARE, *server[server.index("--forkserver"):]]
 
 
+BARE_GRACE_S = 30.0  # past a forked bare loop's timeout, for it to exit and its output to close
+
+
 class BareFromServer:
     """The bare loop forked by the harness's own fork server (a SharedServer), in a new session as
     the worker is."""
@@ -238,13 +242,31 @@ class BareFromServer:
         self.server, self.env, self.log = server, env, log
 
     def run(self, bare_args: str, timeout_s: float) -> dict | None:
-        """One bare loop's output line, or None (the reason printed)."""
+        """One bare loop's output line, or None (the reason printed). Its SIGALRM ends it at
+        `timeout_s`; a process it started that still holds its stdout (or a loop that caught the
+        alarm) is ended with its process group at the grace period after that."""
         with open(self.log, "ab") as log:
             child = self.server.fork(["bare", str(timeout_s), bare_args], self.env.worker_environ(), log, timeout_s)
         child.stdin.close()
-        lines = child.stdout.read().decode(errors="replace").splitlines()
-        child.stdout.close()
-        return _bare_output(child.wait(), lines, timeout_s, self.log)
+        out, deadline = b"", time.monotonic() + timeout_s + BARE_GRACE_S
+        try:
+            while (left := deadline - time.monotonic()) > 0 and select.select([child.stdout], [], [], left)[0]:
+                if not (chunk := os.read(child.stdout.fileno(), 1 << 16)):
+                    break
+                out += chunk
+            else:
+                print(f"forked bare loop timed out after {timeout_s:g} s", file=sys.stderr)
+                return None
+            code = child.wait(BARE_GRACE_S)
+        except subprocess.TimeoutExpired:
+            print(f"forked bare loop timed out after {timeout_s:g} s", file=sys.stderr)
+            return None
+        finally:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(child.pid, signal.SIGKILL)
+            child.stdout.close()
+        lines = out.decode(errors="replace").splitlines()
+        return _bare_output(None if child.server_died else code, lines, timeout_s, self.log)
 
     def close(self) -> None:
         """The server is closed with the harness's (FORKSERVER)."""
@@ -475,8 +497,8 @@ def main() -> int:
                         "in a new one as the harness's worker is, or forked by the harness's own fork server "
                         "(with --worker-start forkserver: both sides children of one parent)")
     p.add_argument("--bare-lifeline", action="store_true",
-                   help="the bare loop starts the worker's lifeline thread before it loads, as the worker does "
-                        "(a thread that wakes every 0.2 s), to tell that thread's cost from the rest of the harness")
+                   help="the bare loop starts the worker's lifeline thread before it loads, as the worker does, to "
+                        "tell that thread's cost from the rest of the harness")
     p.add_argument("--cpus", type=_cpu_list, default=None, metavar="LIST",
                    help="pin both sides to these CPUs (as taskset -c: 2-5 or 0,2,4)")
     p.add_argument("--out", metavar="FILE", default=None, help="append each round to this JSON-lines file")

@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -165,18 +166,20 @@ def test_an_unwritable_out_is_refused_before_any_round(tmp_path):
 def test_rounds_through_a_fork_server_are_written_summarized_and_leave_no_temp_files(diffusers_python, tmp_path, request,
                                                                                      bare_start):
     """Two real rounds of the small 64 px cell, the bare loop spawned or forked (in this session or a
-    new one, or by the harness's fork server): each round's line in --out, the summary of exactly those rounds, and nothing of ours
-    left in the temp folder (the worker's log, the fork server's socket)."""
+    new one, or by the harness's fork server, there with the lifeline thread): each round's line in
+    --out, the summary of exactly those rounds, and nothing of ours left in the temp folder (the
+    worker's log, the fork server's socket)."""
     tmp, out = Path(tempfile.mkdtemp(prefix="t")), tmp_path / "rounds.jsonl"  # short: the fork server's socket is in it
     request.addfinalizer(lambda: shutil.rmtree(tmp, ignore_errors=True))
     p = subprocess.run([sys.executable, str(SCRIPT), "--matrix", str(REPO / "tests" / "fixtures" / "matrices" / "coreml-tiny.toml"),
                         "--cell", "diffusers-cpu-fp32", "--rounds", "2", "--worker-start", "forkserver", "--bare-start", bare_start,
-                        "--out", str(out)],
+                        *(["--bare-lifeline"] if bare_start == "forkserver" else []), "--out", str(out)],
                        capture_output=True, text=True, timeout=600, env={**os.environ, "TMPDIR": str(tmp)})
     assert p.returncode == 0, p.stderr[-3000:]
     rows = [json.loads(line) for line in out.read_text().splitlines()]
-    assert [(r["round"], r["worker_start"], r["bare_start"], r["cell"]) for r in rows] == [
-        (0, "forkserver", bare_start, "diffusers-cpu-fp32"), (1, "forkserver", bare_start, "diffusers-cpu-fp32")]
+    lifeline = bare_start == "forkserver"  # that case also gives the bare loop the lifeline thread
+    assert [(r["round"], r["worker_start"], r["bare_start"], r["bare_lifeline"], r["cell"]) for r in rows] == [
+        (k, "forkserver", bare_start, lifeline, "diffusers-cpu-fp32") for k in (0, 1)]
     assert (f"bare loop ({bare_start})" in p.stdout) == (bare_start != "spawn")
     assert all(r[side]["median_ms"] > 0 for r in rows for side in ("harness", "bare"))
     summary = p.stdout.splitlines()[-4:]
@@ -239,6 +242,45 @@ def test_the_shared_server_forks_the_bare_loop_as_its_own_child_in_a_new_session
     bare = overhead.BareFromServer(server, _ThisPython, tmp_path / "bare-forks.log")
     assert bare.run("{}", 30.0) == {"parent": server.ready.pid, "leader": True}
     assert bare.run("{}", 30.0) == {"parent": server.ready.pid, "leader": True}  # the server forks on
+
+
+def test_a_bare_loop_whose_child_holds_its_output_is_ended_with_that_child_in_one_line(monkeypatch, capsys, tmp_path,
+                                                                                       request):
+    """A process the bare loop started keeps its stdout open after the loop has exited: the
+    loop's reader gives up at the timeout's grace period and ends the loop's process group."""
+    overhead = _overhead_module()
+    monkeypatch.setattr(overhead, "BARE", "import subprocess, sys\n"
+                                          "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'])\n"
+                                          "open(sys.argv[1], 'w').write(str(p.pid))\nprint('{}')")
+    monkeypatch.setattr(overhead, "BARE_GRACE_S", 1.0)
+    server = _shared_server(overhead, request, monkeypatch, tmp_path / "forkserver.log")
+    bare = overhead.BareFromServer(server, _ThisPython, tmp_path / "bare-forks.log")
+    assert bare.run(str(tmp_path / "child.pid"), 1.0) is None
+    assert capsys.readouterr().err == "forked bare loop timed out after 1 s\n"
+    child = int((tmp_path / "child.pid").read_text())
+    deadline = time.monotonic() + 30  # a hang detector: SIGKILL ends it at once
+    while _alive(child):
+        assert time.monotonic() < deadline, f"the bare loop's child {child} outlived it"
+        time.sleep(0.05)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return not any(line.startswith("State:") and "Z" in line.split()[1] for line in f)
+    except FileNotFoundError:
+        return False
+
+
+def test_a_bare_loop_whose_fork_server_died_is_a_failed_round_in_one_line(monkeypatch, capsys, tmp_path, request):
+    overhead = _overhead_module()
+    monkeypatch.setattr(overhead, "BARE", "import os, signal\nos.kill(os.getppid(), signal.SIGKILL)\n"
+                                          "print('{\"median_ms\": 1.0}')")
+    server = _shared_server(overhead, request, monkeypatch, tmp_path / "forkserver.log")
+    bare = overhead.BareFromServer(server, _ThisPython, tmp_path / "bare-forks.log")
+    assert bare.run("{}", 30.0) is None
+    err = capsys.readouterr().err
+    assert err.startswith("forked bare loop failed (its parent exited): ") and err.count("\n") == 1
 
 
 @pytest.mark.parametrize("bare_start", ["spawn", "fork", "fork-session", "forkserver"])
