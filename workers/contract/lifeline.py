@@ -3,11 +3,12 @@ clean nothing up: they notice that their parent changed (they were re-parented) 
 
 Where the OS gives a process a file descriptor for another (Linux's pidfd), the watching thread
 sleeps on one for its parent and wakes only when the parent exits, so a worker's timed loop shares
-its process with no thread that wakes during it, as a user's own loop has none (docs/methodology.md,
-"Harness overhead"). Elsewhere (macOS) it polls getppid() every 0.2 s."""
+its process with no harness thread that wakes during it, as a user's own loop has none
+(docs/methodology.md, "Harness overhead"). Elsewhere (macOS) it polls getppid() every 0.2 s."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
 import threading
@@ -29,14 +30,21 @@ def _wait_for_parent_exit(parent: int, period_s: float = PERIOD_S) -> None:
     except (AttributeError, OSError):  # no pidfd here (macOS, Linux before 5.3), or the parent is gone
         fd = -1
     if fd >= 0:
-        try:
-            # Still our parent after the open: the fd is that process's, and its exit wakes it.
-            if not parent_gone(parent):
-                waiter = select.poll()  # not select(), which takes no fd past 1023
-                waiter.register(fd, select.POLLIN)
+        # Kept open for the life of this process. A child forked from it (a fork server's worker)
+        # closes its copy, once: the child's own children must not close whatever reuses the number.
+        inherited = [fd]
+
+        def close_inherited() -> None:
+            while inherited:
+                os.close(inherited.pop())
+
+        os.register_at_fork(after_in_child=close_inherited)
+        # Still our parent after the open: the fd is that process's, and its exit wakes it.
+        if not parent_gone(parent):
+            waiter = select.poll()  # not select(), which takes no fd past 1023
+            waiter.register(fd, select.POLLIN)
+            with contextlib.suppress(OSError):  # then the polling below watches instead
                 waiter.poll()
-        finally:
-            os.close(fd)
     while not parent_gone(parent):
         time.sleep(period_s)
 
