@@ -1,4 +1,4 @@
-# One H100 call: blocks of benchmarks/overhead.py on the launch-bound fp16 cell, in the order given
+# One GPU call: blocks of benchmarks/overhead.py on the launch-bound fp16 cell, in the order given
 # by $ORDER, $ROUNDS_<variant> rounds per block, until $LIMIT s. Variants (harness's worker start,
 # bare loop's start): F (forkserver, fork), N (forkserver, fork-session), S (forkserver, spawn),
 # P (spawn, spawn: the command's defaults), X (spawn, fork), R (F with address-space randomization off
