@@ -286,7 +286,30 @@ def _bare_output(code: int | None, lines: list[str], timeout_s: float, log: Path
         print(f"forked bare loop failed ({'its parent exited' if code is None else f'exit {code}'}): {_tail(log)}",
               file=sys.stderr)
         return None
-    return json.loads(lines[-1])
+    if (out := _last_object(lines)) is None:
+        print(f"forked bare loop failed (its last line is not a JSON object: {lines[-1].strip()[:200]!r}): {_tail(log)}",
+              file=sys.stderr)
+    return out
+
+
+def _last_object(lines: list[str]) -> dict | None:
+    """The last output line as a JSON object, or None."""
+    try:
+        out = json.loads(lines[-1]) if lines else None
+    except ValueError:
+        return None
+    return out if isinstance(out, dict) else None
+
+
+def _side(out: dict | None, label: str) -> tuple[float, float, float] | None:
+    """A bare loop's (median, p10, faults per step) from its result, or None (the reason printed)."""
+    try:
+        if out is not None:
+            return float(out["median_ms"]), float(out["p10_ms"]), float(out["minor_faults_per_step"])
+    except (TypeError, KeyError, ValueError):
+        pass
+    print(f"{label} printed no result: its last line is not an object of {', '.join(ROUND_KEYS)}", file=sys.stderr)
+    return None
 
 
 FORKSERVER: list[ForkServer] = []  # with --worker-start forkserver: the harness's workers are forked from it
@@ -309,7 +332,7 @@ BARE_FORK_PARENT: list[BareForks | BareFromServer] = []  # with --bare-start for
 def _bare(env, setup, bare_args, log, timeout_s) -> tuple[float, float, float] | None:
     if BARE_FORK_PARENT:
         out = BARE_FORK_PARENT[0].run(bare_args, timeout_s)
-        return None if out is None else (out["median_ms"], out["p10_ms"], out["minor_faults_per_step"])
+        return None if out is None else _side(out, "forked bare loop")
     try:
         b = subprocess.run([str(env.python), "-c", BARE, bare_args], capture_output=True, text=True,
                            cwd=REPO, env=env.worker_environ(), timeout=timeout_s)
@@ -319,8 +342,7 @@ def _bare(env, setup, bare_args, log, timeout_s) -> tuple[float, float, float] |
     if b.returncode != 0:
         print(b.stderr, file=sys.stderr)
         return None
-    out = json.loads(b.stdout.strip().splitlines()[-1])
-    return out["median_ms"], out["p10_ms"], out["minor_faults_per_step"]
+    return _side(_last_object(b.stdout.strip().splitlines()), "bare loop")
 
 
 def prepare(matrix: Path, cell_id: str, overrides: list[str]):

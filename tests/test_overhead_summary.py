@@ -1,8 +1,9 @@
 """`benchmarks/overhead.py --summarize` reprints a committed call's summary from its rounds and
 pools calls, a bad file or `--out` path is one line, not a traceback after minutes of rounds,
 real rounds land in `--out` and leave no temp files, `--bare-start fork-session` gives the bare
-loop a new session, `--bare-start forkserver` makes it a child of the harness's own fork server, and
-a bare loop that hangs is ended at the run's timeout."""
+loop a new session, `--bare-start forkserver` makes it a child of the harness's own fork server, a
+bare loop that hangs is ended at the run's timeout, and one that prints no result, or whose fork
+server dies, is a failed round in one line."""
 
 import importlib.util
 import itertools
@@ -281,6 +282,32 @@ def test_a_bare_loop_whose_fork_server_died_is_a_failed_round_in_one_line(monkey
     assert bare.run("{}", 30.0) is None
     err = capsys.readouterr().err
     assert err.startswith("forked bare loop failed (its parent exited): ") and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("printed", ["print('done')", "print('{\"median_ms\": 1.0}')"])
+@pytest.mark.parametrize("bare_start", ["spawn", "fork", "fork-session", "forkserver"])
+def test_a_bare_loop_that_prints_no_result_is_a_failed_round_in_one_line(monkeypatch, capsys, tmp_path, request,
+                                                                          bare_start, printed):
+    """Not JSON, or an object without the three numbers: the round fails with one line, not a traceback."""
+    overhead = _overhead_module()
+    monkeypatch.setattr(overhead, "BARE", printed)
+    if bare_start == "forkserver":
+        server = _shared_server(overhead, request, monkeypatch, tmp_path / "forkserver.log")
+        overhead.BARE_FORK_PARENT.append(overhead.BareFromServer(server, _ThisPython, tmp_path / "bare-forks.log"))
+    elif bare_start != "spawn":
+        overhead.BARE_FORK_PARENT.append(overhead.BareForks(_ThisPython, bare_start, [], tmp_path / "bare-forks.log"))
+    try:
+        assert overhead._bare(_ThisPython, None, "{}", tmp_path / "worker.log", 30.0) is None
+    finally:
+        for parent in overhead.BARE_FORK_PARENT:
+            parent.close()
+    err = capsys.readouterr().err
+    forked = "" if bare_start == "spawn" else "forked "
+    assert err.count("\n") == 1
+    if printed == "print('done')" and bare_start != "spawn":
+        assert err.startswith("forked bare loop failed (its last line is not a JSON object: 'done'): ")
+    else:
+        assert err == f"{forked}bare loop printed no result: its last line is not an object of median_ms, p10_ms, minor_faults_per_step\n"
 
 
 @pytest.mark.parametrize("bare_start", ["spawn", "fork", "fork-session", "forkserver"])
