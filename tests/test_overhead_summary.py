@@ -284,6 +284,20 @@ def test_a_bare_loop_whose_fork_server_died_is_a_failed_round_in_one_line(monkey
     assert err.startswith("forked bare loop failed (its parent exited): ") and err.count("\n") == 1
 
 
+def _one_bare_loop(overhead, bare_start: str, timeout_s: float, request, monkeypatch, tmp_path: Path):
+    """`overhead._bare` once, its bare loop started as `bare_start` says (the BARE set by the caller)."""
+    if bare_start == "forkserver":
+        server = _shared_server(overhead, request, monkeypatch, tmp_path / "forkserver.log")
+        overhead.BARE_FORK_PARENT.append(overhead.BareFromServer(server, _ThisPython, tmp_path / "bare-forks.log"))
+    elif bare_start != "spawn":
+        overhead.BARE_FORK_PARENT.append(overhead.BareForks(_ThisPython, bare_start, [], tmp_path / "bare-forks.log"))
+    try:
+        return overhead._bare(_ThisPython, None, "{}", tmp_path / "worker.log", timeout_s)
+    finally:
+        for parent in overhead.BARE_FORK_PARENT:
+            parent.close()
+
+
 @pytest.mark.parametrize("printed", ["print('done')", "print('{\"median_ms\": 1.0}')"])
 @pytest.mark.parametrize("bare_start", ["spawn", "fork", "fork-session", "forkserver"])
 def test_a_bare_loop_that_prints_no_result_is_a_failed_round_in_one_line(monkeypatch, capsys, tmp_path, request,
@@ -291,16 +305,7 @@ def test_a_bare_loop_that_prints_no_result_is_a_failed_round_in_one_line(monkeyp
     """Not JSON, or an object without the three numbers: the round fails with one line, not a traceback."""
     overhead = _overhead_module()
     monkeypatch.setattr(overhead, "BARE", printed)
-    if bare_start == "forkserver":
-        server = _shared_server(overhead, request, monkeypatch, tmp_path / "forkserver.log")
-        overhead.BARE_FORK_PARENT.append(overhead.BareFromServer(server, _ThisPython, tmp_path / "bare-forks.log"))
-    elif bare_start != "spawn":
-        overhead.BARE_FORK_PARENT.append(overhead.BareForks(_ThisPython, bare_start, [], tmp_path / "bare-forks.log"))
-    try:
-        assert overhead._bare(_ThisPython, None, "{}", tmp_path / "worker.log", 30.0) is None
-    finally:
-        for parent in overhead.BARE_FORK_PARENT:
-            parent.close()
+    assert _one_bare_loop(overhead, bare_start, 30.0, request, monkeypatch, tmp_path) is None
     err = capsys.readouterr().err
     forked = "" if bare_start == "spawn" else "forked "
     assert err.count("\n") == 1
@@ -315,15 +320,6 @@ def test_a_bare_loop_that_hangs_is_ended_at_the_runs_timeout_in_one_line(monkeyp
                                                                          bare_start):
     overhead = _overhead_module()
     monkeypatch.setattr(overhead, "BARE", "import time\ntime.sleep(60)")
-    if bare_start == "forkserver":
-        server = _shared_server(overhead, request, monkeypatch, tmp_path / "forkserver.log")
-        overhead.BARE_FORK_PARENT.append(overhead.BareFromServer(server, _ThisPython, tmp_path / "bare-forks.log"))
-    elif bare_start != "spawn":
-        overhead.BARE_FORK_PARENT.append(overhead.BareForks(_ThisPython, bare_start, [], tmp_path / "bare-forks.log"))
-    try:
-        assert overhead._bare(_ThisPython, None, "{}", tmp_path / "worker.log", 1.0) is None
-    finally:
-        for parent in overhead.BARE_FORK_PARENT:
-            parent.close()
+    assert _one_bare_loop(overhead, bare_start, 1.0, request, monkeypatch, tmp_path) is None
     label = "bare loop" if bare_start == "spawn" else "forked bare loop"
     assert capsys.readouterr().err == f"{label} timed out after 1 s\n"
