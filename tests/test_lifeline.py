@@ -20,7 +20,9 @@ pytestmark = [pytest.mark.slow, pytest.mark.skipif(sys.platform != "linux", reas
 PARENT = "import subprocess, sys\nsys.exit(subprocess.call([sys.executable, '-c', sys.argv[1], sys.argv[2]]))"
 
 # argv: "pidfd", or "poll" to take the pidfd away. Prints its pid; then, once the lifeline thread
-# has blocked, how many pidfds it holds and how often the thread woke in the next second; then the
+# has settled (asleep on its pidfd; for poll, past its first sleep), how many pidfds the process
+# holds and how often the thread woke in the next second (at most 10 s go to settling: a thread
+# that never sleeps through 0.2 s is then counted as it is); then the
 # pidfds held by a child forked from it and by that child's child, and whether the descriptor the
 # child opened after the fork (likely on the closed pidfd's number) is still open in its child.
 LIFELINE = """
@@ -42,8 +44,16 @@ tid = next(t.native_id for t in threading.enumerate() if t.name == "lifeline")
 def switches():
     with open(f"/proc/self/task/{tid}/status") as f:
         return int(next(line for line in f if line.startswith("voluntary_ctxt_switches")).split()[1])
-while switches() == 0:
-    time.sleep(0.01)
+if sys.argv[1] == "pidfd":
+    # settled once it holds the pidfd and stays asleep for 0.2 s (starting, it also waited for the GIL)
+    for _ in range(50):
+        before = switches()
+        time.sleep(0.2)
+        if pidfds() == 1 and switches() == before:
+            break
+else:
+    while switches() == 0:
+        time.sleep(0.01)
 before = switches()
 time.sleep(1.0)
 print(pidfds(), switches() - before, flush=True)
