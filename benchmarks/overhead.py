@@ -603,4 +603,10 @@ def measure_rounds(args, m, cell, env, setup, bare_args, log: Path):
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    try:
+        code = main()
+        sys.stdout.flush()
+    except BrokenPipeError:  # `--summarize ... | head`: the reader left, so stop as a Unix filter does
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit's own flush then cannot fail
+        code = 1
+    raise SystemExit(code)

@@ -1,9 +1,9 @@
 """`benchmarks/overhead.py --summarize` reprints a committed call's summary from its rounds and
-pools calls, a bad file or `--out` path is one line, not a traceback after minutes of rounds,
-real rounds land in `--out` and leave no temp files, `--bare-start fork-session` gives the bare
-loop a new session, `--bare-start forkserver` makes it a child of the harness's own fork server, a
-bare loop that hangs is ended at the run's timeout, and one that prints no result, or whose fork
-server dies, is a failed round in one line."""
+pools calls, a bad file or `--out` path is one line, not a traceback after minutes of rounds, output
+into a closed pipe (`| head`) ends quietly, real rounds land in `--out` and leave no temp files,
+`--bare-start fork-session` gives the bare loop a new session, `--bare-start forkserver` makes it a
+child of the harness's own fork server, a bare loop that hangs is ended at the run's timeout, and
+one that prints no result, or whose fork server dies, is a failed round in one line."""
 
 import importlib.util
 import itertools
@@ -149,6 +149,16 @@ def test_summarize_names_a_garbled_line_and_a_missing_file(tmp_path):
     assert p.stderr.startswith(f"error: {bad}:2: not a round written by --out") and p.stderr.count("\n") == 1
     p = _overhead("--summarize", str(tmp_path / "absent.jsonl"))
     assert (p.returncode, p.stderr) == (2, f"error: {tmp_path / 'absent.jsonl'}: No such file or directory\n")
+
+
+def test_summarize_into_a_pipe_whose_reader_left_stops_without_a_traceback():
+    """`--summarize FILE | head -1`: head exits after its line; the script must stop as a filter does."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader gone before the first line, as head is after its last
+    with os.fdopen(write_end, "wb") as stdout:
+        p = subprocess.run([sys.executable, str(SCRIPT), "--summarize", str(ROUNDS)], stdout=stdout,
+                           stderr=subprocess.PIPE, text=True, timeout=120)
+    assert (p.returncode, p.stderr) == (1, "")
 
 
 def test_a_bare_loop_from_the_fork_server_without_one_is_refused_in_one_line():
