@@ -31,6 +31,8 @@ from pathlib import Path
 import numpy as np
 from overhead import BARE, REPO, prepare
 
+from orchestrator.errors import UserError
+
 # argv: CPU, stop file, output file[, additions per slice (100000), seconds asleep between slices (0)]
 PROBE = r"""
 import json, os, sys, time
@@ -75,6 +77,10 @@ def _phase(marks: list, name: str, seconds: float) -> None:
 
 
 def measure(args: argparse.Namespace) -> Path:
+    cells = args.cells.split(",")
+    # each distinct cell pinned once, before the probe starts: a bad cell or matrix is refused at
+    # once, and no checkpoint's sha256 runs inside the phases or between the loops
+    prepared = {cell_id: prepare(Path(args.matrix), cell_id, args.env) for cell_id in dict.fromkeys(cells)}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     stop_file = out / ".stop"
@@ -95,10 +101,10 @@ def measure(args: argparse.Namespace) -> Path:
             b.wait()
         busy_stop.unlink()
         _phase(marks, "probe alone again", args.phase_s)
-        for k, cell_id in enumerate(args.cells.split(",")):
-            _, _, env, _, bare = prepare(Path(args.matrix), cell_id, args.env)
+        for k, cell_id in enumerate(cells):
+            _, _, env, _, spec = prepared[cell_id]
             steps = out / f"loop-{k}-{cell_id}.json"
-            bare.update(iterations=args.iterations, steps_out=str(steps))
+            bare = {**spec, "iterations": args.iterations, "steps_out": str(steps)}
             marks.append((f"loop {k} {cell_id}", time.monotonic_ns()))
             r = subprocess.run([str(env.python), "-c", BARE, json.dumps(bare)], cwd=REPO, env=env.worker_environ())
             marks.append((f"end loop {k} {cell_id}", time.monotonic_ns()))
@@ -177,7 +183,11 @@ def main() -> int:
         return 0
     if args.probe_cpu is None:
         args.probe_cpu = max(os.sched_getaffinity(0))
-    summarize(measure(args))
+    try:
+        summarize(measure(args))
+    except UserError as e:
+        print(e.printed(), file=sys.stderr)
+        return e.exit_code
     return 0
 
 

@@ -70,6 +70,7 @@ sys.path.insert(0, str(REPO))
 
 from orchestrator.config.envs import discover, ensure_synced, parse_overrides  # noqa: E402
 from orchestrator.config.matrix import load_matrix  # noqa: E402
+from orchestrator.errors import UserError  # noqa: E402
 from orchestrator.results.compare import ALPHA, rank_test, signed_rank_test  # noqa: E402
 from orchestrator.run import scratch  # noqa: E402
 from orchestrator.run.forkserver import ForkServer, ForkServerError  # noqa: E402
@@ -547,7 +548,11 @@ def main() -> int:
     if args.cpus is not None:
         os.sched_setaffinity(0, args.cpus)
         print(f"pinned to CPUs {sorted(os.sched_getaffinity(0))}", flush=True)
-    m, cell, env, setup, bare_spec = prepare(Path(args.matrix), args.cell, args.env)
+    try:
+        m, cell, env, setup, bare_spec = prepare(Path(args.matrix), args.cell, args.env)
+    except UserError as e:
+        print(e.printed(), file=sys.stderr)
+        return e.exit_code
     bare_args = json.dumps({**bare_spec, "lifeline": args.bare_lifeline})
     with scratch.temporary("overhead") as folder:  # the worker's log, removed after
         try:

@@ -446,8 +446,7 @@ def main() -> None:
     try:
         cli.main(standalone_mode=False)
     except UserError as e:
-        for line in e.lines:
-            click.echo(f"error: {line}" if not line.startswith(" ") else line, err=True)
+        click.echo(e.printed(), err=True)
         sys.exit(e.exit_code)
     except click.exceptions.Abort:
         sys.exit(130)

@@ -26,3 +26,7 @@ class UserError(Exception):
     def __init__(self, *lines: str):
         super().__init__("\n".join(lines))
         self.lines = list(lines)
+
+    def printed(self) -> str:
+        """As printed to the user: `error: ` before each line but a continuation (indented)."""
+        return "\n".join(line if line.startswith(" ") else f"error: {line}" for line in self.lines)

@@ -167,6 +167,24 @@ def test_a_bare_loop_from_the_fork_server_without_one_is_refused_in_one_line():
                                                   "harness's fork server: it needs --worker-start forkserver\n")
 
 
+@pytest.mark.parametrize("script", ["overhead.py", "host_drift.py"])
+def test_a_missing_matrix_or_cell_is_refused_in_one_line_before_anything_runs(script, tmp_path):
+    """Both scripts pin the cell as a session does (overhead.py's `prepare`); host_drift.py does it
+    for every cell before its probe phases, so a typo costs no minutes and leaves no output folder."""
+    run = [sys.executable, str(REPO / "benchmarks" / script)]
+    if script == "host_drift.py":
+        run += ["--out", str(tmp_path / "out")]
+    cell = ["--cell", "nope"] if script == "overhead.py" else ["--cells", "diffusers-cpu-fp32,nope"]
+    quick = str(REPO / "examples" / "quick.toml")
+    for args, line in [(["--matrix", quick, *cell], f"error: {quick}: no cell 'nope' (cells: diffusers-cpu-fp32, "
+                                                      "diffusers-cpu-bf16, mlx-cpu-fp32)\n"),
+                       (["--matrix", str(tmp_path / "absent.toml")],
+                        f"error: {tmp_path / 'absent.toml'}: cannot read matrix file: No such file or directory\n")]:
+        p = subprocess.run([*run, *args], capture_output=True, text=True, timeout=120)
+        assert (p.returncode, p.stderr) == (2, line)
+    assert not (tmp_path / "out").exists()
+
+
 def test_an_unwritable_out_is_refused_before_any_round(tmp_path):
     target = tmp_path / "no-such-folder" / "rounds.jsonl"
     p = _overhead("--rounds", "1", "--out", str(target))
