@@ -33,13 +33,14 @@ from overhead import BARE, REPO, prepare
 
 from orchestrator.errors import UserError
 
-# argv: CPU, stop file, output file[, additions per slice (100000), seconds asleep between slices (0)]
+# argv: CPU, stop file, output file[, additions per slice (100000), seconds asleep between slices (0)];
+# it also stops once its parent is gone (a killed command leaves no probe spinning)
 PROBE = r"""
 import json, os, sys, time
 os.sched_setaffinity(0, {int(sys.argv[1])})
-stop, rows = sys.argv[2], []
+stop, rows, parent = sys.argv[2], [], os.getppid()
 n, pause = (int(sys.argv[4]), float(sys.argv[5])) if len(sys.argv) > 5 else (100000, 0.0)
-while not os.path.exists(stop):
+while not os.path.exists(stop) and os.getppid() == parent:
     t0 = time.monotonic_ns(); s = 0
     for i in range(n):
         s += i
@@ -49,7 +50,8 @@ while not os.path.exists(stop):
 json.dump(rows, open(sys.argv[3], "w"))
 """
 
-BUSY = "import os, sys\nos.sched_setaffinity(0, {int(sys.argv[1])})\nwhile not os.path.exists(sys.argv[2]): pass\n"
+BUSY = ("import os, sys\nos.sched_setaffinity(0, {int(sys.argv[1])})\nparent = os.getppid()\n"
+        "while not os.path.exists(sys.argv[2]) and os.getppid() == parent: pass\n")
 
 
 def _sample(stop: threading.Event, rows: list) -> None:
