@@ -55,17 +55,25 @@ def test_summarize_reprints_the_committed_20_h100_commands():
     assert p.stdout == (folder / "summary.txt").read_text()
 
 
-@pytest.mark.parametrize("call, variants", [(1, "HL"), (2, "H")])
-def test_summarize_reprints_the_committed_shared_parent_calls(call, variants):
-    """What each call of docs/results/2026-12-07-h200-overhead-shared-parent printed at its end
-    (run.sh's `== V` and the summary of variant V's rounds), which its README quotes."""
-    folder = REPO / "docs" / "results" / "2026-12-07-h200-overhead-shared-parent"
+SHARED_PARENT = REPO / "docs" / "results" / "2026-12-07-h200-overhead-shared-parent"
+DISPATCH_BOUND = REPO / "docs" / "results" / "2026-12-07-cpu-overhead-dispatch-bound"
+
+
+@pytest.mark.parametrize("summary, rounds", [
+    (SHARED_PARENT / "summary-call1.txt", {"H": SHARED_PARENT / "call1-H.jsonl", "L": SHARED_PARENT / "call1-L.jsonl"}),
+    (SHARED_PARENT / "summary-call2.txt", {"H": SHARED_PARENT / "call2-H.jsonl"}),
+    (DISPATCH_BOUND / "call1" / "summary.txt", {v: DISPATCH_BOUND / "call1" / f"{v}.jsonl" for v in "FH"}),
+    (DISPATCH_BOUND / "call2" / "summary.txt", {v: DISPATCH_BOUND / "call2" / f"{v}.jsonl" for v in "FL"}),
+], ids=["h200-shared-parent-call1", "h200-shared-parent-call2", "cpu-dispatch-bound-call1", "cpu-dispatch-bound-call2"])
+def test_summarize_reprints_the_committed_calls_by_variant(summary, rounds):
+    """What each of these calls printed at its end (`== V` and the summary of variant V's rounds),
+    which the folders' READMEs and docs/methodology.md quote."""
     printed = ""
-    for v in variants:
-        p = _overhead("--summarize", str(folder / f"call{call}-{v}.jsonl"))
+    for v, path in rounds.items():
+        p = _overhead("--summarize", str(path))
         assert p.returncode == 0, p.stderr
         printed += f"== {v}\n{p.stdout}"
-    assert printed == (folder / f"summary-call{call}.txt").read_text()
+    assert printed == summary.read_text()
 
 
 def test_summarize_pools_calls_as_one(tmp_path):

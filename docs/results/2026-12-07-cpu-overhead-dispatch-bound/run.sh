@@ -1,0 +1,29 @@
+# Blocks of benchmarks/overhead.py on a dispatch-bound CPU step (the tiny model at 64 px, 2 s windows):
+# each command a fresh fork server and bare parent, $ROUNDS rounds, variants in $ORDER
+# (F: bare loop forked after the imports; H: bare loop forked by the harness's own fork server;
+# S: bare loop spawned, as a user's own loop is; L: F with the worker's lifeline thread started in the
+# bare loop too), the harness's worker forked by its fork server,
+# until $UNTIL (epoch seconds); output in $O.
+cd "$(dirname "$0")/../../.."
+export OMP_NUM_THREADS=1
+M=docs/results/2026-12-07-cpu-overhead-dispatch-bound/matrix.toml
+O=${O:-/tmp/dispatch-blocks}
+mkdir -p $O
+ORDER=${ORDER:-F H}
+i=0
+while [ $(date +%s) -lt $UNTIL ]; do
+  for v in $ORDER; do
+    extra=
+    case $v in
+      F) start=fork;;
+      H) start=forkserver;;
+      S) start=spawn;;
+      L) start=fork; extra=--bare-lifeline;;
+    esac
+    echo "== block $i variant $v $(date -u +%T) load $(cut -d' ' -f1-3 /proc/loadavg)" >> $O/$v.log
+    uv run python benchmarks/overhead.py --matrix $M --cell diffusers-cpu-fp32 --rounds ${ROUNDS:-6} \
+      --worker-start forkserver --bare-start $start $extra --out $O/$v.jsonl >> $O/$v.log 2>&1
+  done
+  i=$((i + 1))
+done
+echo "== end $(date -u +%T)" >> $O/blocks-end.log
