@@ -31,14 +31,18 @@ from pathlib import Path
 import numpy as np
 from overhead import BARE, REPO, prepare
 
+from orchestrator.config.envs import discover, parse_overrides
+from orchestrator.config.matrix import load_matrix
 from orchestrator.errors import UserError
 
-# argv: CPU, stop file, output file[, additions per slice (100000), seconds asleep between slices (0)];
-# it also stops once its parent is gone (a killed command leaves no probe spinning)
+# argv: CPU, stop file, output file[, additions per slice (100000), seconds asleep between slices (0)].
+# It also stops once its parent is gone (a killed command leaves no probe spinning). The parent's pid
+# is written in, that of the process importing this module (which starts the probes): read with
+# getppid() in the probe, a parent that died before the probe's first line would go unnoticed.
 PROBE = r"""
 import json, os, sys, time
 os.sched_setaffinity(0, {int(sys.argv[1])})
-stop, rows, parent = sys.argv[2], [], os.getppid()
+stop, rows, parent = sys.argv[2], [], PARENT_PID
 n, pause = (int(sys.argv[4]), float(sys.argv[5])) if len(sys.argv) > 5 else (100000, 0.0)
 while not os.path.exists(stop) and os.getppid() == parent:
     t0 = time.monotonic_ns(); s = 0
@@ -48,10 +52,10 @@ while not os.path.exists(stop) and os.getppid() == parent:
     if pause:
         time.sleep(pause)
 json.dump(rows, open(sys.argv[3], "w"))
-"""
+""".replace("PARENT_PID", str(os.getpid()))
 
-BUSY = ("import os, sys\nos.sched_setaffinity(0, {int(sys.argv[1])})\nparent = os.getppid()\n"
-        "while not os.path.exists(sys.argv[2]) and os.getppid() == parent: pass\n")
+BUSY = ("import os, sys\nos.sched_setaffinity(0, {int(sys.argv[1])})\n"
+        f"while not os.path.exists(sys.argv[2]) and os.getppid() == {os.getpid()}: pass\n")
 
 
 def _sample(stop: threading.Event, rows: list) -> None:
@@ -80,8 +84,12 @@ def _phase(marks: list, name: str, seconds: float) -> None:
 
 def measure(args: argparse.Namespace) -> Path:
     cells = args.cells.split(",")
-    # each distinct cell pinned once, before the probe starts: a bad cell or matrix is refused at
+    # every cell named is checked before any is prepared (an env synced, a checkpoint hashed), then
+    # each distinct one is pinned once, before the probe starts: a bad cell or matrix is refused at
     # once, and no checkpoint's sha256 runs inside the phases or between the loops
+    m = load_matrix(Path(args.matrix), set(discover(parse_overrides(args.env))))
+    for cell_id in cells:
+        m.cell(cell_id)
     prepared = {cell_id: prepare(Path(args.matrix), cell_id, args.env) for cell_id in dict.fromkeys(cells)}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
