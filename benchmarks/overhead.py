@@ -607,11 +607,22 @@ def measure_rounds(args, m, cell, env, setup, bare_args, log: Path):
     return harness, bare
 
 
+def _stdout_reader_gone() -> bool:
+    """Whether stdout is a pipe whose reader has closed it (poll reports an error on its write end)."""
+    watch = select.poll()
+    watch.register(sys.stdout.fileno(), 0)
+    return any(events & select.POLLERR for _, events in watch.poll(0))
+
+
 if __name__ == "__main__":
     try:
         code = main()
         sys.stdout.flush()
-    except BrokenPipeError:  # `--summarize ... | head`: the reader left, so stop as a Unix filter does
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit's own flush then cannot fail
+    except BrokenPipeError:
+        if not _stdout_reader_gone():  # another pipe broke: that is a fault to see
+            raise
+        # `--summarize ... | head`: the reader left, so stop as a Unix filter does; stdout onto
+        # /dev/null, so that the exit's own flush cannot fail again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         code = 1
     raise SystemExit(code)
