@@ -1,13 +1,14 @@
-# Blocks of benchmarks/overhead.py on a dispatch-bound CPU step (the tiny model at 64 px, 2 s windows):
+# Blocks of benchmarks/overhead.py on a dispatch-heavy CPU step (the tiny model at 64 px, 2 s windows):
 # each command a fresh fork server and bare parent, $ROUNDS rounds, variants in $ORDER
 # (F: bare loop forked after the imports; H: bare loop forked by the harness's own fork server;
 # S: bare loop spawned, as a user's own loop is; L: F with the worker's lifeline thread started in the
 # bare loop too), the harness's worker forked by its fork server,
-# until $UNTIL (epoch seconds); output in $O.
+# until $UNTIL (epoch seconds); output in $O (taken relative to where it is started).
+: "${UNTIL:?set UNTIL to the epoch second to stop at}"
+O=$(realpath -m "${O:-/tmp/dispatch-blocks}")  # where it is started, before the cd below
 cd "$(dirname "$0")/../../.."
 export OMP_NUM_THREADS=1
 M=docs/results/2026-12-07-cpu-overhead-dispatch-bound/matrix.toml
-O=${O:-/tmp/dispatch-blocks}
 mkdir -p $O
 ORDER=${ORDER:-F H}
 i=0
