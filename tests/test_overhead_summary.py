@@ -56,15 +56,15 @@ def test_summarize_reprints_the_committed_20_h100_commands():
 
 
 SHARED_PARENT = REPO / "docs" / "results" / "2026-12-07-h200-overhead-shared-parent"
-DISPATCH_BOUND = REPO / "docs" / "results" / "2026-12-07-cpu-overhead-dispatch-bound"
+DISPATCH_HEAVY = REPO / "docs" / "results" / "2026-12-07-cpu-overhead-dispatch-heavy"
 
 
 @pytest.mark.parametrize("summary, rounds", [
     (SHARED_PARENT / "summary-call1.txt", {"H": SHARED_PARENT / "call1-H.jsonl", "L": SHARED_PARENT / "call1-L.jsonl"}),
     (SHARED_PARENT / "summary-call2.txt", {"H": SHARED_PARENT / "call2-H.jsonl"}),
-    (DISPATCH_BOUND / "call1" / "summary.txt", {v: DISPATCH_BOUND / "call1" / f"{v}.jsonl" for v in "FH"}),
-    (DISPATCH_BOUND / "call2" / "summary.txt", {v: DISPATCH_BOUND / "call2" / f"{v}.jsonl" for v in "FL"}),
-], ids=["h200-shared-parent-call1", "h200-shared-parent-call2", "cpu-dispatch-bound-call1", "cpu-dispatch-bound-call2"])
+    (DISPATCH_HEAVY / "call1" / "summary.txt", {v: DISPATCH_HEAVY / "call1" / f"{v}.jsonl" for v in "FH"}),
+    (DISPATCH_HEAVY / "call2" / "summary.txt", {v: DISPATCH_HEAVY / "call2" / f"{v}.jsonl" for v in "FL"}),
+], ids=["h200-shared-parent-call1", "h200-shared-parent-call2", "cpu-dispatch-heavy-call1", "cpu-dispatch-heavy-call2"])
 def test_summarize_reprints_the_committed_calls_by_variant(summary, rounds):
     """What each of these calls printed at its end (`== V` and the summary of variant V's rounds),
     which the folders' READMEs and docs/methodology.md quote."""

@@ -8,7 +8,7 @@
 O=$(realpath -m "${O:-/tmp/dispatch-blocks}")  # where it is started, before the cd below
 cd "$(dirname "$0")/../../.."
 export OMP_NUM_THREADS=1
-M=docs/results/2026-12-07-cpu-overhead-dispatch-bound/matrix.toml
+M=docs/results/2026-12-07-cpu-overhead-dispatch-heavy/matrix.toml
 mkdir -p $O
 ORDER=${ORDER:-F H}
 i=0

@@ -1,10 +1,10 @@
-"""glibc's single-threaded fast path on the dispatch-bound step, within one process: the tiny UNet at
+"""glibc's single-threaded fast path on the dispatch-heavy step, within one process: the tiny UNet at
 64 px, batch 2, alternating blocks of steps with `__libc_single_threaded` at 1 (as in a process
 that never started a thread) and at 0 (as in one that did, or that was forked from one that had;
 the flag stays 0 in such a child). The process stays single-threaded throughout, so both values
 are safe to set. Diffusers' own random initialization, not the pinned weights: a timing only.
 
-    OMP_NUM_THREADS=1 PYTHONPATH=. envs/diffusers/.venv/bin/python docs/results/2026-12-07-cpu-overhead-dispatch-bound/flag.py BLOCKS STEPS
+    OMP_NUM_THREADS=1 PYTHONPATH=. envs/diffusers/.venv/bin/python docs/results/2026-12-07-cpu-overhead-dispatch-heavy/flag.py BLOCKS STEPS
 """
 import ctypes
 import math
