@@ -12,11 +12,11 @@ On a GPU host, with the preinstalled torch:
 Rounds alternate which goes first, so slow drifts of the host hit both alike. `--bare-start fork`
 forks each bare loop from a process that made the fork server's imports and nothing else: with
 `--worker-start forkserver` both sides then start forked, and what differs is only the harness
-(its worker's new session, lifeline thread and protocol); `--bare-start fork-session` also gives
-each bare loop a new session, which leaves the lifeline thread and the protocol; `--bare-start
+(its worker's new session, lifeline and protocol); `--bare-start fork-session` also gives each
+bare loop a new session, which leaves the lifeline and the protocol; `--bare-start
 forkserver` forks the bare loop from the harness's own fork server, so that both sides are children
-of one parent and share whatever state it hands its children; `--bare-lifeline` starts the worker's
-lifeline thread in the bare loop too. `--cpus` pins this
+of one parent and share whatever state it hands its children; `--bare-lifeline` sets up the worker's
+lifeline in the bare loop too. `--cpus` pins this
 process, and so both sides (the harness's worker and fork server, the bare loop), to the same
 CPUs: where fresh processes land on the host's cores changes a launch-bound GPU cell's speed, a
 nuisance both sides then share (docs/methodology.md, "Harness overhead"). Prints each
@@ -161,7 +161,7 @@ class BareForksError(Exception):
 
 class BareForks:
     """The bare loop forked from a process that made the fork server's imports: a forked start
-    without the harness (no lifeline thread, no protocol, and a new session only with
+    without the harness (no lifeline, no protocol, and a new session only with
     fork-session), to tell what forking costs from what the harness's worker adds."""
 
     def __init__(self, env, start: str, modules: list[str], log: Path):
@@ -520,8 +520,8 @@ def main() -> int:
                         "in a new one as the harness's worker is, or forked by the harness's own fork server "
                         "(with --worker-start forkserver: both sides children of one parent)")
     p.add_argument("--bare-lifeline", action="store_true",
-                   help="the bare loop starts the worker's lifeline thread before it loads, as the worker does, to "
-                        "tell that thread's cost from the rest of the harness")
+                   help="the bare loop sets up the worker's lifeline before it loads, as the worker does (on Linux a "
+                        "parent-death signal, elsewhere a polling thread), to tell its cost from the rest of the harness")
     p.add_argument("--cpus", type=_cpu_list, default=None, metavar="LIST",
                    help="pin both sides to these CPUs (as taskset -c: 2-5 or 0,2,4)")
     p.add_argument("--out", metavar="FILE", default=None, help="append each round to this JSON-lines file")

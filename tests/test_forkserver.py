@@ -109,6 +109,11 @@ def test_a_worker_stopped_right_after_its_fork_is_ended(fake_env, server, tmp_pa
     thread.join(timeout=120)  # a hang detector, not a time limit: the loop takes 2 s
     assert not thread.is_alive(), f"stopping a just-forked worker hung after {len(codes)} workers"
     assert len(codes) == 20 and all(code is not None and code != 0 for code in codes)
+    pid = server.ready.pid if server.ready else None
+    with _run(fake_env, server, tmp_path) as run:  # no stopped child took the server's way out with its socket
+        assert isinstance(run.start(), Ready)
+        run.measure()
+    assert run.outcome.status == "ok" and server.ready is not None and server.ready.pid == pid
 
 
 def test_a_server_that_died_is_started_again(fake_env, server, tmp_path, fake_mode):  # noqa: F811
@@ -134,28 +139,42 @@ def test_a_worker_whose_server_dies_mid_run_fails_with_the_reason(fake_env, serv
 
 
 @pytest.mark.slow
-def test_a_server_whose_orchestrator_was_killed_leaves_nothing_in_the_temp_dir(fake_env, tmp_path, request):  # noqa: F811
-    """A SIGKILLed orchestrator removes nothing: the server it left takes its socket and folder
-    along when it leaves, or every killed session would leave one behind for good."""
+def test_a_killed_orchestrators_server_and_worker_leave_and_take_the_servers_folder(fake_env, tmp_path,  # noqa: F811
+                                                                                     request):
+    """A SIGKILLed orchestrator removes nothing: the server it left leaves and takes its socket and
+    folder along, or every killed session would leave one behind for good, and the worker the
+    server forked, stuck in its run, leaves too."""
     tmp = Path(tempfile.mkdtemp(prefix="t"))  # short: tmp_path leaves the socket's path too few bytes
     request.addfinalizer(lambda: shutil.rmtree(tmp, ignore_errors=True))
     holder = subprocess.Popen(
         [sys.executable, "-c", "import sys, time\n"
          "from pathlib import Path\nfrom orchestrator.config.envs import Env\n"
          "from orchestrator.run.forkserver import ForkServer\n"
-         f"s = ForkServer(Env('fake', None, external_python=Path({str(fake_env.python)!r})), [], "
-         f"Path({str(tmp_path / 'forkserver.log')!r}))\n"
-         "print(s.start().pid, flush=True)\ntime.sleep(600)"],
-        stdout=subprocess.PIPE, text=True, env={**os.environ, "TMPDIR": str(tmp)})
+         "from orchestrator.run.worker_client import worker_command\n"
+         f"e = Env('fake', None, external_python=Path({str(fake_env.python)!r}))\n"
+         f"s = ForkServer(e, [], Path({str(tmp_path / 'forkserver.log')!r}))\n"
+         "print(s.start().pid, flush=True)\n"
+         f"w = s.fork(worker_command(e, 't')[1:], e.worker_environ(), open({str(tmp_path / 'run.log')!r}, 'ab'), 20.0)\n"
+         "print(w.pid, flush=True)\ntime.sleep(600)"],
+        stdout=subprocess.PIPE, text=True, env={**os.environ, "TMPDIR": str(tmp), "FAKE_MODE": "hang"})
     assert holder.stdout is not None
     assert holder.stdout.readline().strip().isdigit()
+    worker = int(holder.stdout.readline())
     assert [p.name for p in tmp.iterdir()][0].startswith("cdb-fork-")
     holder.kill()
     holder.wait()
-    deadline = time.monotonic() + 30  # a hang detector: the server's lifeline wakes when the holder dies
-    while list(tmp.iterdir()) and time.monotonic() < deadline:
+    deadline = time.monotonic() + 30  # a hang detector: the kernel signals the server, then its worker, at once
+    while (list(tmp.iterdir()) or _running(worker)) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not list(tmp.iterdir())
+    assert not _running(worker), "the forked worker outlived its server"
+
+
+def _running(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 def test_a_temp_dir_too_long_for_the_socket_is_one_line_and_leaves_nothing(fake_env, server, tmp_path,  # noqa: F811

@@ -1,79 +1,40 @@
-"""A worker's lifeline (workers/contract/lifeline.py) ends it when its parent dies, SIGKILL
-included. On Linux its thread holds a pidfd of the parent and never wakes while the parent lives,
-so a timed loop shares the worker with no harness thread that wakes; a child forked from it (a fork
-server's worker) does not inherit that pidfd, and that child's own children keep the descriptor
-that took its number. Without a pidfd the thread polls."""
+"""A lifeline (workers/contract/lifeline.py) ends its process when the parent dies, SIGKILL
+included, at once or through the process's own way out. On Linux the kernel signals it and the
+process keeps a single thread, and glibc's single-threaded state with it, as a user's own loop
+does; without the kernel's help a thread polls."""
 
+import ctypes
 import os
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from conftest import REPO
 
-# each case sleeps a second to count wakes: kept out of the unit tier
-pytestmark = [pytest.mark.slow, pytest.mark.skipif(sys.platform != "linux", reason="reads /proc; pidfd is Linux's")]
+# each case starts two Python processes and waits on a death: kept out of the unit tier
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(sys.platform != "linux", reason="reads /proc; the kernel's way is Linux's")]
 
-# argv: the lifeline process's script, then its argument; exits when that process does
-PARENT = "import subprocess, sys\nsys.exit(subprocess.call([sys.executable, '-c', sys.argv[1], sys.argv[2]]))"
+# argv: the lifeline process's script, then its arguments; exits when that process does
+PARENT = "import subprocess, sys\nsys.exit(subprocess.call([sys.executable, '-c', *sys.argv[1:]]))"
 
-# argv: "pidfd", or "poll" to take the pidfd away. Prints its pid; then, once the lifeline thread
-# has settled (asleep on its pidfd; for poll, past its first sleep), how many pidfds the process
-# holds and how often the thread woke in the next second (at most 10 s go to settling: a thread
-# that never sleeps through 0.2 s is then counted as it is); then the
-# pidfds held by a child forked from it and by that child's child, and whether the descriptor the
-# child opened after the fork (likely on the closed pidfd's number) is still open in its child.
+# argv: "kernel", or "poll" to do without the kernel's signal; then a file for the way out to
+# write to, or "" for none. Prints its pid, then its thread count and glibc's single-threaded flag.
 LIFELINE = """
-import os, sys, threading, time
+import ctypes, os, sys, time
+from workers.contract import lifeline
 if sys.argv[1] == "poll":
-    del os.pidfd_open
-from workers.contract.lifeline import exit_with_parent
-def pidfds():
-    n = 0
-    for fd in os.listdir("/proc/self/fd"):
-        try:
-            n += os.readlink(f"/proc/self/fd/{fd}") == "anon_inode:[pidfd]"
-        except OSError:
-            pass
-    return n
-exit_with_parent()
+    lifeline.ask_kernel = lambda signum: False
+def way_out():
+    with open(sys.argv[2], "w") as f:
+        f.write("left")
+    os._exit(lifeline.ORPHAN_EXIT)
+lifeline.exit_with_parent(way_out if sys.argv[2] else None)
 print(os.getpid(), flush=True)
-tid = next(t.native_id for t in threading.enumerate() if t.name == "lifeline")
-def switches():
-    with open(f"/proc/self/task/{tid}/status") as f:
-        return int(next(line for line in f if line.startswith("voluntary_ctxt_switches")).split()[1])
-if sys.argv[1] == "pidfd":
-    # settled once it holds the pidfd and stays asleep for 0.2 s (starting, it also waited for the GIL)
-    for _ in range(50):
-        before = switches()
-        time.sleep(0.2)
-        if pidfds() == 1 and switches() == before:
-            break
-else:
-    while switches() == 0:
-        time.sleep(0.01)
-before = switches()
-time.sleep(1.0)
-print(pidfds(), switches() - before, flush=True)
-r, w = os.pipe()
-if os.fork() == 0:
-    kept = os.open(os.devnull, os.O_RDONLY)
-    if os.fork() == 0:
-        try:
-            os.fstat(kept)
-            still_open = True
-        except OSError:
-            still_open = False
-        os.write(w, f"{pidfds()} {still_open}".encode())
-        os._exit(0)
-    os.wait()
-    os.write(w, f" {pidfds()}".encode())
-    os._exit(0)
-os.wait()
-os.close(w)
-print(os.read(r, 100).decode(), flush=True)
+flag = ctypes.c_char.in_dll(ctypes.CDLL(None), "__libc_single_threaded").value[0]
+print(len(os.listdir("/proc/self/task")), flag, flush=True)
 time.sleep(600)
 """
 
@@ -86,29 +47,41 @@ def _exited(pid: int) -> bool:
         return True
 
 
-@pytest.mark.parametrize("mechanism", ["pidfd", "poll"])
-def test_the_lifeline_ends_its_process_when_the_parent_is_killed_and_only_polls_without_a_pidfd(mechanism):
-    parent = subprocess.Popen([sys.executable, "-c", PARENT, LIFELINE, mechanism], stdout=subprocess.PIPE, text=True,
-                              cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+def _glibc_flag() -> bool:
+    try:
+        ctypes.c_char.in_dll(ctypes.CDLL(None), "__libc_single_threaded")
+        return True
+    except ValueError:
+        return False
+
+
+@pytest.mark.skipif(not _glibc_flag(), reason="glibc before 2.32 has no __libc_single_threaded")
+@pytest.mark.parametrize("way_out", [False, True], ids=["at-once", "way-out"])
+@pytest.mark.parametrize("mechanism", ["kernel", "poll"])
+def test_the_lifeline_ends_its_process_when_the_parent_is_killed_without_a_thread_where_the_kernel_helps(
+        mechanism, way_out, tmp_path: Path):
+    marker = tmp_path / "left" if way_out else ""
+    parent = subprocess.Popen([sys.executable, "-c", PARENT, LIFELINE, mechanism, str(marker)],
+                              stdout=subprocess.PIPE, text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
     pid = None
     try:
         assert parent.stdout is not None
         pid = int(parent.stdout.readline())
-        held, wakes = map(int, parent.stdout.readline().split())
-        forked = parent.stdout.readline().split()
+        threads, single_threaded = map(int, parent.stdout.readline().split())
     finally:
         parent.send_signal(signal.SIGKILL)
         parent.wait()
     try:
-        if mechanism == "pidfd":
-            assert (held, wakes) == (1, 0)
+        if mechanism == "kernel":
+            assert (threads, single_threaded) == (1, 1)
         else:
-            assert held == 0 and wakes >= 1  # every 0.2 s: about 5 in the second
-        assert forked == ["0", "True", "0"]  # grandchild's pidfds, its inherited descriptor open; child's pidfds
-        deadline = time.monotonic() + 30  # a hang detector; it leaves within a few ms (pidfd) or 0.2 s (poll)
+            assert (threads, single_threaded) == (2, 0)  # the polling thread
+        deadline = time.monotonic() + 30  # a hang detector; it leaves within a few ms (kernel) or 0.2 s (poll)
         while not _exited(pid):
             assert time.monotonic() < deadline, f"the lifeline process {pid} outlived its killed parent"
             time.sleep(0.05)
+        if way_out:
+            assert isinstance(marker, Path) and marker.read_text() == "left", "it left without its way out"
     finally:
         if pid is not None and not _exited(pid):
             os.kill(pid, signal.SIGKILL)

@@ -104,6 +104,8 @@ def _child(request: Fork, fds: list[int], keep_closed: list[int], run: Callable[
     """Become the run's worker, then leave without returning to the server's loop."""
     code = 1
     try:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
         os.setsid()
         signal.set_wakeup_fd(-1)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
@@ -160,10 +162,14 @@ def serve_forks(socket_path: str, modules: list[str], run: Callable[[], int]) ->
             conn.close()
             continue
         sys.stderr.flush()
+        # SIGTERM, the server's own way out, is blocked across the fork until the child has reset
+        # it: signalled early by the orchestrator, a child must die, not leave as the server would.
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
         pid = os.fork()
         if pid == 0:
             _child(request, fds, [listener.fileno(), conn.fileno(), wake_r, wake_w,
                                   *(c.fileno() for c in children.values())], run)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
         for fd in fds:
             os.close(fd)
         children[pid] = conn

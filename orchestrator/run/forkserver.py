@@ -22,12 +22,12 @@ from orchestrator.config.envs import Env
 from orchestrator.errors import describe_exit
 from orchestrator.processes import end_process
 from orchestrator.run import scratch
+from workers.contract.lifeline import ORPHAN_EXIT
 from workers.contract.messages import Fork, Forked, ForkExit, ForkReady, parse, wire
 from workers.contract.protocol import FrameReader, PeerClosed, ProtocolError, encode
 from workers.contract.typed import Invalid
 
 START_TIMEOUT_S = 300.0  # imports only; the SD1.5 toolchain took 16 s on a cold disk
-ORPHAN_EXIT = 3  # a worker whose server died exits with this code (workers/contract/lifeline.py)
 SOCKET_PATH_MAX = 103 if sys.platform == "darwin" else 107  # sun_path, less its NUL
 
 

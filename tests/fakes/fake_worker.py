@@ -12,6 +12,7 @@ import time
 
 import numpy as np
 
+from workers.contract.lifeline import exit_with_parent
 from workers.contract.messages import Hello, Measure, Ready, Result, Setup, Unsupported, parse, wire
 from workers.contract.protocol import HEADER, PROTOCOL_VERSION, Channel, encode
 
@@ -68,6 +69,7 @@ def run() -> int:
     """One run of the protocol, faulty as the mode says: its exit code."""
     global RUNS_IN_THIS_PROCESS
     RUNS_IN_THIS_PROCESS += 1
+    exit_with_parent()  # as the real worker does (workers/serve.py)
     mode = chosen_mode()
     out = os.fdopen(os.dup(1), "wb", buffering=0)
     ch = Channel(os.fdopen(os.dup(0), "rb", buffering=0), out)

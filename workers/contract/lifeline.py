@@ -1,60 +1,61 @@
 """Processes the orchestrator starts must end when it does, even when it is SIGKILLed and can
-clean nothing up: they notice that their parent changed (they were re-parented) and leave.
+clean nothing up.
 
-Where the OS gives a process a file descriptor for another (Linux's pidfd), the watching thread
-sleeps on one for its parent and wakes only when the parent exits, so a worker's timed loop shares
-its process with no harness thread that wakes during it, as a user's own loop has none
-(docs/methodology.md, "Harness overhead"). Elsewhere (macOS) it polls getppid() every 0.2 s."""
+On Linux the kernel does the watching: the process asks for a signal at its parent's death
+(`PR_SET_PDEATHSIG`), so the harness adds no thread to a worker. A user's own loop has none, and a
+process that never started a thread keeps glibc's `__libc_single_threaded` at 1, a state that a
+single-threaded, dispatch-heavy CPU step runs measurably faster in; a child forked from a process
+that had a thread never regains it (docs/methodology.md, "Harness overhead"). Elsewhere (macOS) a
+daemon thread polls getppid() every 0.2 s."""
 
 from __future__ import annotations
 
-import contextlib
+import ctypes
 import os
-import select
+import signal
+import sys
 import threading
 import time
 from collections.abc import Callable
 
 PERIOD_S = 0.2
+ORPHAN_EXIT = 3  # the exit code of a process whose lifeline ended it, where it could choose one
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 def parent_gone(parent: int) -> bool:
     return os.getppid() != parent
 
 
-def _wait_for_parent_exit(parent: int, period_s: float = PERIOD_S) -> None:
-    """Return once `parent` is no longer this process's parent: asleep on a pidfd of it where
-    there is one, else polling every `period_s`."""
+def ask_kernel(signum: int) -> bool:
+    """Whether the kernel will send `signum` to this process when the thread that forked it ends
+    (always the parent's main thread here: the orchestrator and the fork server fork from it)."""
+    if not sys.platform.startswith("linux"):
+        return False
     try:
-        fd = os.pidfd_open(parent)
-    except (AttributeError, OSError):  # no pidfd here (macOS, Linux before 5.3), or the parent is gone
-        fd = -1
-    if fd >= 0:
-        # Kept open for the life of this process. A child forked from it (a fork server's worker)
-        # closes its copy, once: the child's own children must not close whatever reuses the number.
-        inherited = [fd]
-
-        def close_inherited() -> None:
-            while inherited:
-                os.close(inherited.pop())
-
-        os.register_at_fork(after_in_child=close_inherited)
-        # Still our parent after the open: the fd is that process's, and its exit wakes it.
-        if not parent_gone(parent):
-            waiter = select.poll()  # not select(), which takes no fd past 1023
-            waiter.register(fd, select.POLLIN)
-            with contextlib.suppress(OSError):  # then the polling below watches instead
-                waiter.poll()
-    while not parent_gone(parent):
-        time.sleep(period_s)
+        return ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signum, 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
 
 
-def exit_with_parent(period_s: float = PERIOD_S, on_gone: Callable[[], None] = lambda: os._exit(3)) -> None:
-    """A daemon thread that calls `on_gone` once this process's parent has died."""
+def exit_with_parent(on_gone: Callable[[], None] | None = None) -> None:
+    """End this process once its parent has died: at once (SIGKILL from the kernel, nothing to run
+    in a process that may be stuck in a device call), or, where `on_gone` is given, by calling it
+    in the main thread, which must therefore wait in calls that signals interrupt (a fork server's
+    select loop). `on_gone` must exit; it also runs on SIGTERM, which the process's children must
+    block until they reset it (workers/forkserver.py)."""
+    leave = on_gone or (lambda: os._exit(ORPHAN_EXIT))
     parent = os.getppid()
+    if on_gone is not None:
+        signal.signal(signal.SIGTERM, lambda *_: on_gone())
+    if ask_kernel(signal.SIGTERM if on_gone is not None else signal.SIGKILL):
+        if parent_gone(parent):  # it died before the request: no signal will come
+            leave()
+        return
 
     def watch() -> None:
-        _wait_for_parent_exit(parent, period_s)
-        on_gone()
+        while not parent_gone(parent):
+            time.sleep(PERIOD_S)
+        leave()
 
     threading.Thread(target=watch, name="lifeline", daemon=True).start()
