@@ -57,23 +57,61 @@ def test_summarize_reprints_the_committed_20_h100_commands():
 
 SHARED_PARENT = REPO / "docs" / "results" / "2026-12-07-h200-overhead-shared-parent"
 DISPATCH_HEAVY = REPO / "docs" / "results" / "2026-12-07-cpu-overhead-dispatch-heavy"
+THREAD_FREE_CPU = REPO / "docs" / "results" / "2026-12-07-cpu-overhead-thread-free-lifeline"
+THREAD_FREE_GPU = REPO / "docs" / "results" / "2026-12-08-h100-overhead-thread-free-lifeline"
 
 
 @pytest.mark.parametrize("summary, rounds", [
-    (SHARED_PARENT / "summary-call1.txt", {"H": SHARED_PARENT / "call1-H.jsonl", "L": SHARED_PARENT / "call1-L.jsonl"}),
-    (SHARED_PARENT / "summary-call2.txt", {"H": SHARED_PARENT / "call2-H.jsonl"}),
-    (DISPATCH_HEAVY / "call1" / "summary.txt", {v: DISPATCH_HEAVY / "call1" / f"{v}.jsonl" for v in "FH"}),
-    (DISPATCH_HEAVY / "call2" / "summary.txt", {v: DISPATCH_HEAVY / "call2" / f"{v}.jsonl" for v in "FL"}),
-], ids=["h200-shared-parent-call1", "h200-shared-parent-call2", "cpu-dispatch-heavy-call1", "cpu-dispatch-heavy-call2"])
+    (SHARED_PARENT / "summary-call1.txt", {"H": [SHARED_PARENT / "call1-H.jsonl"], "L": [SHARED_PARENT / "call1-L.jsonl"]}),
+    (SHARED_PARENT / "summary-call2.txt", {"H": [SHARED_PARENT / "call2-H.jsonl"]}),
+    (DISPATCH_HEAVY / "call1" / "summary.txt", {v: [DISPATCH_HEAVY / "call1" / f"{v}.jsonl"] for v in "FH"}),
+    (DISPATCH_HEAVY / "call2" / "summary.txt", {v: [DISPATCH_HEAVY / "call2" / f"{v}.jsonl"] for v in "FL"}),
+    (THREAD_FREE_CPU / "call1" / "summary.txt", {v: [THREAD_FREE_CPU / "call1" / f"{v}.jsonl"] for v in "AB"}),
+    (THREAD_FREE_CPU / "call2" / "summary.txt", {v: [THREAD_FREE_CPU / "call2" / f"{v}.jsonl"] for v in "AB"}),
+    (THREAD_FREE_CPU / "summary.txt", {v: [THREAD_FREE_CPU / f"call{k}" / f"{v}.jsonl" for k in (1, 2)] for v in "AB"}),
+    (THREAD_FREE_GPU / "summary-call1.txt", {"F": [THREAD_FREE_GPU / "call1-F.jsonl"]}),
+    (THREAD_FREE_GPU / "summary-call2.txt", {"F": [THREAD_FREE_GPU / "call2-F.jsonl"]}),
+    (THREAD_FREE_GPU / "summary.txt", {"F": [THREAD_FREE_GPU / f"call{k}-F.jsonl" for k in (1, 2)]}),
+], ids=["h200-shared-parent-call1", "h200-shared-parent-call2", "cpu-dispatch-heavy-call1", "cpu-dispatch-heavy-call2",
+        "cpu-thread-free-call1", "cpu-thread-free-call2", "cpu-thread-free-both", "h100-thread-free-call1",
+        "h100-thread-free-call2", "h100-thread-free-both"])
 def test_summarize_reprints_the_committed_calls_by_variant(summary, rounds):
-    """What each of these calls printed at its end (`== V` and the summary of variant V's rounds),
-    which the folders' READMEs and docs/methodology.md quote."""
+    """What each of these calls printed at its end (`== V` and the summary of variant V's rounds,
+    or of both calls' rounds where the folder pools them), which the folders' READMEs and
+    docs/methodology.md quote."""
     printed = ""
-    for v, path in rounds.items():
-        p = _overhead("--summarize", str(path))
+    for v, paths in rounds.items():
+        p = _overhead("--summarize", *map(str, paths))
         assert p.returncode == 0, p.stderr
         printed += f"== {v}\n{p.stdout}"
     assert printed == summary.read_text()
+
+
+def test_pairs_reprints_the_variant_differences_the_readmes_quote():
+    """The signed-rank tests of one variant's commands against the other's, command by command, as
+    the dispatch-heavy and thread-free folders' READMEs quote them (`pairs.py`, by default and given
+    the thread-free calls' files)."""
+    pairs = DISPATCH_HEAVY / "pairs.py"
+    own = subprocess.run([sys.executable, str(pairs)], capture_output=True, text=True, timeout=120)
+    assert own.returncode == 0, own.stderr
+    assert own.stdout.splitlines() == [
+        "call1: F / H by command, 28 pairs: F the higher in 19; Hodges-Lehmann 1.0115 [0.9993-1.0229] at 95.2%, "
+        "signed-rank p 0.06 (exact)",
+        "call2: F / L by command, 16 pairs: F the higher in 9; Hodges-Lehmann 1.0196 [0.9963-1.0411] at 95.6%, "
+        "signed-rank p 0.1 (exact)",
+    ]
+    a, b = ([str(THREAD_FREE_CPU / f"call{k}" / f"{v}.jsonl") for k in (1, 2)] for v in "AB")
+    given = subprocess.run([sys.executable, str(pairs), f"call1:{a[0]}:{b[0]}", f"call2:{a[1]}:{b[1]}",
+                            f"both:{','.join(a)}:{','.join(b)}"], capture_output=True, text=True, timeout=120)
+    assert given.returncode == 0, given.stderr
+    assert given.stdout.splitlines() == [
+        "call1: A / B by command, 18 pairs: A the higher in 9; Hodges-Lehmann 1.0058 [0.9895-1.0220] at 95.2%, "
+        "signed-rank p 0.44 (exact)",
+        "call2: A / B by command, 18 pairs: A the higher in 14; Hodges-Lehmann 1.0169 [1.0007-1.0298] at 95.2%, "
+        "signed-rank p 0.034 (exact)",
+        "both: A / B by command, 36 pairs: A the higher in 23; Hodges-Lehmann 1.0111 [1.0006-1.0214] at 95.0%, "
+        "signed-rank p 0.039 (exact)",
+    ]
 
 
 def test_summarize_pools_calls_as_one(tmp_path):
