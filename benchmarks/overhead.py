@@ -37,7 +37,8 @@ are pairs: the signed-rank Hodges-Lehmann ratio of the per-round quotients, whic
 host between rounds does not widen) and how many rounds the harness was the slower in, and says of
 each interval whether the rounds place the ratio within 0.98-1.02, outside, or not yet either way.
 `--out FILE` appends each round to a JSON-lines file as it finishes (a command cut short keeps its
-rounds); `--summarize FILE...` pools the rounds of such files and prints the same summary:
+rounds), with the options and the harness's commit (`tree`: `git_commit`, `git_dirty`, as
+`session.json` records them; the lifeline, for one, changed between trees); `--summarize FILE...` pools the rounds of such files and prints the same summary:
 
     uv run python benchmarks/overhead.py --rounds 40 --out rounds.jsonl
     uv run python benchmarks/overhead.py --summarize command1.jsonl command2.jsonl
@@ -71,6 +72,7 @@ sys.path.insert(0, str(REPO))
 from orchestrator.config.envs import discover, ensure_synced, parse_overrides  # noqa: E402
 from orchestrator.config.matrix import load_matrix  # noqa: E402
 from orchestrator.errors import UserError  # noqa: E402
+from orchestrator.results import provenance  # noqa: E402
 from orchestrator.results.compare import ALPHA, rank_test, signed_rank_test  # noqa: E402
 from orchestrator.run import scratch  # noqa: E402
 from orchestrator.run.forkserver import ForkServer, ForkServerError  # noqa: E402
@@ -585,6 +587,7 @@ def measure_rounds(args, m, cell, env, setup, bare_args, log: Path):
         print("bare loop's fork parent ready", flush=True)
     harness: list[tuple[float, float, float]] = []
     bare: list[tuple[float, float, float]] = []
+    tree = {k: v for k, v in provenance.harness().items() if k in ("git_commit", "git_dirty")}
     print(f"{cell.id}: {m.timing.warmup} warmup + at least {m.timing.iterations} iterations and {setup.min_window_s} s "
           f"per run, {args.rounds} rounds", flush=True)
     for r in range(args.rounds):
@@ -602,7 +605,7 @@ def measure_rounds(args, m, cell, env, setup, bare_args, log: Path):
         if args.out:
             with open(args.out, "a") as f:
                 f.write(json.dumps({"cell": cell.id, "worker_start": args.worker_start, "bare_start": args.bare_start,
-                                    "bare_lifeline": args.bare_lifeline, "round": r,
+                                    "bare_lifeline": args.bare_lifeline, "tree": tree, "round": r,
                                     "harness": _side_json(harness[-1]), "bare": _side_json(bare[-1])}) + "\n")
     return harness, bare
 

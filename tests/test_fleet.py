@@ -182,7 +182,7 @@ def test_an_interrupted_fleet_session_keeps_its_finished_runs_and_resumes(fake, 
         time.sleep(0.2)
     p.send_signal(signal.SIGTERM)  # run 1 holds on its node; the other two are recorded
     code, output = finish(p)
-    with contextlib.suppress(ProcessLookupError):  # the fake has no lifeline: the held worker is the test's to end
+    with contextlib.suppress(ProcessLookupError):  # the held worker lives until its node goes: the test ends it
         os.kill(int(Path(env["FAKE_HOLD"]).read_text()), signal.SIGKILL)
     assert code == 130, output[-3000:]
     d = only_session(out)

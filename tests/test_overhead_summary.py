@@ -69,11 +69,13 @@ THREAD_FREE_GPU = REPO / "docs" / "results" / "2026-12-08-h100-overhead-thread-f
     (THREAD_FREE_CPU / "call1" / "summary.txt", {v: [THREAD_FREE_CPU / "call1" / f"{v}.jsonl"] for v in "AB"}),
     (THREAD_FREE_CPU / "call2" / "summary.txt", {v: [THREAD_FREE_CPU / "call2" / f"{v}.jsonl"] for v in "AB"}),
     (THREAD_FREE_CPU / "summary.txt", {v: [THREAD_FREE_CPU / f"call{k}" / f"{v}.jsonl" for k in (1, 2)] for v in "AB"}),
+    (THREAD_FREE_CPU / "call3" / "summary.txt", {v: [THREAD_FREE_CPU / "call3" / f"{v}.jsonl"] for v in "FS"}),
     (THREAD_FREE_GPU / "summary-call1.txt", {"F": [THREAD_FREE_GPU / "call1-F.jsonl"]}),
     (THREAD_FREE_GPU / "summary-call2.txt", {"F": [THREAD_FREE_GPU / "call2-F.jsonl"]}),
     (THREAD_FREE_GPU / "summary.txt", {"F": [THREAD_FREE_GPU / f"call{k}-F.jsonl" for k in (1, 2)]}),
 ], ids=["h200-shared-parent-call1", "h200-shared-parent-call2", "cpu-dispatch-heavy-call1", "cpu-dispatch-heavy-call2",
-        "cpu-thread-free-call1", "cpu-thread-free-call2", "cpu-thread-free-both", "h100-thread-free-call1",
+        "cpu-thread-free-call1", "cpu-thread-free-call2", "cpu-thread-free-both", "cpu-thread-free-call3",
+        "h100-thread-free-call1",
         "h100-thread-free-call2", "h100-thread-free-both"])
 def test_summarize_reprints_the_committed_calls_by_variant(summary, rounds):
     """What each of these calls printed at its end (`== V` and the summary of variant V's rounds,
@@ -101,8 +103,9 @@ def test_pairs_reprints_the_variant_differences_the_readmes_quote():
         "signed-rank p 0.1 (exact)",
     ]
     a, b = ([str(THREAD_FREE_CPU / f"call{k}" / f"{v}.jsonl") for k in (1, 2)] for v in "AB")
+    f, s = (str(THREAD_FREE_CPU / "call3" / f"{v}.jsonl") for v in "FS")
     given = subprocess.run([sys.executable, str(pairs), f"call1:{a[0]}:{b[0]}", f"call2:{a[1]}:{b[1]}",
-                            f"both:{','.join(a)}:{','.join(b)}"], capture_output=True, text=True, timeout=120)
+                            f"both:{','.join(a)}:{','.join(b)}", f"fs:{f}:{s}"], capture_output=True, text=True, timeout=120)
     assert given.returncode == 0, given.stderr
     assert given.stdout.splitlines() == [
         "call1: A / B by command, 18 pairs: A the higher in 9; Hodges-Lehmann 1.0058 [0.9895-1.0220] at 95.2%, "
@@ -111,6 +114,8 @@ def test_pairs_reprints_the_variant_differences_the_readmes_quote():
         "signed-rank p 0.034 (exact)",
         "both: A / B by command, 36 pairs: A the higher in 23; Hodges-Lehmann 1.0111 [1.0006-1.0214] at 95.0%, "
         "signed-rank p 0.039 (exact)",
+        "fs: F / S by command, 12 pairs: F the higher in 2; Hodges-Lehmann 0.9811 [0.9360-0.9942] at 95.8%, "
+        "signed-rank p 0.0068 (exact)",
     ]
 
 
@@ -241,7 +246,7 @@ def test_an_unwritable_out_is_refused_before_any_round(tmp_path):
 def test_rounds_through_a_fork_server_are_written_summarized_and_leave_no_temp_files(diffusers_python, tmp_path, request,
                                                                                      bare_start):
     """Two real rounds of the small 64 px cell, the bare loop spawned or forked (in this session or a
-    new one, or by the harness's fork server, there with the lifeline thread): each round's line in
+    new one, or by the harness's fork server, there with --bare-lifeline too): each round's line in
     --out, the summary of exactly those rounds, and nothing of ours left in the temp folder (the
     worker's log, the fork server's socket)."""
     tmp, out = Path(tempfile.mkdtemp(prefix="t")), tmp_path / "rounds.jsonl"  # short: the fork server's socket is in it
@@ -252,9 +257,11 @@ def test_rounds_through_a_fork_server_are_written_summarized_and_leave_no_temp_f
                        capture_output=True, text=True, timeout=600, env={**os.environ, "TMPDIR": str(tmp)})
     assert p.returncode == 0, p.stderr[-3000:]
     rows = [json.loads(line) for line in out.read_text().splitlines()]
-    lifeline = bare_start == "forkserver"  # that case also gives the bare loop the lifeline thread
+    lifeline = bare_start == "forkserver"  # that case also passes --bare-lifeline
     assert [(r["round"], r["worker_start"], r["bare_start"], r["bare_lifeline"], r["cell"]) for r in rows] == [
         (k, "forkserver", bare_start, lifeline, "diffusers-cpu-fp32") for k in (0, 1)]
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    assert all(r["tree"]["git_commit"] == head and isinstance(r["tree"]["git_dirty"], bool) for r in rows)
     assert (f"bare loop ({bare_start})" in p.stdout) == (bare_start != "spawn")
     assert all(r[side]["median_ms"] > 0 for r in rows for side in ("harness", "bare"))
     summary = p.stdout.splitlines()[-4:]

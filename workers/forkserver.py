@@ -16,6 +16,7 @@ are not fork-safe, so the orchestrator spawns there (docs/design.md, "Worker sta
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import select
@@ -26,7 +27,7 @@ import time
 import traceback
 from collections.abc import Callable
 
-from workers.contract.lifeline import exit_with_parent
+from workers.contract.lifeline import ORPHAN_EXIT, exit_with_parent
 from workers.contract.messages import Fork, Forked, ForkExit, ForkReady, parse, wire
 from workers.contract.protocol import HEADER, MAX_FRAME_BYTES, decode, encode, frame_length
 from workers.contract.typed import Invalid
@@ -100,11 +101,13 @@ def _recv_request(conn: socket.socket) -> tuple[Fork, list[int]]:
     return request, fds
 
 
-def _child(request: Fork, fds: list[int], keep_closed: list[int], run: Callable[[], int]) -> None:
-    """Become the run's worker, then leave without returning to the server's loop."""
+def _child(server: int, request: Fork, fds: list[int], keep_closed: list[int], run: Callable[[], int]) -> None:
+    """Become the run's worker, then leave without returning to the server's loop. Its lifeline is
+    set first, against the server's pid taken before the fork: a server that died since is seen."""
     code = 1
     try:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        exit_with_parent(parent=server)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
         os.setsid()
         signal.set_wakeup_fd(-1)
@@ -164,12 +167,15 @@ def serve_forks(socket_path: str, modules: list[str], run: Callable[[], int]) ->
         sys.stderr.flush()
         # SIGTERM, the server's own way out, is blocked across the fork until the child has reset
         # it: signalled early by the orchestrator, a child must die, not leave as the server would.
+        server = os.getpid()
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
-        pid = os.fork()
-        if pid == 0:
-            _child(request, fds, [listener.fileno(), conn.fileno(), wake_r, wake_w,
-                                  *(c.fileno() for c in children.values())], run)
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+        try:
+            pid = os.fork()
+            if pid == 0:
+                _child(server, request, fds, [listener.fileno(), conn.fileno(), wake_r, wake_w,
+                                              *(c.fileno() for c in children.values())], run)
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
         for fd in fds:
             os.close(fd)
         children[pid] = conn
@@ -181,14 +187,13 @@ def serve_forks(socket_path: str, modules: list[str], run: Callable[[], int]) ->
 
 
 def _leave(socket_path: str) -> None:
-    """Exit because the orchestrator is gone. Killed, it removed nothing, so the socket and the
-    folder it made for this server alone go with the server instead of piling up in the temp dir."""
-    try:
-        os.unlink(socket_path)
-        os.rmdir(os.path.dirname(socket_path))
-    except OSError:
-        pass  # not bound yet, or the orchestrator's close() got there first
-    os._exit(3)
+    """Exit on SIGTERM: the orchestrator's close(), or the kernel's word that the orchestrator is
+    gone. Killed, it removed nothing, so the socket and the folder it made for this server alone go
+    with the server instead of piling up in the temp dir."""
+    for remove, path in ((os.unlink, socket_path), (os.rmdir, os.path.dirname(socket_path))):
+        with contextlib.suppress(OSError):  # not bound yet, or the orchestrator's close() got there first
+            remove(path)
+    os._exit(ORPHAN_EXIT)
 
 
 def _reap(children: dict[int, socket.socket]) -> None:

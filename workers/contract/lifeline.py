@@ -28,8 +28,9 @@ def parent_gone(parent: int) -> bool:
 
 
 def ask_kernel(signum: int) -> bool:
-    """Whether the kernel will send `signum` to this process when the thread that forked it ends
-    (always the parent's main thread here: the orchestrator and the fork server fork from it)."""
+    """Whether the kernel will send `signum` to this process when the thread that forked it ends:
+    the parent's main thread, where the orchestrator and the fork server fork (a rule their code
+    follows; nothing here checks it)."""
     if not sys.platform.startswith("linux"):
         return False
     try:
@@ -38,14 +39,17 @@ def ask_kernel(signum: int) -> bool:
         return False
 
 
-def exit_with_parent(on_gone: Callable[[], None] | None = None) -> None:
+def exit_with_parent(on_gone: Callable[[], None] | None = None, parent: int | None = None) -> None:
     """End this process once its parent has died: at once (SIGKILL from the kernel, nothing to run
     in a process that may be stuck in a device call), or, where `on_gone` is given, by calling it
     in the main thread, which must therefore wait in calls that signals interrupt (a fork server's
     select loop). `on_gone` must exit; it also runs on SIGTERM, which the process's children must
-    block until they reset it (workers/forkserver.py)."""
+    block until they reset it (workers/forkserver.py). `parent` is the pid the parent had before
+    this process began, where the caller knows it; else this process's parent now, so a parent
+    that died before this call is missed (a spawned worker then ends at its first read of the
+    closed stdin, a fork server at its first write)."""
     leave = on_gone or (lambda: os._exit(ORPHAN_EXIT))
-    parent = os.getppid()
+    parent = os.getppid() if parent is None else parent
     if on_gone is not None:
         signal.signal(signal.SIGTERM, lambda *_: on_gone())
     if ask_kernel(signal.SIGTERM if on_gone is not None else signal.SIGKILL):
