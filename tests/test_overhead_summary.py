@@ -89,25 +89,20 @@ def test_summarize_reprints_the_committed_calls_by_variant(summary, rounds):
     assert printed == summary.read_text()
 
 
-def test_pairs_reprints_the_variant_differences_the_readmes_quote():
-    """The signed-rank tests of one variant's commands against the other's, command by command, as
-    the dispatch-heavy and thread-free folders' READMEs quote them (`pairs.py`, by default and given
-    the thread-free calls' files)."""
-    pairs = DISPATCH_HEAVY / "pairs.py"
-    own = subprocess.run([sys.executable, str(pairs)], capture_output=True, text=True, timeout=120)
-    assert own.returncode == 0, own.stderr
-    assert own.stdout.splitlines() == [
+def _call_files(k: int, v: str) -> str:
+    return str(THREAD_FREE_CPU / f"call{k}" / f"{v}.jsonl")
+
+
+@pytest.mark.parametrize("args, lines", [
+    ([], [
         "call1: F / H by command, 28 pairs: F the higher in 19; Hodges-Lehmann 1.0115 [0.9993-1.0229] at 95.2%, "
         "signed-rank p 0.06 (exact)",
         "call2: F / L by command, 16 pairs: F the higher in 9; Hodges-Lehmann 1.0196 [0.9963-1.0411] at 95.6%, "
         "signed-rank p 0.1 (exact)",
-    ]
-    a, b = ([str(THREAD_FREE_CPU / f"call{k}" / f"{v}.jsonl") for k in (1, 2)] for v in "AB")
-    f, s = (str(THREAD_FREE_CPU / "call3" / f"{v}.jsonl") for v in "FS")
-    given = subprocess.run([sys.executable, str(pairs), f"call1:{a[0]}:{b[0]}", f"call2:{a[1]}:{b[1]}",
-                            f"both:{','.join(a)}:{','.join(b)}", f"fs:{f}:{s}"], capture_output=True, text=True, timeout=120)
-    assert given.returncode == 0, given.stderr
-    assert given.stdout.splitlines() == [
+    ]),
+    ([f"call1:{_call_files(1, 'A')}:{_call_files(1, 'B')}", f"call2:{_call_files(2, 'A')}:{_call_files(2, 'B')}",
+      f"both:{_call_files(1, 'A')},{_call_files(2, 'A')}:{_call_files(1, 'B')},{_call_files(2, 'B')}",
+      f"fs:{_call_files(3, 'F')}:{_call_files(3, 'S')}"], [
         "call1: A / B by command, 18 pairs: A the higher in 9; Hodges-Lehmann 1.0058 [0.9895-1.0220] at 95.2%, "
         "signed-rank p 0.44 (exact)",
         "call2: A / B by command, 18 pairs: A the higher in 14; Hodges-Lehmann 1.0169 [1.0007-1.0298] at 95.2%, "
@@ -116,7 +111,16 @@ def test_pairs_reprints_the_variant_differences_the_readmes_quote():
         "signed-rank p 0.039 (exact)",
         "fs: F / S by command, 12 pairs: F the higher in 2; Hodges-Lehmann 0.9811 [0.9360-0.9942] at 95.8%, "
         "signed-rank p 0.0068 (exact)",
-    ]
+    ]),
+], ids=["dispatch-heavy", "thread-free"])
+def test_pairs_reprints_the_variant_differences_the_readmes_quote(args, lines):
+    """The signed-rank tests of one variant's commands against the other's, command by command, as
+    the dispatch-heavy and thread-free folders' READMEs quote them (`pairs.py`, by default and given
+    the thread-free calls' files)."""
+    p = subprocess.run([sys.executable, str(DISPATCH_HEAVY / "pairs.py"), *args], capture_output=True, text=True,
+                       timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.splitlines() == lines
 
 
 def test_summarize_pools_calls_as_one(tmp_path):
