@@ -85,3 +85,41 @@ def test_the_lifeline_ends_its_process_when_the_parent_is_killed_without_a_threa
     finally:
         if pid is not None and not _exited(pid):
             os.kill(pid, signal.SIGKILL)
+
+
+# argv: a file descriptor for the worker's stdin. Spawns `python -m workers --serve` as the
+# orchestrator does, waits for the first byte of its hello (sent after its lifeline is set),
+# prints its pid, and waits on it.
+ORCHESTRATOR = """
+import subprocess, sys
+worker = subprocess.Popen([sys.executable, "-m", "workers", "--serve"], stdin=int(sys.argv[1]), stdout=subprocess.PIPE)
+worker.stdout.read(1)
+print(worker.pid, flush=True)
+worker.wait()
+"""
+
+
+def test_a_spawned_worker_ends_with_its_killed_orchestrator_though_its_stdin_stays_open(tmp_path: Path):
+    """The worker's own command sets its lifeline: here only the lifeline can end it, since the test
+    holds the write end of its stdin, so it never reads an end of file."""
+    r, w = os.pipe()
+    parent = subprocess.Popen([sys.executable, "-c", ORCHESTRATOR, str(r)], pass_fds=(r,), stdout=subprocess.PIPE,
+                              text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+    os.close(r)
+    pid = None
+    try:
+        assert parent.stdout is not None
+        pid = int(parent.stdout.readline())
+        assert not _exited(pid), "the worker ended with its orchestrator still alive"
+        parent.send_signal(signal.SIGKILL)
+        parent.wait()
+        deadline = time.monotonic() + 30  # a hang detector; it leaves within a few ms
+        while not _exited(pid):
+            assert time.monotonic() < deadline, f"the worker {pid} outlived its killed orchestrator"
+            time.sleep(0.05)
+    finally:
+        os.close(w)
+        parent.kill()
+        parent.wait()
+        if pid is not None and not _exited(pid):
+            os.kill(pid, signal.SIGKILL)

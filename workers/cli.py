@@ -27,8 +27,10 @@ def main(argv: list[str] | None = None) -> int:
 
         return serve_forks(args.forkserver, ["workers.serve", *args.preload], lambda: serve(args.env_name))
     if args.serve:
+        from workers.contract.lifeline import exit_with_parent
         from workers.serve import serve
 
+        exit_with_parent()  # an orphaned worker (orchestrator killed) must not run on; a forked one's is set as it forks
         code = serve(args.env_name)
         sys.stderr.flush()
         # The result is sent: leave without interpreter teardown, which for some toolchains

@@ -21,7 +21,6 @@ from workers.backends import backend_module
 from workers.backends.base import LoadedModel, LoadSpec, Unsupported
 from workers.contract.digest import sha256_array
 from workers.contract.inputs import PinnedInputs
-from workers.contract.lifeline import exit_with_parent
 from workers.contract.messages import Error, Hello, Measure, Message, NvmlCheck, Ready, Result, Setup, parse, wire
 from workers.contract.messages import Unsupported as UnsupportedMessage
 from workers.contract.presets import UNetArch
@@ -162,7 +161,6 @@ def send(channel: Channel, message: Message) -> None:
 
 
 def serve(env_name: str) -> int:
-    exit_with_parent()  # an orphaned worker (orchestrator killed) must not run on
     reader, writer = _protocol_streams()
     channel = Channel(reader, writer)
     try:
