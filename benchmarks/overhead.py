@@ -2,7 +2,8 @@
 versus a bare in-process loop over the same backend code, same env, same weights and inputs.
 
     uv run python benchmarks/overhead.py [--matrix examples/quick.toml] [--cell ID] [--rounds 3]
-        [--worker-start spawn|forkserver] [--bare-start spawn|fork|fork-session|forkserver] [--cpus 2-5]
+        [--worker-start spawn|forkserver] [--bare-start spawn|spawn-preload|fork|fork-session|forkserver]
+        [--cpus 2-5]
 
 On a GPU host, with the preinstalled torch:
 
@@ -15,7 +16,9 @@ forks each bare loop from a process that made the fork server's imports and noth
 (its worker's new session, lifeline and protocol); `--bare-start fork-session` also gives each
 bare loop a new session, which leaves the lifeline and the protocol; `--bare-start
 forkserver` forks the bare loop from the harness's own fork server, so that both sides are children
-of one parent and share whatever state it hands its children; `--bare-lifeline` sets up the worker's
+of one parent and share whatever state it hands its children; `--bare-start spawn-preload` spawns
+the bare loop but has it make the fork server's imports first, in their order, so that only the
+fork itself differs from `fork`; `--bare-lifeline` sets up the worker's
 lifeline in the bare loop too. `--cpus` pins this
 process, and so both sides (the harness's worker and fork server, the bare loop), to the same
 CPUs: where fresh processes land on the host's cores changes a launch-bound GPU cell's speed, a
@@ -38,7 +41,8 @@ host between rounds does not widen) and how many rounds the harness was the slow
 each interval whether the rounds place the ratio within 0.98-1.02, outside, or not yet either way.
 `--out FILE` appends each round to a JSON-lines file as it finishes (a command cut short keeps its
 rounds), with the options and the harness's commit (`tree`: `git_commit`, `git_dirty`, as
-`session.json` records them; the lifeline, for one, changed between trees); `--summarize FILE...` pools the rounds of such files and prints the same summary:
+`session.json` records them; the lifeline, for one, changed between trees); `--summarize FILE...`
+pools the rounds of such files and prints the same summary:
 
     uv run python benchmarks/overhead.py --rounds 40 --out rounds.jsonl
     uv run python benchmarks/overhead.py --summarize command1.jsonl command2.jsonl
@@ -119,6 +123,19 @@ if a.get("steps_out"):
     json.dump(steps, open(a["steps_out"], "w"))
 print(json.dumps({"median_ms": float(np.median(lat)), "p10_ms": float(np.percentile(lat, 10)),
                   "minor_faults_per_step": faults / len(lat)}))
+"""
+
+# With --bare-start spawn-preload: put before BARE, the spawned bare loop first makes the fork
+# server's imports (the modules after its arguments) in their order and under their import-time
+# environment, as a forked one's parent does, then takes its own environment back: a fresh process
+# whose heap was built as a forked one's was, to tell the fork from the order of the imports.
+PRELOAD_FIRST = """
+import os, sys
+from workers.forkserver import preload
+environ = dict(os.environ)
+preload(sys.argv[2:])
+os.environ.clear()
+os.environ.update(environ)
 """
 
 # With --bare-start fork or fork-session: a process that makes the fork server's imports
@@ -330,6 +347,7 @@ def _harness(env, setup, bare_args, log, timeout_s) -> tuple[float, float, float
 
 
 BARE_FORK_PARENT: list[BareForks | BareFromServer] = []  # with --bare-start fork, fork-session or forkserver: the bare loops' parent
+BARE_PRELOAD: list[str] = []  # with --bare-start spawn-preload: the modules the spawned bare loop imports first
 
 
 def _bare(env, setup, bare_args, log, timeout_s) -> tuple[float, float, float] | None:
@@ -337,7 +355,8 @@ def _bare(env, setup, bare_args, log, timeout_s) -> tuple[float, float, float] |
         out = BARE_FORK_PARENT[0].run(bare_args, timeout_s)
         return None if out is None else _side(out, "forked bare loop")
     try:
-        b = subprocess.run([str(env.python), "-c", BARE, bare_args], capture_output=True, text=True,
+        code = PRELOAD_FIRST + BARE if BARE_PRELOAD else BARE
+        b = subprocess.run([str(env.python), "-c", code, bare_args, *BARE_PRELOAD], capture_output=True, text=True,
                            cwd=REPO, env=env.worker_environ(), timeout=timeout_s)
     except subprocess.TimeoutExpired:
         print(f"bare loop timed out after {timeout_s:g} s", file=sys.stderr)
@@ -516,8 +535,10 @@ def main() -> int:
     p.add_argument("--env", action="append", default=[], metavar="NAME=PYTHON", help="use an existing interpreter for env NAME")
     p.add_argument("--worker-start", choices=("spawn", "forkserver"), default="spawn",
                    help="how the harness's worker starts (sessions on Linux fork it from the env's fork server)")
-    p.add_argument("--bare-start", choices=("spawn", "fork", "fork-session", "forkserver"), default="spawn",
-                   help="how the bare loop's process starts: spawned, as a user's own loop is, or forked after the "
+    p.add_argument("--bare-start", choices=("spawn", "spawn-preload", "fork", "fork-session", "forkserver"),
+                   default="spawn",
+                   help="how the bare loop's process starts: spawned, as a user's own loop is (spawn-preload: making "
+                        "the fork server's imports first, in its order), or forked after the "
                         "fork server's imports (a forked start without the harness), in this process's session or "
                         "in a new one as the harness's worker is, or forked by the harness's own fork server "
                         "(with --worker-start forkserver: both sides children of one parent)")
@@ -581,6 +602,8 @@ def measure_rounds(args, m, cell, env, setup, bare_args, log: Path):
         print(f"fork server ready, imports took {server.start().import_s:.1f} s", flush=True)
         if isinstance(server, SharedServer):
             BARE_FORK_PARENT.append(BareFromServer(server, env, log.with_name("bare-forks.log")))
+    if args.bare_start == "spawn-preload":
+        BARE_PRELOAD.extend(BACKENDS[cell.backend].preload)
     if args.bare_start in ("fork", "fork-session"):
         BARE_FORK_PARENT.append(BareForks(env, args.bare_start, list(BACKENDS[cell.backend].preload),
                                           log.with_name("bare-forks.log")))
@@ -599,7 +622,7 @@ def measure_rounds(args, m, cell, env, setup, bare_args, log: Path):
                 return None
             (harness if measure is _harness else bare).append(ms)
         print(f"round {r} ({'harness' if r % 2 == 0 else 'bare'} first): harness {harness[-1][0]:.3f} ms/step "
-              f"(p10 {harness[-1][1]:.3f}, {harness[-1][2]:.0f} faults/step)   bare loop{f' ({args.bare_start})' if BARE_FORK_PARENT else ''} "
+              f"(p10 {harness[-1][1]:.3f}, {harness[-1][2]:.0f} faults/step)   bare loop{f' ({args.bare_start})' if args.bare_start != 'spawn' else ''} "
               f"{bare[-1][0]:.3f} ms/step "
               f"(p10 {bare[-1][1]:.3f}, {bare[-1][2]:.0f} faults/step) ({time.monotonic() - t0:.0f} s)", flush=True)
         if args.out:

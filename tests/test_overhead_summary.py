@@ -246,7 +246,7 @@ def test_an_unwritable_out_is_refused_before_any_round(tmp_path):
     assert (p.returncode, p.stdout, p.stderr) == (2, "", f"error: --out {target}: No such file or directory\n")
 
 
-@pytest.mark.parametrize("bare_start", ["spawn", "fork", "fork-session", "forkserver"])
+@pytest.mark.parametrize("bare_start", ["spawn", "spawn-preload", "fork", "fork-session", "forkserver"])
 def test_rounds_through_a_fork_server_are_written_summarized_and_leave_no_temp_files(diffusers_python, tmp_path, request,
                                                                                      bare_start):
     """Two real rounds of the small 64 px cell, the bare loop spawned or forked (in this session or a
@@ -374,6 +374,8 @@ def _one_bare_loop(overhead, bare_start: str, timeout_s: float, request, monkeyp
     if bare_start == "forkserver":
         server = _shared_server(overhead, request, monkeypatch, tmp_path / "forkserver.log")
         overhead.BARE_FORK_PARENT.append(overhead.BareFromServer(server, _ThisPython, tmp_path / "bare-forks.log"))
+    elif bare_start == "spawn-preload":
+        monkeypatch.setattr(overhead, "BARE_PRELOAD", ["json"])
     elif bare_start != "spawn":
         overhead.BARE_FORK_PARENT.append(overhead.BareForks(_ThisPython, bare_start, [], tmp_path / "bare-forks.log"))
     try:
@@ -383,8 +385,24 @@ def _one_bare_loop(overhead, bare_start: str, timeout_s: float, request, monkeyp
             parent.close()
 
 
+def test_spawn_preload_makes_the_fork_servers_imports_first_in_order_then_takes_its_environment_back(monkeypatch,
+                                                                                                      tmp_path, request):
+    """The spawned bare loop of `--bare-start spawn-preload` has imported the preloaded modules, in
+    their order, before its own code runs, and runs in its own environment, not the import-time one."""
+    overhead = _overhead_module()
+    monkeypatch.setattr(overhead, "BARE", "import json, os, sys\n"
+                                          "names = [m for m in sys.modules if m in ('colorsys', 'wave')]\n"
+                                          "print(json.dumps({'median_ms': 1.0, 'p10_ms': 1.0, 'minor_faults_per_step': 0,"
+                                          " 'names': names, 'check': os.environ.get('PYTORCH_NVML_BASED_CUDA_CHECK')}))")
+    monkeypatch.setattr(overhead, "_side", lambda out, label: out)
+    monkeypatch.setenv("PYTORCH_NVML_BASED_CUDA_CHECK", "0")
+    monkeypatch.setattr(overhead, "BARE_PRELOAD", ["wave", "colorsys"])
+    out = overhead._bare(_ThisPython, None, "{}", tmp_path / "worker.log", 30.0)
+    assert (out["names"], out["check"]) == (["wave", "colorsys"], "0")
+
+
 @pytest.mark.parametrize("printed", ["print('done')", "print('{\"median_ms\": 1.0}')"])
-@pytest.mark.parametrize("bare_start", ["spawn", "fork", "fork-session", "forkserver"])
+@pytest.mark.parametrize("bare_start", ["spawn", "spawn-preload", "fork", "fork-session", "forkserver"])
 def test_a_bare_loop_that_prints_no_result_is_a_failed_round_in_one_line(monkeypatch, capsys, tmp_path, request,
                                                                           bare_start, printed):
     """Not JSON, or an object without the three numbers: the round fails with one line, not a traceback."""
@@ -392,19 +410,19 @@ def test_a_bare_loop_that_prints_no_result_is_a_failed_round_in_one_line(monkeyp
     monkeypatch.setattr(overhead, "BARE", printed)
     assert _one_bare_loop(overhead, bare_start, 30.0, request, monkeypatch, tmp_path) is None
     err = capsys.readouterr().err
-    forked = "" if bare_start == "spawn" else "forked "
+    forked = "" if bare_start.startswith("spawn") else "forked "
     assert err.count("\n") == 1
-    if printed == "print('done')" and bare_start != "spawn":
+    if printed == "print('done')" and forked:
         assert err.startswith("forked bare loop failed (its last line is not a JSON object: 'done'): ")
     else:
         assert err == f"{forked}bare loop printed no result: its last line is not an object of median_ms, p10_ms, minor_faults_per_step\n"
 
 
-@pytest.mark.parametrize("bare_start", ["spawn", "fork", "fork-session", "forkserver"])
+@pytest.mark.parametrize("bare_start", ["spawn", "spawn-preload", "fork", "fork-session", "forkserver"])
 def test_a_bare_loop_that_hangs_is_ended_at_the_runs_timeout_in_one_line(monkeypatch, capsys, tmp_path, request,
                                                                          bare_start):
     overhead = _overhead_module()
     monkeypatch.setattr(overhead, "BARE", "import time\ntime.sleep(60)")
     assert _one_bare_loop(overhead, bare_start, 1.0, request, monkeypatch, tmp_path) is None
-    label = "bare loop" if bare_start == "spawn" else "forked bare loop"
+    label = "bare loop" if bare_start.startswith("spawn") else "forked bare loop"
     assert capsys.readouterr().err == f"{label} timed out after 1 s\n"

@@ -1,8 +1,9 @@
 # Blocks of benchmarks/overhead.py on a dispatch-heavy CPU step (the tiny model at 64 px, 2 s windows):
 # each command a fresh fork server and bare parent, $ROUNDS rounds, variants in $ORDER
 # (F: bare loop forked after the imports; H: bare loop forked by the harness's own fork server;
-# S: bare loop spawned, as a user's own loop is; L: F with the worker's lifeline thread started in the
-# bare loop too), the harness's worker forked by its fork server,
+# S: bare loop spawned, as a user's own loop is; Q: S making the fork server's imports first, in its
+# order (added 2026-12-08); L: F with the worker's lifeline started in the bare loop too (a thread
+# before 2026-12-07)), the harness's worker forked by its fork server,
 # until $UNTIL (epoch seconds); output in $O (taken relative to where it is started).
 : "${UNTIL:?set UNTIL to the epoch second to stop at}"
 O=$(realpath -m "${O:-/tmp/dispatch-blocks}")  # where it is started, before the cd below
@@ -19,6 +20,7 @@ while [ $(date +%s) -lt $UNTIL ]; do
       F) start=fork;;
       H) start=forkserver;;
       S) start=spawn;;
+      Q) start=spawn-preload;;
       L) start=fork; extra=--bare-lifeline;;
     esac
     echo "== block $i variant $v $(date -u +%T) load $(cut -d' ' -f1-3 /proc/loadavg)" >> $O/$v.log
