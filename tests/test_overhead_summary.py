@@ -59,6 +59,7 @@ SHARED_PARENT = REPO / "docs" / "results" / "2026-12-07-h200-overhead-shared-par
 DISPATCH_HEAVY = REPO / "docs" / "results" / "2026-12-07-cpu-overhead-dispatch-heavy"
 THREAD_FREE_CPU = REPO / "docs" / "results" / "2026-12-07-cpu-overhead-thread-free-lifeline"
 THREAD_FREE_GPU = REPO / "docs" / "results" / "2026-12-08-h100-overhead-thread-free-lifeline"
+FORK_OR_IMPORTS = REPO / "docs" / "results" / "2026-12-08-cpu-overhead-fork-or-import-order"
 
 
 @pytest.mark.parametrize("summary, rounds", [
@@ -73,10 +74,13 @@ THREAD_FREE_GPU = REPO / "docs" / "results" / "2026-12-08-h100-overhead-thread-f
     (THREAD_FREE_GPU / "summary-call1.txt", {"F": [THREAD_FREE_GPU / "call1-F.jsonl"]}),
     (THREAD_FREE_GPU / "summary-call2.txt", {"F": [THREAD_FREE_GPU / "call2-F.jsonl"]}),
     (THREAD_FREE_GPU / "summary.txt", {"F": [THREAD_FREE_GPU / f"call{k}-F.jsonl" for k in (1, 2)]}),
+    (FORK_OR_IMPORTS / "call1" / "summary.txt", {v: [FORK_OR_IMPORTS / "call1" / f"{v}.jsonl"] for v in "FSQ"}),
+    (FORK_OR_IMPORTS / "call2" / "summary.txt", {"P": [FORK_OR_IMPORTS / "call2" / "P.jsonl"]}),
 ], ids=["h200-shared-parent-call1", "h200-shared-parent-call2", "cpu-dispatch-heavy-call1", "cpu-dispatch-heavy-call2",
         "cpu-thread-free-call1", "cpu-thread-free-call2", "cpu-thread-free-both", "cpu-thread-free-call3",
         "h100-thread-free-call1",
-        "h100-thread-free-call2", "h100-thread-free-both"])
+        "h100-thread-free-call2", "h100-thread-free-both", "cpu-fork-or-imports-call1",
+        "cpu-fork-or-imports-call2"])
 def test_summarize_reprints_the_committed_calls_by_variant(summary, rounds):
     """What each of these calls printed at its end (`== V` and the summary of variant V's rounds,
     or of both calls' rounds where the folder pools them), which the folders' READMEs and
@@ -112,11 +116,20 @@ def _call_files(k: int, v: str) -> str:
         "fs: F / S by command, 12 pairs: F the higher in 2; Hodges-Lehmann 0.9811 [0.9360-0.9942] at 95.8%, "
         "signed-rank p 0.0068 (exact)",
     ]),
-], ids=["dispatch-heavy", "thread-free"])
+    ([f"{a}{b}:{FORK_OR_IMPORTS / 'call1' / f'{a}.jsonl'}:{FORK_OR_IMPORTS / 'call1' / f'{b}.jsonl'}"
+      for a, b in ("FS", "QS", "FQ")], [
+        "FS: F / S by command, 23 pairs: F the higher in 8; Hodges-Lehmann 0.9878 [0.9750-0.9987] at 95.2%, "
+        "signed-rank p 0.023 (exact)",
+        "QS: Q / S by command, 23 pairs: Q the higher in 13; Hodges-Lehmann 1.0012 [0.9836-1.0210] at 95.2%, "
+        "signed-rank p 0.82 (exact)",
+        "FQ: F / Q by command, 23 pairs: F the higher in 6; Hodges-Lehmann 0.9854 [0.9732-1.0006] at 95.2%, "
+        "signed-rank p 0.065 (exact)",
+    ]),
+], ids=["dispatch-heavy", "thread-free", "fork-or-imports"])
 def test_pairs_reprints_the_variant_differences_the_readmes_quote(args, lines):
     """The signed-rank tests of one variant's commands against the other's, command by command, as
-    the dispatch-heavy and thread-free folders' READMEs quote them (`pairs.py`, by default and given
-    the thread-free calls' files)."""
+    the dispatch-heavy, thread-free and fork-or-import-order folders' READMEs quote them (`pairs.py`,
+    by default and given the other folders' files)."""
     p = subprocess.run([sys.executable, str(DISPATCH_HEAVY / "pairs.py"), *args], capture_output=True, text=True,
                        timeout=120)
     assert p.returncode == 0, p.stderr
