@@ -399,7 +399,7 @@ def _one_bare_loop(overhead, bare_start: str, timeout_s: float, request, monkeyp
 
 
 def test_spawn_preload_makes_the_fork_servers_imports_first_in_order_then_takes_its_environment_back(monkeypatch,
-                                                                                                      tmp_path, request):
+                                                                                                      tmp_path):
     """The spawned bare loop of `--bare-start spawn-preload` has imported the preloaded modules, in
     their order, before its own code runs, and runs in its own environment, not the import-time one."""
     overhead = _overhead_module()
